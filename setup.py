@@ -1,0 +1,87 @@
+"""Build the momentum extension modules.
+
+Flags are fixed by the numerical contract: ``-O3 -ffp-contract=off`` and never
+``-ffast-math``/``-Ofast``/``-march=native`` by default.  Two opt-in switches:
+
+* ``MOMENTUM_NATIVE=1`` adds ``-march=native`` (a build for this CPU only);
+* ``MOMENTUM_DEBUG=1`` builds with ``-O0 -g`` and turns Cython's bounds and
+  wrap-around checks back on.
+
+OpenMP is used when the compiler accepts ``-fopenmp``; without it the package
+builds and runs single-threaded.
+"""
+import os
+import subprocess
+import sysconfig
+import tempfile
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+NATIVE = os.environ.get("MOMENTUM_NATIVE") == "1"
+DEBUG = os.environ.get("MOMENTUM_DEBUG") == "1"
+
+
+def compiler_accepts(flag: str) -> bool:
+    """True when the C compiler compiles and links a trivial program with ``flag``."""
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe.c")
+        with open(src, "w") as f:
+            f.write("#include <omp.h>\nint main(void){return omp_get_max_threads() < 0;}\n"
+                    if flag == "-fopenmp" else "int main(void){return 0;}\n")
+        cmd = cc.split() + [flag, src, "-o", os.path.join(tmp, "probe")]
+        try:
+            return subprocess.run(cmd, capture_output=True).returncode == 0
+        except OSError:
+            return False
+
+
+OPENMP = os.environ.get("MOMENTUM_NO_OPENMP") != "1" and compiler_accepts("-fopenmp")
+
+compile_args = ["-ffp-contract=off"]
+compile_args += ["-O0", "-g"] if DEBUG else ["-O3"]
+if NATIVE:
+    compile_args.append("-march=native")
+link_args = []
+if OPENMP:
+    compile_args.append("-fopenmp")
+    link_args.append("-fopenmp")
+
+# show_config() reports these, read back from the compiled module.
+build_macros = [
+    ("MOMENTUM_CFLAGS", '"' + " ".join(compile_args) + '"'),
+    ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+]
+
+directives = {
+    "language_level": 3,
+    "boundscheck": DEBUG,
+    "wraparound": DEBUG,
+    "initializedcheck": DEBUG,
+    "cdivision": True,
+    "embedsignature": True,
+}
+
+
+def extension(name: str) -> Extension:
+    path = os.path.join("src", *name.split(".")) + ".pyx"
+    return Extension(
+        name,
+        [path],
+        include_dirs=[numpy.get_include()],
+        define_macros=build_macros,
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+    )
+
+
+MODULES = ["momentum._kernels", "momentum._schedule", "momentum._api"]
+
+setup(
+    ext_modules=cythonize(
+        [extension(m) for m in MODULES],
+        compiler_directives=directives,
+    ),
+)

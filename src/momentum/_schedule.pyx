@@ -1,0 +1,207 @@
+# Running a batch of tasks: one thread runs them in order; several threads
+# each take an equal, contiguous share of the batch's elements.
+#
+# The batch is treated as one long array made of its tasks laid end to end, so
+# a thousand small tensors and one huge tensor balance alike.  Shares begin on
+# a multiple of SPLIT_ALIGN elements inside a task so that two threads do not
+# write to the same cache line.  Every element sees the same arithmetic
+# whatever the split, so results do not depend on the thread count.
+import os
+
+from cython.parallel cimport prange
+from libc.stddef cimport size_t
+from momentum cimport _kernels as k
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    #define MOMENTUM_OPENMP 1
+    static int momentum_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    #define MOMENTUM_OPENMP 0
+    static int momentum_max_threads(void) { return 1; }
+    #endif
+    """
+    const int MOMENTUM_OPENMP
+    int momentum_max_threads() noexcept nogil
+
+cdef extern from *:
+    """
+    #ifndef MOMENTUM_CFLAGS
+    #define MOMENTUM_CFLAGS "unknown"
+    #endif
+    #if defined(__clang__)
+    #define MOMENTUM_COMPILER "clang " __clang_version__
+    #elif defined(__GNUC__)
+    #define MOMENTUM_COMPILER "gcc " __VERSION__
+    #else
+    #define MOMENTUM_COMPILER "unknown"
+    #endif
+    #if defined(__AVX512F__)
+    #define MOMENTUM_BASELINE_ISA "avx512f"
+    #elif defined(__AVX2__)
+    #define MOMENTUM_BASELINE_ISA "avx2"
+    #elif defined(__SSE2__)
+    #define MOMENTUM_BASELINE_ISA "sse2"
+    #else
+    #define MOMENTUM_BASELINE_ISA "generic"
+    #endif
+    """
+    const char* MOMENTUM_CFLAGS
+    const char* MOMENTUM_COMPILER
+    const char* MOMENTUM_BASELINE_ISA
+
+# Below this many elements a step runs on one thread: waking the pool costs
+# more than it saves (measured by `python -m momentum bench`).
+cdef size_t PARALLEL_MIN = 1 << 17
+# Each extra thread needs at least this many elements to pay for itself.
+cdef size_t PER_THREAD_MIN = 1 << 16
+# 16 elements: a 64-byte cache line of float32, two of float64.
+cdef size_t SPLIT_ALIGN = 16
+
+cdef int _requested_threads = 0   # 0: follow OpenMP (OMP_NUM_THREADS, threadpoolctl)
+
+OPENMP = bool(MOMENTUM_OPENMP)
+# How this extension was compiled, for show_config().
+BUILD = {
+    "compiler": MOMENTUM_COMPILER.decode(),
+    "cflags": MOMENTUM_CFLAGS.decode(),
+    "openmp": OPENMP,
+    "isa": MOMENTUM_BASELINE_ISA.decode(),
+}
+
+
+def set_num_threads(int n):
+    """Use at most ``n`` threads for a step (``n >= 1``).
+
+    ``set_num_threads(0)`` goes back to the default: ``MOMENTUM_NUM_THREADS``
+    if set at import, else OpenMP's own count (``OMP_NUM_THREADS``, or what
+    threadpoolctl limits it to).  Without OpenMP every step runs on one thread.
+    """
+    global _requested_threads
+    if n < 0:
+        raise ValueError(f"set_num_threads(): 'n' must be >= 0, got {n}")
+    _requested_threads = n
+
+
+def get_num_threads():
+    """The number of threads a large step will use."""
+    return _max_threads()
+
+
+cdef inline int _max_threads() noexcept nogil:
+    if not MOMENTUM_OPENMP:
+        return 1
+    if _requested_threads > 0:
+        return _requested_threads
+    return momentum_max_threads()
+
+
+cdef int threads_for(size_t total) noexcept nogil:
+    """How many threads a batch of ``total`` elements should use."""
+    cdef int most = _max_threads()
+    cdef size_t useful
+    if most <= 1 or total < PARALLEL_MIN:
+        return 1
+    useful = total // PER_THREAD_MIN
+    return <int>useful if useful < <size_t>most else most
+
+
+cdef inline void _run_range(const Task* t, size_t lo, size_t hi) noexcept nogil:
+    """Run elements [lo, hi) of one task."""
+    cdef size_t n = hi - lo
+    if t.dtype == DTYPE_FLOAT32:
+        if t.rule == RULE_SGD:
+            k.sgd(<float*>t.param + lo, <const float*>t.grad + lo,
+                  <float*>t.buf + lo if t.buf != NULL else NULL, n, &t.sgd)
+        elif t.rule == RULE_HEAVY_BALL:
+            k.heavy_ball(<float*>t.param + lo, <const float*>t.grad + lo,
+                         <float*>t.buf + lo, n, &t.heavy_ball)
+        else:
+            k.update_buffer(<float*>t.buf + lo, <const float*>t.grad + lo, n,
+                            t.sgd.momentum, t.sgd.dampening)
+    else:
+        if t.rule == RULE_SGD:
+            k.sgd(<double*>t.param + lo, <const double*>t.grad + lo,
+                  <double*>t.buf + lo if t.buf != NULL else NULL, n, &t.sgd)
+        elif t.rule == RULE_HEAVY_BALL:
+            k.heavy_ball(<double*>t.param + lo, <const double*>t.grad + lo,
+                         <double*>t.buf + lo, n, &t.heavy_ball)
+        else:
+            k.update_buffer(<double*>t.buf + lo, <const double*>t.grad + lo, n,
+                            t.sgd.momentum, t.sgd.dampening)
+
+
+cdef size_t _task_at(const Task* tasks, size_t ntasks, size_t pos) noexcept nogil:
+    """Index of the last task whose offset is <= pos (binary search)."""
+    cdef size_t lo = 0, hi = ntasks, mid
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if tasks[mid].offset <= pos:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+cdef size_t _split_point(const Task* tasks, size_t ntasks, size_t total,
+                         size_t share, int nthreads) noexcept nogil:
+    """Where share number ``share`` of ``nthreads`` begins, cache-line aligned."""
+    cdef size_t pos, i, local
+    if share == 0:
+        return 0
+    if share >= <size_t>nthreads:
+        return total
+    pos = total // <size_t>nthreads * share + total % <size_t>nthreads * share // <size_t>nthreads
+    i = _task_at(tasks, ntasks, pos)
+    local = (pos - tasks[i].offset + SPLIT_ALIGN - 1) // SPLIT_ALIGN * SPLIT_ALIGN
+    if local > tasks[i].n:
+        local = tasks[i].n
+    return tasks[i].offset + local
+
+
+cdef void _run_span(const Task* tasks, size_t ntasks, size_t lo,
+                    size_t hi) noexcept nogil:
+    """Run elements [lo, hi) of the batch laid end to end."""
+    cdef size_t i, start, stop
+    if lo >= hi:
+        return
+    i = _task_at(tasks, ntasks, lo)
+    while i < ntasks and tasks[i].offset < hi:
+        start = lo if lo > tasks[i].offset else tasks[i].offset
+        stop = tasks[i].offset + tasks[i].n
+        if stop > hi:
+            stop = hi
+        if stop > start:
+            _run_range(&tasks[i], start - tasks[i].offset, stop - tasks[i].offset)
+        i += 1
+
+
+cdef void run_tasks(const Task* tasks, size_t ntasks, size_t total,
+                    int nthreads) noexcept nogil:
+    """Run every task; ``total`` is the sum of their ``n``."""
+    cdef Py_ssize_t share
+    cdef size_t i
+    if nthreads <= 1:
+        for i in range(ntasks):
+            _run_range(&tasks[i], 0, tasks[i].n)
+        return
+    for share in prange(nthreads, num_threads=nthreads, schedule="static",
+                        chunksize=1, nogil=True):
+        _run_span(tasks, ntasks,
+                  _split_point(tasks, ntasks, total, share, nthreads),
+                  _split_point(tasks, ntasks, total, share + 1, nthreads))
+
+
+def _init_from_environment():
+    """Honour MOMENTUM_NUM_THREADS, read once at import."""
+    value = os.environ.get("MOMENTUM_NUM_THREADS", "").strip()
+    if value:
+        try:
+            set_num_threads(int(value))
+        except ValueError:
+            raise ValueError(f"MOMENTUM_NUM_THREADS must be a whole number >= 0, got {value!r}") from None
+
+
+_init_from_environment()
