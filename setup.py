@@ -77,7 +77,12 @@ def extension(name: str) -> Extension:
     )
 
 
-MODULES = ["momentum._kernels", "momentum._schedule", "momentum._api"]
+MODULES = [
+    "momentum._kernels",
+    "momentum._schedule",
+    "momentum._checks",
+    "momentum._api",
+]
 
 setup(
     ext_modules=cythonize(
