@@ -70,12 +70,15 @@ cdef int check_layout(cnp.ndarray a, str name, bint written, str func) except -1
 
 cdef int check_disjoint(cnp.ndarray a, str a_name, cnp.ndarray b, str b_name,
                         str func) except -1:
-    """``a`` and ``b`` share no byte of memory (both are C-contiguous)."""
+    """``a`` and ``b`` share no byte of memory (both are C-contiguous).
+
+    An empty array holds no bytes, so it overlaps nothing.
+    """
     cdef size_t a_lo = <size_t>cnp.PyArray_BYTES(a)
     cdef size_t b_lo = <size_t>cnp.PyArray_BYTES(b)
     cdef size_t a_hi = a_lo + <size_t>cnp.PyArray_NBYTES(a)
     cdef size_t b_hi = b_lo + <size_t>cnp.PyArray_NBYTES(b)
-    if a_lo < b_hi and b_lo < a_hi:
+    if a_lo < a_hi and b_lo < b_hi and a_lo < b_hi and b_lo < a_hi:
         raise ValueError(f"{func}(): '{a_name}' and '{b_name}' overlap in memory")
     return 0
 
