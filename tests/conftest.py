@@ -1,0 +1,123 @@
+"""Shared helpers: special-value data, bitwise comparison, snapshots, and a
+step that runs a rule in ``momentum`` and in ``momentum.reference`` side by side.
+
+Bitwise equality, as used throughout the suite: two arrays are equal when they
+have the same dtype and shape, NaN at the same positions, and the same bit
+pattern at every other position (so ``-0.0 != 0.0``).  NaN payload and sign
+are not compared: IEEE 754 leaves the payload of an operation's NaN result
+unspecified, and NumPy and C compilers do not agree on it.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import pytest
+
+import momentum
+from momentum import reference
+
+SEED = 20240611
+
+# The arrays of each rule, in positional order; the first ones are written.
+ARGS: dict[str, tuple[str, ...]] = {
+    "update_buffer": ("buf", "grad"),
+    "sgd": ("param", "grad", "buf"),
+    "heavy_ball": ("param", "grad", "buf"),
+}
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A generator with a fixed seed, fresh for every test."""
+    return np.random.default_rng(SEED)
+
+
+def specials(dtype: np.dtype) -> np.ndarray:
+    """NaN, ±inf, ±0, subnormals and the extremes of ``dtype``."""
+    info = np.finfo(dtype)
+    sub = info.smallest_subnormal
+    return np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, sub, -sub,
+                     sub * 7, info.tiny / 2, -info.tiny / 3, info.tiny,
+                     info.max, -info.max, info.eps], dtype=dtype)
+
+
+def values(rng: np.random.Generator, shape: int | tuple[int, ...],
+           dtype: np.dtype | type, special_fraction: float = 0.1) -> np.ndarray:
+    """Random values of many magnitudes, with specials mixed in at random places."""
+    dtype = np.dtype(dtype)
+    a = rng.standard_normal(shape) * 2.0 ** rng.integers(-20, 20, shape)
+    a = np.asarray(a, dtype=dtype)
+    mask = rng.random(a.shape) < special_fraction
+    a[mask] = rng.choice(specials(dtype), size=int(mask.sum()))
+    return a
+
+
+def offset_view(a: np.ndarray, offset: int) -> np.ndarray:
+    """A C-contiguous copy of ``a`` that starts ``offset`` elements into a larger array."""
+    big = np.empty(a.size + offset + 1, dtype=a.dtype)
+    view = big[offset:offset + a.size].reshape(a.shape)
+    view[...] = a
+    return view
+
+
+def assert_bitwise_equal(actual: Any, expected: np.ndarray, what: str = "") -> None:
+    """Same dtype, shape, NaN mask, and bit pattern outside NaNs (see module doc)."""
+    actual = np.asarray(actual)
+    assert actual.dtype == expected.dtype, what
+    assert actual.shape == expected.shape, what
+    nan = np.isnan(expected)
+    np.testing.assert_array_equal(np.isnan(actual), nan, err_msg=f"NaN mask {what}")
+    uint = np.dtype(f"u{expected.dtype.itemsize}")
+    bits_a = actual.view(uint)[~nan]
+    bits_e = expected.view(uint)[~nan]
+    bad = np.flatnonzero(bits_a != bits_e)
+    assert bad.size == 0, (
+        f"{what}: {bad.size} of {bits_e.size} elements differ, first at "
+        f"{bad[:5]}: got {actual[~nan][bad[:5]]!r}, expected {expected[~nan][bad[:5]]!r}")
+
+
+def snapshot(objs: Mapping[str, Any]) -> dict[str, bytes]:
+    """The raw bytes of every array or buffer in ``objs`` (None skipped)."""
+    return {k: bytes(memoryview(v).cast("B")) if not isinstance(v, np.ndarray)
+            else v.tobytes() for k, v in objs.items() if v is not None}
+
+
+@contextlib.contextmanager
+def untouched(objs: Mapping[str, Any]) -> Iterator[None]:
+    """Assert on exit that every array in ``objs`` kept exactly its bytes."""
+    before = snapshot(objs)
+    yield
+    after = snapshot(objs)
+    for k in before:
+        assert after[k] == before[k], f"'{k}' was written"
+
+
+def reads_only(rule: str, hyper: Mapping[str, Any]) -> tuple[str, ...]:
+    """The arrays a call must leave bit for bit untouched."""
+    if rule == "sgd" and hyper.get("momentum", 0.0) == 0:
+        return ("grad", "buf")
+    return ("grad",)
+
+
+def step_both(rule: str, ours: Mapping[str, Any], theirs: Mapping[str, np.ndarray],
+              hyper: Mapping[str, Any], what: str = "") -> None:
+    """One step of ``rule``: ``momentum`` on ``ours``, the reference on
+    ``theirs``; then every array must match bitwise and the read-only ones
+    must keep their bytes."""
+    names = ARGS[rule]
+    with untouched({k: ours[k] for k in reads_only(rule, hyper)}):
+        getattr(momentum, rule)(*(ours[k] for k in names), **hyper)
+    with np.errstate(all="ignore"):
+        getattr(reference, rule)(*(theirs[k] for k in names), **hyper)
+    for k in names:
+        if theirs[k] is not None:
+            assert_bitwise_equal(np.asarray(memoryview(ours[k])), theirs[k],
+                                 f"{rule} '{k}' {what}")
+
+
+def copies(arrays: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray | None]:
+    """Independent copies of ``arrays`` for the reference to work on."""
+    return {k: None if v is None else np.array(v, copy=True) for k, v in arrays.items()}
