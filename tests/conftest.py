@@ -79,10 +79,23 @@ def assert_bitwise_equal(actual: Any, expected: np.ndarray, what: str = "") -> N
         f"{bad[:5]}: got {actual[~nan][bad[:5]]!r}, expected {expected[~nan][bad[:5]]!r}")
 
 
-def snapshot(objs: Mapping[str, Any]) -> dict[str, bytes]:
-    """The raw bytes of every array or buffer in ``objs`` (None skipped)."""
-    return {k: bytes(memoryview(v).cast("B")) if not isinstance(v, np.ndarray)
-            else v.tobytes() for k, v in objs.items() if v is not None}
+def raw_bytes(obj: Any) -> bytes | None:
+    """The bytes of the whole memory block behind ``obj`` (for a view, its
+    base array, so a write just outside the view shows too); None when
+    ``obj`` exports no buffer."""
+    if isinstance(obj, np.ndarray):
+        while isinstance(obj.base, np.ndarray):
+            obj = obj.base
+        return obj.tobytes()
+    try:
+        return bytes(memoryview(obj).cast("B"))
+    except TypeError:
+        return None
+
+
+def snapshot(objs: Mapping[str, Any]) -> dict[str, bytes | None]:
+    """:func:`raw_bytes` of every object in ``objs``."""
+    return {k: raw_bytes(v) for k, v in objs.items()}
 
 
 @contextlib.contextmanager
