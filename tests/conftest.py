@@ -69,14 +69,12 @@ def assert_bitwise_equal(actual: Any, expected: np.ndarray, what: str = "") -> N
     assert actual.dtype == expected.dtype, what
     assert actual.shape == expected.shape, what
     nan = np.isnan(expected)
-    np.testing.assert_array_equal(np.isnan(actual), nan, err_msg=f"NaN mask {what}")
+    assert np.array_equal(np.isnan(actual), nan), f"NaN mask differs {what}"
     uint = np.dtype(f"u{expected.dtype.itemsize}")
-    bits_a = actual.view(uint)[~nan]
-    bits_e = expected.view(uint)[~nan]
-    bad = np.flatnonzero(bits_a != bits_e)
+    bad = np.flatnonzero((actual.view(uint) != expected.view(uint)) & ~nan)
     assert bad.size == 0, (
-        f"{what}: {bad.size} of {bits_e.size} elements differ, first at "
-        f"{bad[:5]}: got {actual[~nan][bad[:5]]!r}, expected {expected[~nan][bad[:5]]!r}")
+        f"{what}: {bad.size} of {expected.size} elements differ, first at {bad[:5]}: "
+        f"got {actual.ravel()[bad[:5]]!r}, expected {expected.ravel()[bad[:5]]!r}")
 
 
 def raw_bytes(obj: Any) -> bytes | None:
@@ -115,20 +113,30 @@ def reads_only(rule: str, hyper: Mapping[str, Any]) -> tuple[str, ...]:
     return ("grad",)
 
 
+def reference_step(rule: str, arrays: Mapping[str, np.ndarray], hyper: Mapping[str, Any]) -> None:
+    """One step of ``momentum.reference.<rule>`` on ``arrays``, quietly."""
+    with np.errstate(all="ignore"):
+        getattr(reference, rule)(*(arrays[k] for k in ARGS[rule]), **hyper)
+
+
+def assert_same_arrays(rule: str, ours: Mapping[str, Any],
+                       theirs: Mapping[str, np.ndarray | None], what: str = "") -> None:
+    """Every array of ``rule`` in ``ours`` is bitwise equal to ``theirs``."""
+    for k in ARGS[rule]:
+        if theirs[k] is not None:
+            assert_bitwise_equal(np.asarray(memoryview(ours[k])), theirs[k],
+                                 f"{rule} '{k}' {what}")
+
+
 def step_both(rule: str, ours: Mapping[str, Any], theirs: Mapping[str, np.ndarray],
               hyper: Mapping[str, Any], what: str = "") -> None:
     """One step of ``rule``: ``momentum`` on ``ours``, the reference on
     ``theirs``; then every array must match bitwise and the read-only ones
     must keep their bytes."""
-    names = ARGS[rule]
     with untouched({k: ours[k] for k in reads_only(rule, hyper)}):
-        getattr(momentum, rule)(*(ours[k] for k in names), **hyper)
-    with np.errstate(all="ignore"):
-        getattr(reference, rule)(*(theirs[k] for k in names), **hyper)
-    for k in names:
-        if theirs[k] is not None:
-            assert_bitwise_equal(np.asarray(memoryview(ours[k])), theirs[k],
-                                 f"{rule} '{k}' {what}")
+        getattr(momentum, rule)(*(ours[k] for k in ARGS[rule]), **hyper)
+    reference_step(rule, theirs, hyper)
+    assert_same_arrays(rule, ours, theirs, what)
 
 
 def copies(arrays: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray | None]:
