@@ -56,7 +56,7 @@ CASES = ([("update_buffer", h, none) for h, none in UPDATE_BUFFER_CASES]
 
 def case_id(case: tuple[str, dict[str, Any], bool]) -> str:
     rule, hyper, buf_none = case
-    flags = [f"{k}={v}" for k, v in hyper.items() if v not in (False,)]
+    flags = [f"{k}={v}" for k, v in hyper.items() if v is not False]
     return "-".join([rule, *flags] + (["buf=None"] if buf_none else []))
 
 
