@@ -122,3 +122,22 @@ def test_buffer_exporters_are_updated_in_place(case, dtype, rng):
     theirs = {k: np.asarray(memoryview(v)).copy() for k, v in ours.items()}
     for step in range(STEPS):
         step_both(rule, ours, theirs, hyper, f"step {step}")
+
+
+# NumPy scalars act as the Python floats they hold: the kernel and the
+# reference both round each hyperparameter once to the arrays' dtype.
+@pytest.mark.parametrize("scalar", [np.float64, np.float32, float], ids=lambda t: t.__name__)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_numpy_scalar_hyperparameters(scalar, dtype, rng):
+    hyper = {k: scalar(v) for k, v in dict(lr=LR, momentum=MOMENTUM,
+                                           dampening=DAMPENING,
+                                           weight_decay=WEIGHT_DECAY).items()}
+    run_steps("sgd", hyper, False, 1000, dtype, rng, offsets={})
+
+
+def test_read_only_buf_is_accepted_when_momentum_is_zero(rng):
+    # With momentum 0 the buffer is never written, so read-only is fine.
+    ours = {k: values(rng, 100, np.float32) for k in ARGS["sgd"]}
+    ours["buf"].flags.writeable = False
+    theirs = copies(ours)
+    step_both("sgd", ours, theirs, dict(lr=LR, weight_decay=WEIGHT_DECAY))

@@ -86,7 +86,7 @@ def sgd(param, grad, buf, *, lr, momentum=0.0, dampening=0.0,
     cdef cnp.ndarray b = None
     if buf is not None:
         b = as_array(buf, func, "buf")
-        check_buf(b, p, g, func)
+        check_buf(b, p, g, uses_buf, func)
     elif uses_buf:
         raise TypeError(f"{func}(): 'buf' is None but momentum is "
                         f"{task.sgd.momentum!r}; pass a buffer array")
@@ -121,7 +121,7 @@ def heavy_ball(param, grad, buf, *, lr, momentum, weight_decay=0.0,
     if buf is None:
         raise TypeError(f"{func}(): 'buf' must be an array, not None")
     cdef cnp.ndarray b = as_array(buf, func, "buf")
-    check_buf(b, p, g, func)
+    check_buf(b, p, g, True, func)
     task.rule = RULE_HEAVY_BALL
     task.param = cnp.PyArray_BYTES(p)
     task.grad = cnp.PyArray_BYTES(g)

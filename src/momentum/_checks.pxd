@@ -16,7 +16,7 @@ cdef int check_dampening(double value, str func) except -1
 cdef int check_pair(cnp.ndarray w, str w_name, cnp.ndarray grad, str func,
                     DType* dtype) except -1
 cdef int check_buf(cnp.ndarray buf, cnp.ndarray param, cnp.ndarray grad,
-                   str func) except -1
+                   bint written, str func) except -1
 cdef int sgd_hyperparameters(sgd_hyper* h, object lr, object momentum,
                              object dampening, object weight_decay,
                              bint nesterov, bint maximize, bint first_step,

@@ -92,6 +92,9 @@ cdef double real_arg(object value, str name, str func) except? -1.0:
     except TypeError:
         raise TypeError(f"{func}(): '{name}' must be a real number, "
                         f"not {type(value).__name__}") from None
+    except OverflowError:
+        raise ValueError(f"{func}(): '{name}' must be finite, got a number "
+                         f"too large for a double") from None
 
 
 cdef int check_rate(double value, str name, str func) except -1:
@@ -120,11 +123,11 @@ cdef int check_pair(cnp.ndarray w, str w_name, cnp.ndarray grad, str func,
 
 
 cdef int check_buf(cnp.ndarray buf, cnp.ndarray param, cnp.ndarray grad,
-                   str func) except -1:
+                   bint written, str func) except -1:
     """``buf`` next to checked ``param`` and ``grad``."""
     dtype_of(buf, func, "buf")
     check_like(buf, "buf", param, "param", func)
-    check_layout(buf, "buf", True, func)
+    check_layout(buf, "buf", written, func)
     check_disjoint(buf, "buf", param, "param", func)
     check_disjoint(buf, "buf", grad, "grad", func)
     return 0
