@@ -66,22 +66,13 @@ def test_arena_sgd(benchmark, name):
 
 
 @WORKLOADS
-def test_api_loop(benchmark, name):
+@pytest.mark.parametrize("single", [momentum, reference], ids=["api_loop", "numpy_loop"])
+def test_loop(benchmark, name, single):
     params, grads, bufs = model(name)
 
     def step():
         for p, g, b in zip(params, grads, bufs):
-            momentum.sgd(p, g, b, **HYPER)
-    run(benchmark, name, step)
-
-
-@WORKLOADS
-def test_numpy_reference_loop(benchmark, name):
-    params, grads, bufs = model(name)
-
-    def step():
-        for p, g, b in zip(params, grads, bufs):
-            reference.sgd(p, g, b, **HYPER)
+            single.sgd(p, g, b, **HYPER)
     run(benchmark, name, step)
 
 

@@ -325,3 +325,16 @@ def test_within_triple_overlap_names_the_index():
 def test_exported_as_a_submodule():
     assert momentum.foreach is fe
     assert set(fe.__all__) == {"update_buffer", "sgd", "heavy_ball"}
+
+
+def test_repeated_calls_still_check_overlap():
+    # A batch that passed is remembered; a changed batch is checked afresh.
+    ps, gs, bs = triples(shapes=[(8,)] * 4, dtypes=[np.float32] * 4)
+    fe.sgd(ps, gs, bs, lr=0.1, momentum=0.9)
+    fe.sgd(ps, gs, bs, lr=0.1, momentum=0.9)
+    before = [copies(x) for x in (ps, gs, bs)]
+    for _ in range(2):
+        with pytest.raises(ValueError, match=r"'params\[0\]' and 'bufs\[3\]' overlap"):
+            fe.sgd(ps, gs, bs[:-1] + [ps[0]], lr=0.1, momentum=0.9)
+    for arrays, saved in zip((ps, gs, bs), before):
+        assert_unchanged(arrays, saved)

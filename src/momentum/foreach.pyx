@@ -10,14 +10,14 @@
 # by running that triple's checks again with those names.
 cimport numpy as cnp
 from cpython.buffer cimport PyObject_CheckBuffer
-from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from cpython.sequence cimport (
     PySequence_Check, PySequence_Fast_GET_ITEM,
     PySequence_Fast_GET_SIZE)
 from libc.stddef cimport size_t
-from libc.string cimport memset
+from libc.string cimport memcmp, memcpy, memset
 
 from momentum._checks cimport (
     as_array, check_buf, check_disjoint, check_pair, heavy_ball_hyperparameters,
@@ -110,10 +110,9 @@ cdef inline object item(object seq, Py_ssize_t i):
 
 # ------------------------------------------------------------------ checks
 
-cdef inline void add_span(Batch* b, cnp.ndarray a, int role, Py_ssize_t i,
-                          bint written) noexcept:
-    """Record (and hold) the memory of ``a`` unless it is empty."""
-    cdef size_t nbytes = <size_t>cnp.PyArray_NBYTES(a)
+cdef inline void add_span(Batch* b, cnp.ndarray a, size_t nbytes, int role,
+                          Py_ssize_t i, bint written) noexcept:
+    """Record (and hold) the ``nbytes`` of ``a`` unless there are none."""
     if nbytes == 0:
         return
     cdef Span* s = &b.spans[b.count]
@@ -156,16 +155,19 @@ cdef int check_triple(Batch* b, Py_ssize_t i, object param, object grad,
             raise TypeError(f"{func}(): '{bn}' is None but the rule uses a "
                             f"momentum buffer; pass a buffer array")
         w = p
-        add_span(b, p, ROLE_PARAMS, i, True)
+    # Checked: the arrays of a triple share one dtype and shape.
+    cdef size_t nbytes = <size_t>cnp.PyArray_NBYTES(w)
+    if p is not None:
+        add_span(b, p, nbytes, ROLE_PARAMS, i, True)
     t.param = NULL if p is None else cnp.PyArray_BYTES(p)
     t.grad = cnp.PyArray_BYTES(g)
     t.buf = cnp.PyArray_BYTES(bf) if uses_buf else NULL
-    t.n = <size_t>cnp.PyArray_SIZE(w)
+    t.n = nbytes // <size_t>cnp.PyArray_ITEMSIZE(w)
     t.offset = b.total
     b.total += t.n
-    add_span(b, g, ROLE_GRADS, i, False)
+    add_span(b, g, nbytes, ROLE_GRADS, i, False)
     if uses_buf:
-        add_span(b, bf, ROLE_BUFS, i, True)
+        add_span(b, bf, nbytes, ROLE_BUFS, i, True)
     return 0
 
 
@@ -213,6 +215,25 @@ cdef int overlap_error(const Span* s, const Span* t, str func) except -1:
                           <cnp.ndarray>t.array, span_name(t), func)
 
 
+# The spans of the last batch found apart.  An optimizer passes the same
+# arrays every step, so comparing with these (a memcmp) usually replaces the
+# sort.  Only touched with the GIL held.
+cdef Span* verified = NULL
+cdef Py_ssize_t verified_count = 0
+
+
+cdef int remember(const Batch* b) except -1:
+    """Copy the batch's spans (in fill order) as candidates to verify."""
+    global verified, verified_count
+    verified_count = 0
+    cdef Span* room = <Span*>PyMem_Realloc(verified, max(b.count, 1) * sizeof(Span))
+    if room == NULL:
+        raise MemoryError()
+    verified = room
+    memcpy(verified, b.spans, b.count * sizeof(Span))
+    return 0
+
+
 cdef int check_apart(Batch* b, str func) except -1:
     """No written array overlaps any array of another triple.
 
@@ -221,6 +242,11 @@ cdef int check_apart(Batch* b, str func) except -1:
     earlier one exactly when it starts below the highest end seen so far: of
     any span if it is written, of written spans if not.
     """
+    global verified_count
+    if b.count == verified_count and not memcmp(
+            b.spans, verified, b.count * sizeof(Span)):
+        return 0
+    remember(b)
     cdef Py_ssize_t i
     cdef Span* spans = b.spans
     cdef Span* s
@@ -240,6 +266,7 @@ cdef int check_apart(Batch* b, str func) except -1:
             any_top = s
         if s.written and (written_top == NULL or s.hi > written_top.hi):
             written_top = s
+    verified_count = b.count
     return 0
 
 
