@@ -10,18 +10,18 @@
 # by running that triple's checks again with those names.
 cimport numpy as cnp
 from cpython.buffer cimport PyObject_CheckBuffer
-from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from cpython.sequence cimport (
     PySequence_Check, PySequence_Fast_GET_ITEM,
     PySequence_Fast_GET_SIZE)
 from libc.stddef cimport size_t
-from libc.string cimport memcmp, memcpy, memset
 
 from momentum._checks cimport (
     as_array, check_buf, check_disjoint, check_pair, heavy_ball_hyperparameters,
     sgd_hyperparameters, update_buffer_hyperparameters)
+from momentum._overlap cimport Span, find_overlap
 from momentum._schedule cimport (
     NOGIL_MIN, Task, RULE_SGD, RULE_HEAVY_BALL, RULE_UPDATE_BUFFER,
     run_tasks, threads_for)
@@ -37,23 +37,6 @@ cdef enum:
     ROLE_BUFS = 2
 
 cdef tuple ROLE_NAMES = ("params", "grads", "bufs")
-
-# Radix sort digits: 8 bits, so the counters of all passes fit in 16 kB.
-cdef enum:
-    DIGIT_BITS = 8
-    DIGITS = 1 << DIGIT_BITS
-    PASSES = 64 // DIGIT_BITS
-
-
-cdef struct Span:
-    # The bytes [lo, hi) of one array of the batch.
-    size_t lo
-    size_t hi
-    PyObject* array     # a reference the batch holds until it has run
-    Py_ssize_t index
-    int role
-    bint written
-
 
 cdef struct Batch:
     Task* tasks
@@ -171,38 +154,6 @@ cdef int check_triple(Batch* b, Py_ssize_t i, object param, object grad,
     return 0
 
 
-cdef Span* sort_spans(Span* a, Span* tmp, Py_ssize_t n) noexcept nogil:
-    """Sort ``a[:n]`` by address; returns ``a`` or ``tmp``, whichever holds it.
-
-    An LSD radix sort: O(n) per byte of address, and bytes that every span
-    shares (most of a heap address) cost one counting pass, not a sort.
-    """
-    cdef size_t count[PASSES][DIGITS]
-    cdef size_t at, c
-    cdef Py_ssize_t i
-    cdef int d, shift
-    cdef Span* swap
-    memset(count, 0, sizeof(count))
-    for i in range(n):
-        for d in range(PASSES):
-            count[d][(a[i].lo >> (d * DIGIT_BITS)) & (DIGITS - 1)] += 1
-    for d in range(PASSES):
-        shift = d * DIGIT_BITS
-        if count[d][(a[0].lo >> shift) & (DIGITS - 1)] == <size_t>n:
-            continue
-        at = 0
-        for c in range(DIGITS):
-            count[d][c], at = at, at + count[d][c]
-        for i in range(n):
-            c = (a[i].lo >> shift) & (DIGITS - 1)
-            tmp[count[d][c]] = a[i]
-            count[d][c] += 1
-        swap = a
-        a = tmp
-        tmp = swap
-    return a
-
-
 cdef str span_name(const Span* s):
     return f"{ROLE_NAMES[s.role]}[{s.index}]"
 
@@ -215,58 +166,12 @@ cdef int overlap_error(const Span* s, const Span* t, str func) except -1:
                           <cnp.ndarray>t.array, span_name(t), func)
 
 
-# The spans of the last batch found apart.  An optimizer passes the same
-# arrays every step, so comparing with these (a memcmp) usually replaces the
-# sort.  Only touched with the GIL held.
-cdef Span* verified = NULL
-cdef Py_ssize_t verified_count = 0
-
-
-cdef int remember(const Batch* b) except -1:
-    """Copy the batch's spans (in fill order) as candidates to verify."""
-    global verified, verified_count
-    verified_count = 0
-    cdef Span* room = <Span*>PyMem_Realloc(verified, max(b.count, 1) * sizeof(Span))
-    if room == NULL:
-        raise MemoryError()
-    verified = room
-    memcpy(verified, b.spans, b.count * sizeof(Span))
-    return 0
-
-
 cdef int check_apart(Batch* b, str func) except -1:
-    """No written array overlaps any array of another triple.
-
-    Within a triple the arrays are already known to be apart, so any overlap
-    found here is between triples.  In address order, a span overlaps an
-    earlier one exactly when it starts below the highest end seen so far: of
-    any span if it is written, of written spans if not.
-    """
-    global verified_count
-    if b.count == verified_count and not memcmp(
-            b.spans, verified, b.count * sizeof(Span)):
-        return 0
-    remember(b)
-    cdef Py_ssize_t i
-    cdef Span* spans = b.spans
-    cdef Span* s
-    cdef Span* any_top = NULL
-    cdef Span* written_top = NULL
-    for i in range(1, b.count):
-        if spans[i].lo < spans[i - 1].lo:
-            spans = sort_spans(b.spans, b.scratch, b.count)
-            break
-    for i in range(b.count):
-        s = &spans[i]
-        if s.written and any_top != NULL and any_top.hi > s.lo:
-            return overlap_error(s, any_top, func)
-        if written_top != NULL and written_top.hi > s.lo:
-            return overlap_error(s, written_top, func)
-        if any_top == NULL or s.hi > any_top.hi:
-            any_top = s
-        if s.written and (written_top == NULL or s.hi > written_top.hi):
-            written_top = s
-    verified_count = b.count
+    """No written array overlaps any array of another triple (else ValueError)."""
+    cdef const Span* s
+    cdef const Span* t
+    if find_overlap(b.spans, b.scratch, b.count, &s, &t):
+        overlap_error(s, t, func)
     return 0
 
 
