@@ -95,7 +95,11 @@ cdef inline object item(object seq, Py_ssize_t i):
 
 cdef inline void add_span(Batch* b, cnp.ndarray a, size_t nbytes, int role,
                           Py_ssize_t i, bint written) noexcept:
-    """Record (and hold) the ``nbytes`` of ``a`` unless there are none."""
+    """Record the ``nbytes`` of ``a`` unless there are none, and hold ``a``.
+
+    Holding it keeps alive an array made here from another buffer, and any
+    array the caller's list drops while the batch runs without the GIL.
+    """
     if nbytes == 0:
         return
     cdef Span* s = &b.spans[b.count]
