@@ -99,6 +99,8 @@ MODULES = [
     "momentum._schedule",
     "momentum._checks",
     "momentum._api",
+    "momentum._overlap",
+    "momentum.foreach",
 ]
 
 setup(
