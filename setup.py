@@ -83,6 +83,7 @@ MODULES = [
     "momentum._checks",
     "momentum._api",
     "momentum._probe",
+    "momentum.foreach",
 ]
 
 setup(
