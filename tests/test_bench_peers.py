@@ -1,4 +1,8 @@
-"""Every candidate the benchmark times performs the rule it is labelled with."""
+"""Every candidate the benchmark times performs the rule it is labelled with.
+
+momentum is bitwise equal to the reference; peers are held to 1e-6 (PyTorch's
+fused step, for one, contracts to FMA and differs in the last bits).
+"""
 import numpy as np
 import pytest
 
@@ -26,19 +30,18 @@ def test_each_peer_takes_one_reference_step(rule, dtype):
         {**peers(rule, *got)[0], **ours(rule, *got)}[name](1)
         tol = 0 if name in ("momentum", "reference") else 1e-6
         for a, b in zip(got, expected):
-            np.testing.assert_allclose(a, b, rtol=tol, atol=0, err_msg=name)
+            np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=name)
     assert rule == "sgd" or set(missing) >= {"torch for-loop", "torch foreach", "torch fused"}
 
 
 def test_workload_candidates_each_take_one_reference_step():
     shapes = [(3, 4), (5,), (2, 2, 2)]
-    data = workloads.tensors(shapes)
-    expected = [[a.copy() for a in group] for group in data]
-    for p, g, b in zip(*expected):
+    expected = workloads.arena(shapes)
+    for p, g, b in zip(expected.param_views, expected.grad_views, expected.buf_views):
         reference.sgd(p, g, b, **TIMED["sgd"])
-    for name in workloads.runners(*data)[0]:
-        got = [[a.copy() for a in group] for group in data]
-        workloads.runners(*got)[0][name](1)
-        for mine, spec in zip(got, expected):
-            for a, b in zip(mine, spec):
-                np.testing.assert_allclose(a, b, rtol=1e-6, atol=0, err_msg=name)
+    for name in workloads.runners(workloads.arena(shapes))[0]:
+        got = workloads.arena(shapes)
+        workloads.runners(got)[0][name](1)
+        for role in ("param_views", "grad_views", "buf_views"):
+            for a, b in zip(getattr(got, role), getattr(expected, role)):
+                np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6, err_msg=f"{name} {role}")

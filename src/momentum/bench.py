@@ -22,6 +22,7 @@ import numpy as np
 import momentum
 from momentum import _probe
 from momentum._bench import machine, report, workloads
+from momentum._workloads import load_workload
 from momentum._bench.peers import TORCH_MODES, ours, peers, set_threads, torch_sgd
 from momentum._bench.rules import DTYPES, ELEMENTS_MOVED, RULES, arrays, check_rules
 from momentum._bench.timing import Timing, interleaved
@@ -148,19 +149,18 @@ def model_steps(plan: Plan) -> list[dict]:
     rows = []
     for name in plan.workloads:
         progress(f"workload {name}")
-        shapes = workloads.shapes(name)
-        params, grads, bufs = workloads.tensors(shapes)
-        runners, missing = workloads.runners(params, grads, bufs)
+        model = workloads.arena(load_workload(name)["shapes"])
+        runners, missing = workloads.runners(model)
         timings = interleaved(runners, plan.repeats, plan.target)
-        ours_s = timings[workloads.MOMENTUM_LABEL].median
+        ours_s = timings[workloads.BASELINE].median
         rows.append({
-            "name": name, "tensors": len(shapes), "elements": sum(p.size for p in params),
+            "name": name, "tensors": len(model), "elements": sum(v.size for v in model.param_views),
             "threads": plan.threads[-1], "missing": missing,
             "results": {k: {**t.as_dict(), "median_ms": t.median * 1e3,
                             "ratio_to_momentum": t.median / ours_s}
                         for k, t in timings.items()},
         })
-        del params, grads, bufs, runners
+        del model, runners
     return rows
 
 

@@ -18,7 +18,7 @@ UNITS = {
     "bytes_per_call": "bytes", "pct_of_c_loop": "percent",
     "x_dram_c_loop": "ratio to the C fused loop's GB/s on arrays far larger than cache",
     "speedup_vs_reference": "reference seconds / momentum seconds",
-    "ratio_to_momentum": "candidate seconds / momentum seconds",
+    "ratio_to_momentum": "candidate seconds / momentum.foreach.sgd seconds",
 }
 
 
@@ -125,8 +125,8 @@ def workloads_text(rows: list[dict]) -> str:
                          f"{r['median_ms']:.2f}", _iqr_pct(r), f"{r['ratio_to_momentum']:.2f}x"])
     threads = rows[0]["threads"] if rows else "-"
     return _table(f"Model workloads: one float32 sgd step over every tensor, {threads} thread(s)",
-                  ["model", "tensors", "Melem", "candidate", "ms/step", "IQR", "vs momentum"],
-                  body, ["vs momentum: candidate time / momentum time (above 1x: momentum faster)."]
+                  ["model", "tensors", "Melem", "candidate", "ms/step", "IQR", "vs foreach"],
+                  body, ["vs foreach: candidate time / momentum.foreach.sgd time (above 1x: foreach faster)."]
                   + _missing_notes(w["missing"] for w in rows))
 
 
