@@ -23,11 +23,11 @@ def _reference_step(rule, data):
 def test_each_peer_takes_one_reference_step(rule, dtype):
     data = arrays(1000, dtype)
     expected = _reference_step(rule, data)
-    runners, missing = peers(rule, *data)
-    for name in [*runners, "momentum", "reference"]:
+    steps, missing = peers(rule, *data)
+    for name in [*steps, "momentum", "reference"]:
         # Each candidate runs once on its own copy of the data.
         got = [a.copy() for a in data]
-        {**peers(rule, *got)[0], **ours(rule, *got)}[name](1)
+        {**peers(rule, *got)[0], **ours(rule, *got)}[name]()
         tol = 0 if name in ("momentum", "reference") else 1e-6
         for a, b in zip(got, expected):
             np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=name)
@@ -39,9 +39,9 @@ def test_workload_candidates_each_take_one_reference_step():
     expected = workloads.arena(shapes)
     for p, g, b in zip(expected.param_views, expected.grad_views, expected.buf_views):
         reference.sgd(p, g, b, **TIMED["sgd"])
-    for name in workloads.runners(workloads.arena(shapes))[0]:
+    for name in workloads.steps(workloads.arena(shapes))[0]:
         got = workloads.arena(shapes)
-        workloads.runners(got)[0][name](1)
+        workloads.steps(got)[0][name]()
         for role in ("param_views", "grad_views", "buf_views"):
             for a, b in zip(getattr(got, role), getattr(expected, role)):
                 np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6, err_msg=f"{name} {role}")

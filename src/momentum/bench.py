@@ -23,9 +23,9 @@ import momentum
 from momentum import _probe
 from momentum._bench import machine, report, workloads
 from momentum._workloads import load_workload
-from momentum._bench.peers import TORCH_MODES, ours, peers, set_threads, torch_sgd
+from momentum._bench.peers import TORCH_MODES, Step, ours, peers, set_threads, torch_sgd
 from momentum._bench.rules import DTYPES, ELEMENTS_MOVED, RULES, arrays, check_rules
-from momentum._bench.timing import Timing, interleaved
+from momentum._bench.timing import Runner, Timing, interleaved, loop
 
 KI, MI = 1 << 10, 1 << 20
 SIZES = (4 * KI, 64 * KI, 1 * MI, 32 * MI)
@@ -66,6 +66,13 @@ def rates(t: Timing, n: int, elements_moved: int, itemsize: int) -> dict:
             "GB_per_s": elements_moved * n * itemsize / t.median / 1e9}
 
 
+def timed(steps: Mapping[str, Step], plan: Plan,
+          runners: Mapping[str, Runner] | None = None) -> dict[str, Timing]:
+    """Time ``steps`` (one call each) and ``runners`` (k calls each) interleaved, as planned."""
+    return interleaved({**{name: loop(step) for name, step in steps.items()}, **(runners or {})},
+                       plan.repeats, plan.target)
+
+
 def gate(impl: Mapping[str, Callable] | None = None) -> list[str]:
     """The correctness gate: momentum's rules (or ``impl``) against the reference."""
     return check_rules(impl or {rule: getattr(momentum, rule) for rule in RULES})
@@ -78,11 +85,11 @@ def bandwidth(plan: Plan) -> list[dict]:
     rows = []
     for threads in plan.threads:
         progress(f"bandwidth, {n // MI} Mi float64, {threads} thread(s)")
-        timings = interleaved({
+        timings = timed({}, plan, {
             "copy": lambda k: _probe.time_copy(a, b, k, threads),
             "triad": lambda k: _probe.time_triad(a, b, c, k, threads),
             C_LOOP: lambda k: _probe.time_fused(a, b, c, k, threads),
-        }, plan.repeats, plan.target)
+        })
         moved = {"copy": 2, "triad": 3, C_LOOP: 5}
         rows.append({"threads": threads, "n": n, "dtype": "float64",
                      "results": {k: rates(t, n, moved[k], 8) for k, t in timings.items()}})
@@ -93,10 +100,9 @@ def kernel_row(rule: str, n: int, threads: int, data: tuple, probe: tuple,
                plan: Plan, dram: Mapping[int, float]) -> dict:
     """One rule at one size and thread count: every candidate, interleaved."""
     set_threads(threads)
-    runners = ours(rule, *data)
-    runners[C_LOOP] = lambda k: _probe.time_fused(*probe, k, threads)
-    peer_runners, missing = peers(rule, *data)
-    timings = interleaved({**runners, **peer_runners}, plan.repeats, plan.target)
+    peer_steps, missing = peers(rule, *data)
+    timings = timed({**ours(rule, *data), **peer_steps}, plan,
+                    {C_LOOP: lambda k: _probe.time_fused(*probe, k, threads)})
     itemsize = data[0].itemsize
     results = {name: rates(t, n, 5 if name == C_LOOP else ELEMENTS_MOVED[rule], itemsize)
                for name, t in timings.items()}
@@ -130,14 +136,14 @@ def call_overhead(plan: Plan) -> dict:
     progress(f"call overhead, n={OVERHEAD_N}")
     set_threads(plan.threads[0])
     data = arrays(OVERHEAD_N, np.float32)
-    runners = ours("sgd", *data)
+    steps = ours("sgd", *data)
     missing = {}
     for mode in TORCH_MODES:
         try:
-            runners[f"{mode} step"] = torch_sgd(mode, [data[0]], [data[1]], [data[2]])
+            steps[f"{mode} step"] = torch_sgd(mode, [data[0]], [data[1]], [data[2]])
         except ImportError:
             missing[mode] = "not installed"
-    timings = interleaved(runners, plan.repeats, plan.target)
+    timings = timed(steps, plan)
     return {"n": OVERHEAD_N, "dtype": "float32", "missing": missing,
             "results": {k: {**t.as_dict(), "median_us": t.median * 1e6}
                         for k, t in timings.items()}}
@@ -150,8 +156,8 @@ def model_steps(plan: Plan) -> list[dict]:
     for name in plan.workloads:
         progress(f"workload {name}")
         model = workloads.arena(load_workload(name)["shapes"])
-        runners, missing = workloads.runners(model)
-        timings = interleaved(runners, plan.repeats, plan.target)
+        steps, missing = workloads.steps(model)
+        timings = timed(steps, plan)
         ours_s = timings[workloads.BASELINE].median
         rows.append({
             "name": name, "tensors": len(model), "elements": sum(v.size for v in model.param_views),
@@ -160,7 +166,7 @@ def model_steps(plan: Plan) -> list[dict]:
                             "ratio_to_momentum": t.median / ours_s}
                         for k, t in timings.items()},
         })
-        del model, runners
+        del model, steps
     return rows
 
 

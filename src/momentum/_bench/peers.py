@@ -1,25 +1,27 @@
 """What a user would run instead of momentum, as runners on the same arrays.
 
-Every runner updates the arrays it is given in place (PyTorch through
+Each candidate is a *step*: a function of no arguments that makes one call.
+Every step updates the arrays it is given in place (PyTorch through
 ``torch.from_numpy``, which shares memory), so all candidates of one row
 read and write identical data.  A peer that is not installed, or has no form
 of a rule, is reported with the reason instead of a runner.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 import momentum
 from momentum import reference
 from momentum._bench.rules import TIMED, args
-from momentum._bench.timing import Runner, loop
 
 TORCH_MODES = {"torch for-loop": {"foreach": False},
                "torch foreach": {"foreach": True},
                "torch fused": {"fused": True}}
 PEERS = (*TORCH_MODES, "numba", "numexpr")
+
+Step = Callable[[], object]
 
 # numexpr's form of each rule, one evaluate() per array written.
 NUMEXPR = {
@@ -43,16 +45,16 @@ def set_threads(n: int) -> None:
             pass
 
 
-def ours(rule: str, param: np.ndarray, grad: np.ndarray, buf: np.ndarray) -> dict[str, Runner]:
-    """``momentum`` and ``reference`` (NumPy) runners for ``rule``."""
+def ours(rule: str, param: np.ndarray, grad: np.ndarray, buf: np.ndarray) -> dict[str, Step]:
+    """``momentum`` and ``reference`` (NumPy) steps of ``rule``."""
     call_args, hyper = args(rule, param, grad, buf), TIMED[rule]
     kernel, spec = getattr(momentum, rule), getattr(reference, rule)
-    return {"momentum": loop(lambda: kernel(*call_args, **hyper)),
-            "reference": loop(lambda: spec(*call_args, **hyper))}
+    return {"momentum": lambda: kernel(*call_args, **hyper),
+            "reference": lambda: spec(*call_args, **hyper)}
 
 
 def torch_sgd(mode: str, params: Sequence[np.ndarray], grads: Sequence[np.ndarray],
-              bufs: Sequence[np.ndarray]) -> Runner:
+              bufs: Sequence[np.ndarray]) -> Step:
     """``torch.optim.SGD(...).step`` in ``mode`` over tensors sharing the arrays' memory.
 
     The momentum buffers are put in the optimizer's state up front, so every
@@ -65,10 +67,10 @@ def torch_sgd(mode: str, params: Sequence[np.ndarray], grads: Sequence[np.ndarra
     opt = torch.optim.SGD(tensors, **TIMED["sgd"], **TORCH_MODES[mode])
     for t, b in zip(tensors, bufs):
         opt.state[t]["momentum_buffer"] = torch.from_numpy(b)
-    return loop(opt.step)
+    return opt.step
 
 
-def _numba(rule: str, param: np.ndarray, grad: np.ndarray, buf: np.ndarray) -> Runner:
+def _numba(rule: str, param: np.ndarray, grad: np.ndarray, buf: np.ndarray) -> Step:
     from momentum._bench import numba_rules
     dtype = param.dtype.type
     hyper = dict(TIMED[rule])
@@ -76,10 +78,10 @@ def _numba(rule: str, param: np.ndarray, grad: np.ndarray, buf: np.ndarray) -> R
         hyper["keep"] = 1 - hyper.pop("dampening", 0.0)
     scalars = [dtype(v) for v in hyper.values()]
     fn, call_args = getattr(numba_rules, rule), args(rule, param, grad, buf)
-    return loop(lambda: fn(*call_args, *scalars))
+    return lambda: fn(*call_args, *scalars)
 
 
-def _numexpr(rule: str, param: np.ndarray, grad: np.ndarray, buf: np.ndarray) -> Runner:
+def _numexpr(rule: str, param: np.ndarray, grad: np.ndarray, buf: np.ndarray) -> Step:
     import numexpr
     dtype = param.dtype.type
     names = {"param": param, "grad": grad, "buf": buf, "keep": dtype(1.0)}
@@ -89,13 +91,13 @@ def _numexpr(rule: str, param: np.ndarray, grad: np.ndarray, buf: np.ndarray) ->
     def step() -> None:
         for out, expr in steps:
             numexpr.evaluate(expr, local_dict=names, out=out)
-    return loop(step)
+    return step
 
 
 def peers(rule: str, param: np.ndarray, grad: np.ndarray,
-          buf: np.ndarray) -> tuple[dict[str, Runner], dict[str, str]]:
-    """Runners of every peer of ``rule``, and why each missing one is missing."""
-    runners: dict[str, Runner] = {}
+          buf: np.ndarray) -> tuple[dict[str, Step], dict[str, str]]:
+    """Steps of every peer of ``rule``, and why each missing one is missing."""
+    steps: dict[str, Step] = {}
     missing: dict[str, str] = {}
     makers = {mode: (lambda m=mode: torch_sgd(m, [param], [grad], [buf]))
               for mode in TORCH_MODES}
@@ -106,7 +108,7 @@ def peers(rule: str, param: np.ndarray, grad: np.ndarray,
             missing[name] = "no torch optimizer for this rule"
             continue
         try:
-            runners[name] = make()
+            steps[name] = make()
         except ImportError:
             missing[name] = "not installed"
-    return runners, missing
+    return steps, missing

@@ -7,9 +7,8 @@ import numpy as np
 
 import momentum
 from momentum import foreach, reference
-from momentum._bench.peers import TORCH_MODES, torch_sgd
+from momentum._bench.peers import TORCH_MODES, Step, torch_sgd
 from momentum._bench.rules import TIMED
-from momentum._bench.timing import Runner, loop
 
 WORKLOADS = ("many-small", "resnet50", "gpt2-small")
 # The candidate every other one is compared with.
@@ -41,14 +40,14 @@ API_LOOP = _loop_over(momentum.sgd)
 REFERENCE_LOOP = _loop_over(reference.sgd)
 
 
-def runners(model: momentum.Arena) -> tuple[dict[str, Runner], dict[str, str]]:
+def steps(model: momentum.Arena) -> tuple[dict[str, Step], dict[str, str]]:
     """One full sgd step over all of ``model``'s tensors, per candidate, and the missing peers."""
     views = (model.param_views, model.grad_views, model.buf_views)
-    out: dict[str, Runner] = {
-        BASELINE: loop(lambda: foreach.sgd(*views, **TIMED["sgd"])),
-        "momentum.Arena.sgd (1 call)": loop(lambda: model.sgd(**TIMED["sgd"])),
-        "momentum.sgd, Python loop": loop(lambda: API_LOOP(*views)),
-        "reference, Python loop": loop(lambda: REFERENCE_LOOP(*views)),
+    out: dict[str, Step] = {
+        BASELINE: lambda: foreach.sgd(*views, **TIMED["sgd"]),
+        "momentum.Arena.sgd (1 call)": lambda: model.sgd(**TIMED["sgd"]),
+        "momentum.sgd, Python loop": lambda: API_LOOP(*views),
+        "reference, Python loop": lambda: REFERENCE_LOOP(*views),
     }
     missing: dict[str, str] = {}
     for mode in TORCH_MODES:

@@ -1,0 +1,29 @@
+"""pytest-benchmark set-up for ``pytest bench/``.
+
+``--bench-threads N`` runs momentum and its peers on N threads (default 1,
+so that saved results compare across runs on a shared machine); the build
+configuration goes into the saved JSON's ``machine_info``.
+"""
+import pytest
+
+from momentum._bench.peers import set_threads
+from momentum._config import config
+
+
+def pytest_addoption(parser):
+    parser.addoption("--bench-threads", type=int, default=1,
+                     help="threads for momentum and its peers (0: library default)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def bench_threads(request):
+    """The thread count of every benchmark; restored to the default afterwards."""
+    threads = request.config.getoption("--bench-threads")
+    set_threads(threads)
+    yield threads
+    set_threads(0)
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    machine_info["momentum"] = config()
+
