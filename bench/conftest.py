@@ -7,7 +7,7 @@ configuration goes into the saved JSON's ``machine_info``.
 import pytest
 
 from momentum._bench.peers import set_threads
-from momentum._config import config
+from momentum import _config
 
 
 def pytest_addoption(parser):
@@ -25,5 +25,12 @@ def bench_threads(request):
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    machine_info["momentum"] = config()
+    machine_info["momentum"] = _config.config()
 
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    # Keep the summary statistics, drop every raw sample: a saved baseline
+    # stays small enough to commit, and --benchmark-compare needs only these.
+    for bench in output_json["benchmarks"]:
+        bench["stats"].pop("data", None)
