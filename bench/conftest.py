@@ -6,8 +6,9 @@ configuration goes into the saved JSON's ``machine_info``.
 """
 import pytest
 
-from momentum._bench.peers import set_threads
+import momentum
 from momentum import _config
+from momentum._bench.peers import set_threads
 
 
 def pytest_addoption(parser):
@@ -18,15 +19,13 @@ def pytest_addoption(parser):
 @pytest.fixture(scope="session", autouse=True)
 def bench_threads(request):
     """The thread count of every benchmark; restored to the default afterwards."""
-    threads = request.config.getoption("--bench-threads")
-    set_threads(threads)
-    yield threads
+    set_threads(request.config.getoption("--bench-threads"))
+    yield momentum.get_num_threads()
     set_threads(0)
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["momentum"] = _config.config()
-
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
