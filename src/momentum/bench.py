@@ -159,11 +159,12 @@ def model_steps(plan: Plan) -> list[dict]:
         steps, missing = workloads.steps(model)
         timings = timed(steps, plan)
         ours_s = timings[workloads.BASELINE].median
+        elements = sum(v.size for v in model.param_views)
         rows.append({
-            "name": name, "tensors": len(model), "elements": sum(v.size for v in model.param_views),
+            "name": name, "tensors": len(model), "elements": elements,
             "threads": plan.threads[-1], "missing": missing,
-            "results": {k: {**t.as_dict(), "median_ms": t.median * 1e3,
-                            "ratio_to_momentum": t.median / ours_s}
+            "results": {k: {**rates(t, elements, ELEMENTS_MOVED["sgd"], 4),
+                            "median_ms": t.median * 1e3, "ratio_to_momentum": t.median / ours_s}
                         for k, t in timings.items()},
         })
         del model, steps
