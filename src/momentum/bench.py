@@ -22,15 +22,18 @@ import numpy as np
 import momentum
 from momentum import _probe
 from momentum._bench import machine, report, workloads
-from momentum._workloads import load_workload
 from momentum._bench.peers import TORCH_MODES, Step, ours, peers, set_threads, torch_sgd
+from momentum._bench.report import size
 from momentum._bench.rules import DTYPES, ELEMENTS_MOVED, RULES, arrays, check_rules
 from momentum._bench.timing import Runner, Timing, interleaved, loop
+from momentum._workloads import load_workload
 
 KI, MI = 1 << 10, 1 << 20
 SIZES = (4 * KI, 64 * KI, 1 * MI, 32 * MI)
 QUICK_SIZES = (4 * KI, 64 * KI, 1 * MI)
-# The kernels go parallel from 128 Ki elements; smaller rows are 1-thread only.
+# Rows this large are measured on one thread and on all threads.  (The kernels
+# split work from 128 Ki elements, but below 1 Mi waking a second thread buys
+# little, and a 2-core machine shared with other work makes it cost a lot.)
 PARALLEL_FROM = 1 * MI
 C_LOOP = "C fused loop"
 OVERHEAD_N = 16
@@ -126,14 +129,14 @@ def kernels(plan: Plan, dram: Mapping[int, float]) -> list[dict]:
             probe = tuple(x.copy() for x in data)
             for threads in plan.threads_for(n):
                 for rule in RULES:
-                    progress(f"{rule} {np.dtype(dtype).name} n={n} threads={threads}")
+                    progress(f"{rule} {np.dtype(dtype).name} {size(n)} elements, {threads} thread(s)")
                     rows.append(kernel_row(rule, n, threads, data, probe, plan, dram))
     return rows
 
 
 def call_overhead(plan: Plan) -> dict:
-    """Microseconds per sgd call on 16 float32 elements."""
-    progress(f"call overhead, n={OVERHEAD_N}")
+    """Microseconds per sgd call on 16 float32 elements, at the plan's fewest threads."""
+    progress(f"call overhead, {OVERHEAD_N} elements")
     set_threads(plan.threads[0])
     data = arrays(OVERHEAD_N, np.float32)
     steps = ours("sgd", *data)
@@ -144,7 +147,7 @@ def call_overhead(plan: Plan) -> dict:
         except ImportError:
             missing[mode] = "not installed"
     timings = timed(steps, plan)
-    return {"n": OVERHEAD_N, "dtype": "float32", "missing": missing,
+    return {"n": OVERHEAD_N, "dtype": "float32", "threads": plan.threads[0], "missing": missing,
             "results": {k: {**t.as_dict(), "median_us": t.median * 1e6}
                         for k, t in timings.items()}}
 
@@ -163,16 +166,19 @@ def model_steps(plan: Plan) -> list[dict]:
         rows.append({
             "name": name, "tensors": len(model), "elements": elements,
             "threads": plan.threads[-1], "missing": missing,
-            "results": {k: {**rates(t, elements, ELEMENTS_MOVED["sgd"], 4),
+            "results": {k: {**rates(t, elements, ELEMENTS_MOVED["sgd"], model.dtype.itemsize),
                             "median_ms": t.median * 1e3, "ratio_to_momentum": t.median / ours_s}
                         for k, t in timings.items()},
         })
+        # Free this model before the next is made: GPT-2 small alone takes 1.5 GB.
         del model, steps
     return rows
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m momentum bench", description=__doc__.split("\n\n")[0])
+    """The command line of ``python -m momentum bench``."""
+    parser = argparse.ArgumentParser(prog="python -m momentum bench",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="fewer repeats, sizes up to 1 Mi, only the many-small model (about 10 s)")
     parser.add_argument("--json", metavar="FILE", help="write every result, with units, to FILE")

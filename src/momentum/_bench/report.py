@@ -112,7 +112,8 @@ def _missing_notes(missing: Iterable[dict[str, str]]) -> list[str]:
 def overhead_text(row: dict) -> str:
     """Microseconds per call on 16 elements."""
     body = [[name, f"{r['median_us']:.2f}", _iqr_pct(r)] for name, r in row["results"].items()]
-    return _table(f"Call overhead: sgd on {row['n']} {row['dtype']} elements, 1 thread",
+    return _table(f"Call overhead: sgd on {row['n']} {row['dtype']} elements, "
+                  f"{row['threads']} thread(s)",
                   ["candidate", "µs/call", "IQR"], body, _missing_notes([row["missing"]]))
 
 
