@@ -1,13 +1,14 @@
-"""What a user would run instead of momentum, as runners on the same arrays.
+"""What a user would run instead of momentum, as steps on the same arrays.
 
 Each candidate is a *step*: a function of no arguments that makes one call.
 Every step updates the arrays it is given in place (PyTorch through
 ``torch.from_numpy``, which shares memory), so all candidates of one row
 read and write identical data.  A peer that is not installed, or has no form
-of a rule, is reported with the reason instead of a runner.
+of a rule, is reported with the reason instead of a step.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Callable, Sequence
 
 import numpy as np
@@ -37,10 +38,9 @@ def set_threads(n: int) -> None:
     """Use ``n`` threads in momentum and in every installed peer (0: momentum's default)."""
     momentum.set_num_threads(n)
     n = n or momentum.get_num_threads()
-    for name, setter in (("torch", "set_num_threads"), ("numba", "set_num_threads"),
-                         ("numexpr", "set_num_threads")):
+    for name in ("torch", "numba", "numexpr"):
         try:
-            getattr(__import__(name), setter)(n)
+            importlib.import_module(name).set_num_threads(n)
         except ImportError:
             pass
 

@@ -1,6 +1,7 @@
 """The rules as the benchmark times them, and the bitwise correctness gate."""
 from __future__ import annotations
 
+import itertools
 from typing import Callable, Mapping
 
 import numpy as np
@@ -58,6 +59,7 @@ def args(rule: str, param: np.ndarray, grad: np.ndarray,
 
 
 def _bits(a: np.ndarray) -> np.ndarray:
+    """The array's bit patterns, so that -0.0 != 0.0 and equal NaNs compare equal."""
     return a.view(f"u{a.itemsize}")
 
 
@@ -68,19 +70,16 @@ def check_rules(impl: Mapping[str, Callable]) -> list[str]:
     equal).  ``impl`` maps a rule's name to its function.
     """
     failures = []
-    for rule in RULES:
-        for dtype in DTYPES:
-            for n in GATE_SIZES:
-                for hyper in CASES[rule]:
-                    mine = list(arrays(n, dtype, seed=n))
-                    spec = [a.copy() for a in mine]
-                    if hyper.get("momentum", 0.0) == 0.0 and rule == "sgd":
-                        mine[2] = spec[2] = None
-                    impl[rule](*args(rule, *mine), **hyper)
-                    getattr(reference, rule)(*args(rule, *spec), **hyper)
-                    names = ("param", "grad", "buf")
-                    for name, a, b in zip(names, mine, spec):
-                        if a is not None and not np.array_equal(_bits(a), _bits(b)):
-                            failures.append(f"{rule} {np.dtype(dtype).name} n={n} "
-                                            f"{hyper}: '{name}' differs from the reference")
+    for rule, dtype, n in itertools.product(RULES, DTYPES, GATE_SIZES):
+        for hyper in CASES[rule]:
+            mine = list(arrays(n, dtype, seed=n))
+            spec = [a.copy() for a in mine]
+            if rule == "sgd" and hyper.get("momentum", 0.0) == 0.0:
+                mine[2] = spec[2] = None  # sgd without momentum takes no buffer
+            impl[rule](*args(rule, *mine), **hyper)
+            getattr(reference, rule)(*args(rule, *spec), **hyper)
+            for name, a, b in zip(("param", "grad", "buf"), mine, spec):
+                if a is not None and not np.array_equal(_bits(a), _bits(b)):
+                    failures.append(f"{rule} {np.dtype(dtype).name} n={n} {hyper}: "
+                                    f"'{name}' differs from the reference")
     return failures
