@@ -216,6 +216,7 @@ def main(argv: Sequence[str]) -> int:
                      "plan": {"sizes": list(plan.sizes), "threads": list(plan.threads),
                               "repeats": plan.repeats, "target_s": plan.target}}
     print("\n".join(machine.header_lines(results["machine"])), flush=True)
+    print(report.plan_text(results["plan"]), flush=True)
     progress("correctness gate")
     failures = gate()
     results["correctness"] = {"passed": not failures, "failures": failures}

@@ -43,6 +43,13 @@ def _table(title: str, head: list[str], rows: list[list[str]], notes: list[str] 
     return "\n".join(out + [f"  {n}" for n in notes])
 
 
+def plan_text(plan: dict) -> str:
+    """What this run measures: sizes, threads, samples."""
+    return (f"plan     sizes {', '.join(size(n) for n in plan['sizes'])}; threads "
+            f"{', '.join(map(str, plan['threads']))}; {plan['repeats']} interleaved samples "
+            f"of >= {plan['target_s'] * 1e3:g} ms per candidate, median ± half IQR")
+
+
 def gate_text(failures: list[str]) -> str:
     """The correctness gate's verdict."""
     if not failures:
