@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from momentum import _probe
-from momentum._bench.peers import ours, torch_sgd
+from momentum._bench.peers import C_LOOP, ours, torch_sgd
 from momentum.bench import PARALLEL_FROM, SIZES
 from momentum._bench.report import size
 from momentum._bench.rules import DTYPES, ELEMENTS_MOVED, RULES, arrays
@@ -41,7 +41,7 @@ def c_loop_gbps(dtype: type, n: int, threads: int) -> float:
 
     def run(k: int) -> float:
         return _probe.time_fused(*probe, k, threads)
-    seconds = interleaved({"C fused loop": run}, repeats=5, target=5e-3)["C fused loop"].median
+    seconds = interleaved({C_LOOP: run}, repeats=5, target=5e-3)[C_LOOP].median
     return 5 * n * probe[0].itemsize / seconds / 1e9
 
 

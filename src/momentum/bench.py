@@ -22,7 +22,8 @@ import numpy as np
 import momentum
 from momentum import _probe
 from momentum._bench import machine, report, workloads
-from momentum._bench.peers import TORCH_MODES, Step, ours, peers, set_threads, torch_sgd
+from momentum._bench.peers import (C_LOOP, TORCH_MODES, Step, ours, peers, set_threads,
+                                   torch_sgd)
 from momentum._bench.report import size
 from momentum._bench.rules import DTYPES, ELEMENTS_MOVED, RULES, arrays, check_rules
 from momentum._bench.timing import Runner, Timing, interleaved, loop
@@ -35,7 +36,6 @@ QUICK_SIZES = (4 * KI, 64 * KI, 1 * MI)
 # split work from 128 Ki elements, but below 1 Mi waking a second thread buys
 # little, and a 2-core machine shared with other work makes it cost a lot.)
 PARALLEL_FROM = 1 * MI
-C_LOOP = "C fused loop"
 OVERHEAD_N = 16
 
 

@@ -21,6 +21,8 @@ TORCH_MODES = {"torch for-loop": {"foreach": False},
                "torch foreach": {"foreach": True},
                "torch fused": {"fused": True}}
 PEERS = (*TORCH_MODES, "numba", "numexpr")
+# The plain C loop that moves sgd's bytes (momentum._probe): the ceiling.
+C_LOOP = "C fused loop"
 
 Step = Callable[[], object]
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from momentum._bench.peers import PEERS
+from momentum._bench.peers import C_LOOP, PEERS
 
 # One colour per candidate in every panel of the plot.
-CANDIDATES = ("momentum", "C fused loop", "reference", *PEERS)
+CANDIDATES = ("momentum", C_LOOP, "reference", *PEERS)
 
 UNITS = {
     "median_s": "seconds per call (median of samples)",
@@ -61,9 +61,9 @@ def bandwidth_text(rows: list[dict]) -> str:
     """Copy, triad and C fused loop GB/s per thread count."""
     n = rows[0]["n"]
     body = [[str(r["threads"])] + [f"{r['results'][k]['GB_per_s']:.1f} {_iqr_pct(r['results'][k])}"
-                                   for k in ("copy", "triad", "C fused loop")] for r in rows]
+                                   for k in ("copy", "triad", C_LOOP)] for r in rows]
     return _table(f"Memory bandwidth, float64, {size(n)} elements per array (GB/s, median ± half IQR)",
-                  ["threads", "copy", "triad", "C fused loop"], body,
+                  ["threads", "copy", "triad", C_LOOP], body,
                   ["copy and triad count STREAM's bytes (writes to an array not read also cost a "
                    "read, not counted);",
                    "the C fused loop reads p, g, b and writes p, b in place, as sgd does: "
@@ -77,7 +77,7 @@ def kernels_text(rows: list[dict]) -> str:
         ours, ref = r["results"]["momentum"], r["results"]["reference"]
         body.append([r["rule"], r["dtype"], size(r["n"]), str(r["threads"]),
                      f"{ours['Melem_per_s']:.0f}", f"{ours['GB_per_s']:.1f}", _iqr_pct(ours),
-                     f"{r['results']['C fused loop']['GB_per_s']:.1f}",
+                     f"{r['results'][C_LOOP]['GB_per_s']:.1f}",
                      f"{r['pct_of_c_loop']:.0f}%", f"{r['x_dram_c_loop']:.2f}x",
                      f"{ref['GB_per_s']:.2f}", f"{r['speedup_vs_reference']:.1f}x"])
     return _table("Kernels: momentum vs the C fused loop at the same size, DRAM, and momentum.reference",
@@ -166,9 +166,9 @@ def plot(results: dict, path: str) -> None:
         for colour, name in enumerate(CANDIDATES):
             pts = [(r["n"], r["results"][name]["GB_per_s"]) for r in rows if name in r["results"]]
             if pts:
-                ax.plot(*zip(*pts), "--" if name == "C fused loop" else "-", marker="o",
+                ax.plot(*zip(*pts), "--" if name == C_LOOP else "-", marker="o",
                         color=f"C{colour}", label=name)
-        ax.axhline(dram["results"]["C fused loop"]["GB_per_s"], color="k", linestyle=":",
+        ax.axhline(dram["results"][C_LOOP]["GB_per_s"], color="k", linestyle=":",
                    label=f"DRAM ceiling (C fused loop, {size(dram['n'])})")
         ax.set(xscale="log", yscale="log", title=f"{rule}, {dtype}, {threads} thread",
                xlabel="elements", ylabel="GB/s")
