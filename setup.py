@@ -100,6 +100,7 @@ MODULES = [
     "momentum._checks",
     "momentum._api",
     "momentum._overlap",
+    "momentum._probe",
     "momentum.foreach",
 ]
 

@@ -1,0 +1,1 @@
+"""The pieces of ``python -m momentum bench``: timing, machine facts, peers, report."""

@@ -1,0 +1,116 @@
+"""What a user would run instead of momentum, as steps on the same arrays.
+
+Each candidate is a *step*: a function of no arguments that makes one call.
+Every step updates the arrays it is given in place (PyTorch through
+``torch.from_numpy``, which shares memory), so all candidates of one row
+read and write identical data.  A peer that is not installed, or has no form
+of a rule, is reported with the reason instead of a step.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Callable, Sequence
+
+import numpy as np
+
+import momentum
+from momentum import reference
+from momentum._bench.rules import TIMED, args
+
+TORCH_MODES = {"torch for-loop": {"foreach": False},
+               "torch foreach": {"foreach": True},
+               "torch fused": {"fused": True}}
+PEERS = (*TORCH_MODES, "numba", "numexpr")
+# The plain C loop that moves sgd's bytes (momentum._probe): the ceiling.
+C_LOOP = "C fused loop"
+
+Step = Callable[[], object]
+
+# numexpr's form of each rule, one evaluate() per array written.
+NUMEXPR = {
+    "update_buffer": [("buf", "momentum*buf + keep*grad")],
+    "sgd": [("buf", "momentum*buf + (grad + weight_decay*param)"),
+            ("param", "param - lr*buf")],
+    "heavy_ball": [("buf", "momentum*buf + lr*(grad + weight_decay*param)"),
+                   ("param", "param - buf")],
+}
+
+
+def set_threads(n: int) -> None:
+    """Use ``n`` threads in momentum and in every installed peer (0: momentum's default)."""
+    momentum.set_num_threads(n)
+    n = n or momentum.get_num_threads()
+    for name in ("torch", "numba", "numexpr"):
+        try:
+            importlib.import_module(name).set_num_threads(n)
+        except ImportError:
+            pass
+
+
+def ours(rule: str, param: np.ndarray, grad: np.ndarray, buf: np.ndarray) -> dict[str, Step]:
+    """``momentum`` and ``reference`` (NumPy) steps of ``rule``."""
+    call_args, hyper = args(rule, param, grad, buf), TIMED[rule]
+    kernel, spec = getattr(momentum, rule), getattr(reference, rule)
+    return {"momentum": lambda: kernel(*call_args, **hyper),
+            "reference": lambda: spec(*call_args, **hyper)}
+
+
+def torch_sgd(mode: str, params: Sequence[np.ndarray], grads: Sequence[np.ndarray],
+              bufs: Sequence[np.ndarray]) -> Step:
+    """``torch.optim.SGD(...).step`` in ``mode`` over tensors sharing the arrays' memory.
+
+    The momentum buffers are put in the optimizer's state up front, so every
+    timed step is a full momentum step on ``bufs``.
+    """
+    import torch
+    tensors = [torch.from_numpy(p).requires_grad_() for p in params]
+    for t, g in zip(tensors, grads):
+        t.grad = torch.from_numpy(g)
+    opt = torch.optim.SGD(tensors, **TIMED["sgd"], **TORCH_MODES[mode])
+    for t, b in zip(tensors, bufs):
+        opt.state[t]["momentum_buffer"] = torch.from_numpy(b)
+    return opt.step
+
+
+def _numba(rule: str, param: np.ndarray, grad: np.ndarray, buf: np.ndarray) -> Step:
+    from momentum._bench import numba_rules
+    dtype = param.dtype.type
+    hyper = dict(TIMED[rule])
+    if rule == "update_buffer":
+        hyper["keep"] = 1 - hyper.pop("dampening", 0.0)
+    scalars = [dtype(v) for v in hyper.values()]
+    fn, call_args = getattr(numba_rules, rule), args(rule, param, grad, buf)
+    return lambda: fn(*call_args, *scalars)
+
+
+def _numexpr(rule: str, param: np.ndarray, grad: np.ndarray, buf: np.ndarray) -> Step:
+    import numexpr
+    dtype = param.dtype.type
+    names = {"param": param, "grad": grad, "buf": buf, "keep": dtype(1.0)}
+    names.update({k: dtype(v) for k, v in TIMED[rule].items()})
+    steps = [(names[out], expr) for out, expr in NUMEXPR[rule]]
+
+    def step() -> None:
+        for out, expr in steps:
+            numexpr.evaluate(expr, local_dict=names, out=out)
+    return step
+
+
+def peers(rule: str, param: np.ndarray, grad: np.ndarray,
+          buf: np.ndarray) -> tuple[dict[str, Step], dict[str, str]]:
+    """Steps of every peer of ``rule``, and why each missing one is missing."""
+    steps: dict[str, Step] = {}
+    missing: dict[str, str] = {}
+    makers = {mode: (lambda m=mode: torch_sgd(m, [param], [grad], [buf]))
+              for mode in TORCH_MODES}
+    makers["numba"] = lambda: _numba(rule, param, grad, buf)
+    makers["numexpr"] = lambda: _numexpr(rule, param, grad, buf)
+    for name, make in makers.items():
+        if name in TORCH_MODES and rule != "sgd":
+            missing[name] = "no torch optimizer for this rule"
+            continue
+        try:
+            steps[name] = make()
+        except ImportError:
+            missing[name] = "not installed"
+    return steps, missing

@@ -1,0 +1,180 @@
+"""The benchmark's results as text tables and as a plot."""
+from __future__ import annotations
+
+from typing import Iterable
+
+from momentum._bench.peers import C_LOOP, PEERS
+
+# One colour per candidate in every panel of the plot.
+CANDIDATES = ("momentum", C_LOOP, "reference", *PEERS)
+
+UNITS = {
+    "median_s": "seconds per call (median of samples)",
+    "q1_s": "seconds per call, first quartile", "q3_s": "seconds per call, third quartile",
+    "Melem_per_s": "10^6 elements per second",
+    "GB_per_s": "10^9 bytes per second: elements read + written (sgd, heavy_ball 5, "
+                "update_buffer 3, copy 2, triad 3, C fused loop 5) * itemsize / median_s",
+    "median_us": "microseconds per call", "median_ms": "milliseconds per step",
+    "bytes_per_call": "bytes", "pct_of_c_loop": "percent",
+    "x_dram_c_loop": "ratio to the C fused loop's GB/s on arrays far larger than cache",
+    "speedup_vs_reference": "reference seconds / momentum seconds",
+    "ratio_to_momentum": "candidate seconds / momentum.foreach.sgd seconds",
+}
+
+
+def size(n: int) -> str:
+    """``4096`` -> ``'4 Ki'``; sizes that are not a power-of-1024 multiple stay as they are."""
+    for unit, scale in (("Mi", 1 << 20), ("Ki", 1 << 10)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale} {unit}"
+    return str(n)
+
+
+def _iqr_pct(r: dict) -> str:
+    return f"±{50 * (r['q3_s'] - r['q1_s']) / r['median_s']:.0f}%"
+
+
+def _table(title: str, head: list[str], rows: list[list[str]], notes: list[str] = ()) -> str:
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    line = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w)
+                               for i, (c, w) in enumerate(zip(r, widths)))
+    out = ["", title, line(head), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in rows]
+    return "\n".join(out + [f"  {n}" for n in notes])
+
+
+def plan_text(plan: dict) -> str:
+    """What this run measures: sizes, threads, samples."""
+    return (f"plan     sizes {', '.join(size(n) for n in plan['sizes'])}; threads "
+            f"{', '.join(map(str, plan['threads']))}; {plan['repeats']} interleaved samples "
+            f"of >= {plan['target_s'] * 1e3:g} ms per candidate, median ± half IQR")
+
+
+def gate_text(failures: list[str]) -> str:
+    """The correctness gate's verdict."""
+    if not failures:
+        return "\ncorrectness: every rule, dtype and branch bitwise equal to momentum.reference"
+    return "\n".join(["\ncorrectness: FAILED, no speeds reported", *failures])
+
+
+def bandwidth_text(rows: list[dict]) -> str:
+    """Copy, triad and C fused loop GB/s per thread count."""
+    n = rows[0]["n"]
+    body = [[str(r["threads"])] + [f"{r['results'][k]['GB_per_s']:.1f} {_iqr_pct(r['results'][k])}"
+                                   for k in ("copy", "triad", C_LOOP)] for r in rows]
+    return _table(f"Memory bandwidth, float64, {size(n)} elements per array (GB/s, median ± half IQR)",
+                  ["threads", "copy", "triad", C_LOOP], body,
+                  ["copy and triad count STREAM's bytes (writes to an array not read also cost a "
+                   "read, not counted);",
+                   "the C fused loop reads p, g, b and writes p, b in place, as sgd does: "
+                   "the ceiling the rules are held to."])
+
+
+def kernels_text(rows: list[dict]) -> str:
+    """Each rule against the C fused loop (same size), DRAM and the reference."""
+    body = []
+    for r in rows:
+        ours, ref = r["results"]["momentum"], r["results"]["reference"]
+        body.append([r["rule"], r["dtype"], size(r["n"]), str(r["threads"]),
+                     f"{ours['Melem_per_s']:.0f}", f"{ours['GB_per_s']:.1f}", _iqr_pct(ours),
+                     f"{r['results'][C_LOOP]['GB_per_s']:.1f}",
+                     f"{r['pct_of_c_loop']:.0f}%", f"{r['x_dram_c_loop']:.2f}x",
+                     f"{ref['GB_per_s']:.2f}", f"{r['speedup_vs_reference']:.1f}x"])
+    return _table("Kernels: momentum vs the C fused loop at the same size, DRAM, and momentum.reference",
+                  ["rule", "dtype", "size", "thr", "Melem/s", "GB/s", "IQR", "C-loop GB/s",
+                   "% C-loop", "vs DRAM", "ref GB/s", "speed-up"], body,
+                  ["% C-loop: momentum's GB/s over the C fused loop's on same-size arrays "
+                   "(the ceiling in that cache level);",
+                   "vs DRAM: momentum's GB/s over the C fused loop's on arrays far larger than "
+                   "cache (above 1x = served from cache).",
+                   "speed-up: reference time / momentum time."])
+
+
+def peers_text(rows: list[dict]) -> str:
+    """Each peer's GB/s and how many times longer it takes than momentum."""
+    body = []
+    for r in rows:
+        ours = r["results"]["momentum"]["median_s"]
+        cells = []
+        for peer in PEERS:
+            res = r["results"].get(peer)
+            cells.append(f"{res['GB_per_s']:.1f} ({res['median_s'] / ours:.1f}x)" if res
+                         else "-")
+        body.append([r["rule"], r["dtype"], size(r["n"]), str(r["threads"]),
+                     f"{r['results']['momentum']['GB_per_s']:.1f}", *cells])
+    return _table("Peers on identical data: GB/s (peer time / momentum time)",
+                  ["rule", "dtype", "size", "thr", "momentum", *PEERS], body,
+                  _missing_notes(r["missing"] for r in rows))
+
+
+def _missing_notes(missing: Iterable[dict[str, str]]) -> list[str]:
+    """One note per reason a peer is absent: ``'-' torch fused: not installed``."""
+    why: dict[str, dict[str, None]] = {}
+    for row in missing:
+        for peer, reason in row.items():
+            why.setdefault(reason, {})[peer] = None
+    return [f"- {', '.join(peers)}: {reason}" for reason, peers in why.items()]
+
+
+def overhead_text(row: dict) -> str:
+    """Microseconds per call on 16 elements."""
+    body = [[name, f"{r['median_us']:.2f}", _iqr_pct(r)] for name, r in row["results"].items()]
+    return _table(f"Call overhead: sgd on {row['n']} {row['dtype']} elements, "
+                  f"{row['threads']} thread(s)",
+                  ["candidate", "µs/call", "IQR"], body, _missing_notes([row["missing"]]))
+
+
+def workloads_text(rows: list[dict]) -> str:
+    """Milliseconds per whole optimizer step, and ratios to momentum."""
+    body = []
+    for w in rows:
+        for name, r in w["results"].items():
+            body.append([w["name"], f"{w['tensors']}", f"{w['elements'] / 1e6:.1f}", name,
+                         f"{r['median_ms']:.2f}", _iqr_pct(r), f"{r['GB_per_s']:.1f}",
+                         f"{r['ratio_to_momentum']:.2f}x"])
+    threads = rows[0]["threads"] if rows else "-"
+    return _table(f"Model workloads: one float32 sgd step over every tensor, {threads} thread(s)",
+                  ["model", "tensors", "Melem", "candidate", "ms/step", "IQR", "GB/s", "vs foreach"],
+                  body, ["vs foreach: candidate time / momentum.foreach.sgd time (above 1x: foreach faster)."]
+                  + _missing_notes(w["missing"] for w in rows))
+
+
+def require_matplotlib() -> None:
+    """Fail early, with a clear message, when a plot is asked for without matplotlib."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install 'momentum[plot]'") from None
+
+
+def plot(results: dict, path: str) -> None:
+    """GB/s against size (log x) per rule and dtype at one thread, DRAM ceiling as a line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rules = list(dict.fromkeys(r["rule"] for r in results["kernels"]))
+    dtypes = list(dict.fromkeys(r["dtype"] for r in results["kernels"]))
+    threads = results["plan"]["threads"][0]
+    dram = next(b for b in results["bandwidth"] if b["threads"] == threads)
+    fig, axes = plt.subplots(len(dtypes), len(rules), figsize=(5 * len(rules), 4 * len(dtypes)),
+                             squeeze=False, sharex=True)
+    for (i, dtype), (j, rule) in ((a, b) for a in enumerate(dtypes) for b in enumerate(rules)):
+        ax = axes[i][j]
+        rows = [r for r in results["kernels"]
+                if r["rule"] == rule and r["dtype"] == dtype and r["threads"] == threads]
+        for colour, name in enumerate(CANDIDATES):
+            pts = [(r["n"], r["results"][name]["GB_per_s"]) for r in rows if name in r["results"]]
+            if pts:
+                ax.plot(*zip(*pts), "--" if name == C_LOOP else "-", marker="o",
+                        color=f"C{colour}", label=name)
+        ax.axhline(dram["results"][C_LOOP]["GB_per_s"], color="k", linestyle=":",
+                   label=f"DRAM ceiling (C fused loop, {size(dram['n'])})")
+        ax.set(xscale="log", yscale="log", title=f"{rule}, {dtype}, {threads} thread",
+               xlabel="elements", ylabel="GB/s")
+        ax.grid(True, which="both", alpha=0.3)
+    # The panel with the most candidates carries the legend.
+    max(axes.flat, key=lambda a: len(a.get_lines())).legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

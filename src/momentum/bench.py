@@ -1,0 +1,242 @@
+"""``python -m momentum bench``: how fast the kernels are, honestly.
+
+The report, in order: the machine and the build; a bitwise correctness gate
+against :mod:`momentum.reference` (exit status 1 if any bit differs); the
+memory bandwidth this build can reach (copy, STREAM triad, and a plain C loop
+that moves sgd's bytes); each rule, dtype and size against that ceiling, the
+NumPy reference and the peers (PyTorch, Numba, numexpr); the cost of one call
+on 16 elements; whole optimizer steps over real models' parameter shapes.
+Timing is described in :mod:`momentum._bench.timing`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from time import perf_counter
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+import momentum
+from momentum import _probe
+from momentum._bench import machine, report, workloads
+from momentum._bench.peers import (C_LOOP, TORCH_MODES, Step, ours, peers, set_threads,
+                                   torch_sgd)
+from momentum._bench.report import size
+from momentum._bench.rules import DTYPES, ELEMENTS_MOVED, RULES, arrays, check_rules
+from momentum._bench.timing import Runner, Timing, interleaved, loop
+from momentum._workloads import load_workload
+
+KI, MI = 1 << 10, 1 << 20
+SIZES = (4 * KI, 64 * KI, 1 * MI, 32 * MI)
+QUICK_SIZES = (4 * KI, 64 * KI, 1 * MI)
+# Rows this large are measured on one thread and on all threads.  (The kernels
+# split work from 128 Ki elements, but below 1 Mi waking a second thread buys
+# little, and a 2-core machine shared with other work makes it cost a lot.)
+PARALLEL_FROM = 1 * MI
+OVERHEAD_N = 16
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one run measures and how hard it tries."""
+
+    sizes: Sequence[int]
+    threads: Sequence[int]      # thread counts for rows of PARALLEL_FROM or more
+    repeats: int                # interleaved samples per candidate
+    target: float               # seconds per sample, at least
+    bandwidth_n: int            # float64 elements per array of the DRAM probe
+    workloads: Sequence[str]
+
+    def threads_for(self, n: int) -> Sequence[int]:
+        """The thread counts a row of ``n`` elements is measured at."""
+        return self.threads if n >= PARALLEL_FROM else self.threads[:1]
+
+
+_START = perf_counter()
+
+
+def progress(message: str) -> None:
+    """One line of progress on stderr, with seconds since start (the report goes to stdout)."""
+    print(f"[bench {perf_counter() - _START:5.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def rates(t: Timing, n: int, elements_moved: int, itemsize: int) -> dict:
+    """``t`` with Melem/s and GB/s (10^9 bytes) added."""
+    return {**t.as_dict(), "Melem_per_s": n / t.median / 1e6,
+            "GB_per_s": elements_moved * n * itemsize / t.median / 1e9}
+
+
+def timed(steps: Mapping[str, Step], plan: Plan,
+          runners: Mapping[str, Runner] | None = None) -> dict[str, Timing]:
+    """Time ``steps`` (one call each) and ``runners`` (k calls each) interleaved, as planned."""
+    return interleaved({**{name: loop(step) for name, step in steps.items()}, **(runners or {})},
+                       plan.repeats, plan.target)
+
+
+def gate(impl: Mapping[str, Callable] | None = None) -> list[str]:
+    """The correctness gate: momentum's rules (or ``impl``) against the reference."""
+    return check_rules(impl or {rule: getattr(momentum, rule) for rule in RULES})
+
+
+def bandwidth(plan: Plan) -> list[dict]:
+    """Copy, triad and C fused loop GB/s on float64 arrays far larger than cache."""
+    n = plan.bandwidth_n
+    a, b, c = (np.ones(n) for _ in range(3))
+    rows = []
+    for threads in plan.threads:
+        progress(f"bandwidth, {n // MI} Mi float64, {threads} thread(s)")
+        timings = timed({}, plan, {
+            "copy": lambda k: _probe.time_copy(a, b, k, threads),
+            "triad": lambda k: _probe.time_triad(a, b, c, k, threads),
+            C_LOOP: lambda k: _probe.time_fused(a, b, c, k, threads),
+        })
+        moved = {"copy": 2, "triad": 3, C_LOOP: 5}
+        rows.append({"threads": threads, "n": n, "dtype": "float64",
+                     "results": {k: rates(t, n, moved[k], 8) for k, t in timings.items()}})
+    return rows
+
+
+def kernel_row(rule: str, n: int, threads: int, data: tuple, probe: tuple,
+               plan: Plan, dram: Mapping[int, float]) -> dict:
+    """One rule at one size and thread count: every candidate, interleaved."""
+    set_threads(threads)
+    peer_steps, missing = peers(rule, *data)
+    timings = timed({**ours(rule, *data), **peer_steps}, plan,
+                    {C_LOOP: lambda k: _probe.time_fused(*probe, k, threads)})
+    itemsize = data[0].itemsize
+    results = {name: rates(t, n, 5 if name == C_LOOP else ELEMENTS_MOVED[rule], itemsize)
+               for name, t in timings.items()}
+    ours_gbps = results["momentum"]["GB_per_s"]
+    return {
+        "rule": rule, "dtype": data[0].dtype.name, "n": n, "threads": threads,
+        "bytes_per_call": ELEMENTS_MOVED[rule] * n * itemsize,
+        "results": results, "missing": missing,
+        "pct_of_c_loop": 100 * ours_gbps / results[C_LOOP]["GB_per_s"],
+        "x_dram_c_loop": ours_gbps / dram[threads],
+        "speedup_vs_reference": timings["reference"].median / timings["momentum"].median,
+    }
+
+
+def kernels(plan: Plan, dram: Mapping[int, float]) -> list[dict]:
+    """Every rule, dtype, size and thread count of the plan."""
+    rows = []
+    for dtype in DTYPES:
+        for n in plan.sizes:
+            data = arrays(n, dtype)
+            probe = tuple(x.copy() for x in data)
+            for threads in plan.threads_for(n):
+                for rule in RULES:
+                    progress(f"{rule} {np.dtype(dtype).name} {size(n)} elements, {threads} thread(s)")
+                    rows.append(kernel_row(rule, n, threads, data, probe, plan, dram))
+    return rows
+
+
+def call_overhead(plan: Plan) -> dict:
+    """Microseconds per sgd call on 16 float32 elements, at the plan's fewest threads."""
+    progress(f"call overhead, {OVERHEAD_N} elements")
+    set_threads(plan.threads[0])
+    data = arrays(OVERHEAD_N, np.float32)
+    steps = ours("sgd", *data)
+    missing = {}
+    for mode in TORCH_MODES:
+        try:
+            steps[f"{mode} step"] = torch_sgd(mode, [data[0]], [data[1]], [data[2]])
+        except ImportError:
+            missing[mode] = "not installed"
+    timings = timed(steps, plan)
+    return {"n": OVERHEAD_N, "dtype": "float32", "threads": plan.threads[0], "missing": missing,
+            "results": {k: {**t.as_dict(), "median_us": t.median * 1e6}
+                        for k, t in timings.items()}}
+
+
+def model_steps(plan: Plan) -> list[dict]:
+    """Whole sgd steps over every tensor of each workload, at the plan's most threads."""
+    set_threads(plan.threads[-1])
+    rows = []
+    for name in plan.workloads:
+        progress(f"workload {name}")
+        model = workloads.arena(load_workload(name)["shapes"])
+        steps, missing = workloads.steps(model)
+        timings = timed(steps, plan)
+        ours_s = timings[workloads.BASELINE].median
+        elements = sum(v.size for v in model.param_views)
+        rows.append({
+            "name": name, "tensors": len(model), "elements": elements,
+            "threads": plan.threads[-1], "missing": missing,
+            "results": {k: {**rates(t, elements, ELEMENTS_MOVED["sgd"], model.dtype.itemsize),
+                            "median_ms": t.median * 1e3, "ratio_to_momentum": t.median / ours_s}
+                        for k, t in timings.items()},
+        })
+        # Free this model before the next is made: GPT-2 small alone takes 1.5 GB.
+        del model, steps
+    return rows
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line of ``python -m momentum bench``."""
+    parser = argparse.ArgumentParser(prog="python -m momentum bench",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer repeats, sizes up to 1 Mi, only the many-small model (about 10 s)")
+    parser.add_argument("--json", metavar="FILE", help="write every result, with units, to FILE")
+    parser.add_argument("--plot", metavar="FILE.png", help="plot GB/s against size (needs matplotlib)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="run everything at N threads (default: 1, and all for large sizes)")
+    # For the tests: a short run on chosen sizes and workloads.
+    parser.add_argument("--sizes", help=argparse.SUPPRESS)
+    parser.add_argument("--workloads", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def make_plan(opts: argparse.Namespace) -> Plan:
+    """The plan the command-line options ask for."""
+    most = momentum.get_num_threads()
+    threads = [opts.threads] if opts.threads else sorted({1, most})
+    sizes = QUICK_SIZES if opts.quick else SIZES
+    names = workloads.WORKLOADS[:1] if opts.quick else workloads.WORKLOADS
+    if opts.sizes:
+        sizes = [int(s) for s in opts.sizes.split(",")]
+    if opts.workloads is not None:
+        names = [w for w in opts.workloads.split(",") if w]
+    return Plan(sizes=sizes, threads=threads,
+                repeats=3 if opts.quick else 7, target=1e-3 if opts.quick else 5e-3,
+                bandwidth_n=16 * MI if opts.quick else 32 * MI, workloads=names)
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run the benchmark; print the report; exit status 1 if the gate fails."""
+    opts = parse_args(argv)
+    if opts.plot:
+        report.require_matplotlib()
+    plan = make_plan(opts)
+    results: dict = {"units": report.UNITS, "machine": machine.machine(),
+                     "plan": {"sizes": list(plan.sizes), "threads": list(plan.threads),
+                              "repeats": plan.repeats, "target_s": plan.target}}
+    print("\n".join(machine.header_lines(results["machine"])), flush=True)
+    print(report.plan_text(results["plan"]), flush=True)
+    progress("correctness gate")
+    failures = gate()
+    results["correctness"] = {"passed": not failures, "failures": failures}
+    print(report.gate_text(failures), flush=True)
+    if failures:
+        return 1
+    results["bandwidth"] = bandwidth(plan)
+    print(report.bandwidth_text(results["bandwidth"]), flush=True)
+    dram = {row["threads"]: row["results"][C_LOOP]["GB_per_s"] for row in results["bandwidth"]}
+    results["kernels"] = kernels(plan, dram)
+    print(report.kernels_text(results["kernels"]), flush=True)
+    print(report.peers_text(results["kernels"]), flush=True)
+    results["call_overhead"] = call_overhead(plan)
+    print(report.overhead_text(results["call_overhead"]), flush=True)
+    results["workloads"] = model_steps(plan)
+    print(report.workloads_text(results["workloads"]), flush=True)
+    set_threads(0)
+    if opts.json:
+        with open(opts.json, "w") as f:
+            json.dump(results, f, indent=1)
+    if opts.plot:
+        report.plot(results, opts.plot)
+    return 0

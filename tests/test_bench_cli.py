@@ -1,0 +1,105 @@
+"""`python -m momentum bench`: it runs, its JSON is complete, its gate catches a wrong kernel."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import momentum
+from momentum import bench
+from momentum.__main__ import main as cli
+from momentum._bench import report
+
+HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+SECTIONS = {"units", "machine", "plan", "correctness", "bandwidth", "kernels",
+            "call_overhead", "workloads"}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One tiny `bench --quick` in a subprocess: its exit status, JSON and plot path."""
+    out = tmp_path_factory.mktemp("bench")
+    # One thread: on a busy 2-core machine a second thread only adds waiting.
+    cmd = [sys.executable, "-m", "momentum", "bench", "--quick", "--threads", "1",
+           "--sizes", "4096", "--workloads", "many-small", "--json", str(out / "out.json")]
+    if HAVE_MATPLOTLIB:
+        cmd += ["--plot", str(out / "out.png")]
+    # The subprocess imports the same momentum as this test.
+    src = str(Path(momentum.__file__).parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    return proc, out
+
+
+def test_quick_run_writes_every_section_with_positive_rates(quick_run):
+    proc, out = quick_run
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "out.json").read_text())
+    assert SECTIONS <= results.keys()
+    assert results["correctness"] == {"passed": True, "failures": []}
+    assert results["plan"]["threads"] == [1]
+    assert {(r["rule"], r["dtype"]) for r in results["kernels"]} == {
+        (rule, dtype) for rule in ("update_buffer", "sgd", "heavy_ball")
+        for dtype in ("float32", "float64")}
+    for row in results["kernels"] + results["bandwidth"]:
+        for res in row["results"].values():
+            assert res["GB_per_s"] > 0 and res["Melem_per_s"] > 0
+    for row in results["kernels"]:
+        assert {"momentum", "reference", "C fused loop"} <= row["results"].keys()
+        assert row["speedup_vs_reference"] > 0 and row["pct_of_c_loop"] > 0
+    assert results["call_overhead"]["results"]["momentum"]["median_us"] > 0
+    [workload] = results["workloads"]
+    assert workload["name"] == "many-small" and workload["tensors"] == 1000
+    assert all(r["median_ms"] > 0 for r in workload["results"].values())
+    assert "Kernels:" in proc.stdout and "[bench" in proc.stderr
+
+
+@pytest.mark.skipif(not HAVE_MATPLOTLIB, reason="matplotlib not installed")
+def test_plot_is_a_png(quick_run):
+    _, out = quick_run
+    assert (out / "out.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(SystemExit, match="--plot needs matplotlib"):
+        report.require_matplotlib()
+
+
+def test_gate_passes_the_real_kernels():
+    assert bench.gate() == []
+
+
+def _off_by_one_ulp(param, grad, buf, **hyper):
+    momentum.sgd(param, grad, buf, **hyper)
+    param[0] = np.nextafter(param[0], np.inf)
+
+
+def test_gate_names_a_kernel_one_ulp_off():
+    impl = {"update_buffer": momentum.update_buffer, "sgd": _off_by_one_ulp,
+            "heavy_ball": momentum.heavy_ball}
+    failures = bench.gate(impl)
+    assert failures and all(f.startswith("sgd ") and "'param'" in f for f in failures)
+
+
+def test_wrong_kernel_makes_bench_exit_non_zero(monkeypatch, capsys):
+    monkeypatch.setattr(momentum, "sgd", _wrong_sgd)
+    assert bench.main(["--quick"]) == 1
+    assert "correctness: FAILED" in capsys.readouterr().out
+
+
+def _wrong_sgd(param, grad, buf, **hyper):
+    """sgd that forgets the weight decay."""
+    hyper.pop("weight_decay", None)
+    momentum._api.sgd(param, grad, buf, **hyper)
+
+
+def test_no_command_prints_help_and_config_prints_the_build(capsys):
+    assert cli([]) == 0
+    assert "bench" in capsys.readouterr().out
+    assert cli(["config"]) == 0
+    assert "cflags" in capsys.readouterr().out
