@@ -1,0 +1,299 @@
+"""momentum.torch.SGD against torch.optim.SGD: same training, same state, same errors."""
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from momentum.torch import SGD  # noqa: E402
+
+STEPS = 100
+# Every flag combination torch.optim.SGD accepts (nesterov needs momentum and
+# no dampening).
+FLAGS = [
+    dict(momentum=m, dampening=d, nesterov=n, weight_decay=wd, maximize=mx)
+    for m, d, n, wd, mx in itertools.product(
+        [0.0, 0.9], [0.0, 0.1], [False, True], [0.0, 1e-2], [False, True])
+    if not n or (m > 0 and d == 0)
+]
+# float64: both sides round every operation to 53 bits; PyTorch's vectorised
+# add may fuse a multiply-add where we round twice, a relative 1e-16 per step
+# that stays far below 1e-10 after 100 steps.
+# float32: the same one-rounding differences are 6e-8 relative per operation;
+# through 100 steps of a trained network they were measured at <= 4e-7 of the
+# largest parameter.  1e-5 leaves room for that while any wrong rule (a missing
+# dampening, momentum or decay term) is off by more than 1e-3.
+RTOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+def make_model(dtype: torch.dtype) -> torch.nn.Module:
+    """A 2-layer MLP with fixed initial weights."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(),
+                               torch.nn.Linear(16, 3)).to(dtype)
+
+
+def make_loss(model: torch.nn.Module, dtype: torch.dtype,
+              maximize: bool = False) -> Callable[[], torch.Tensor]:
+    """Mean squared error on fixed random data; negated when maximizing, so
+    both directions of the search converge."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(32, 8, dtype=dtype, generator=gen)
+    y = torch.randn(32, 3, dtype=dtype, generator=gen)
+    sign = -1.0 if maximize else 1.0
+    return lambda: sign * ((model(x) - y) ** 2).mean()
+
+
+def train(model: torch.nn.Module, opt: torch.optim.Optimizer,
+          loss: Callable[[], torch.Tensor], steps: int, sched=None) -> None:
+    for _ in range(steps):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+
+
+def flat_params(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def assert_same(ours: torch.Tensor, theirs: torch.Tensor, rtol: float) -> None:
+    """Equal to ``rtol`` relative to the largest value (elementwise relative
+    error is meaningless for weights that pass through zero)."""
+    err = (ours - theirs).abs().max().item() / theirs.abs().max().item()
+    assert err <= rtol, f"relative difference {err:.3g} > {rtol:g}"
+
+
+def trained(cls, dtype: torch.dtype, flags: dict, steps: int = STEPS, **extra) -> torch.Tensor:
+    model = make_model(dtype)
+    opt = cls(model.parameters(), lr=0.05, **flags, **extra)
+    train(model, opt, make_loss(model, dtype, flags.get("maximize", False)), steps)
+    return flat_params(model)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("flags", FLAGS, ids=lambda f: "-".join(f"{k}={v}" for k, v in f.items()))
+def test_training_matches_torch(dtype, flags):
+    ours = trained(SGD, dtype, flags)
+    theirs = trained(torch.optim.SGD, dtype, flags)
+    assert_same(ours, theirs, RTOL[dtype])
+    assert not torch.equal(ours, flat_params(make_model(dtype))), "nothing trained"
+
+
+@pytest.mark.parametrize("flags", [FLAGS[0], FLAGS[-1], dict(momentum=0.9, nesterov=True)])
+def test_flat_matches_per_tensor(flags):
+    assert torch.equal(trained(SGD, torch.float64, flags, flat=True),
+                       trained(SGD, torch.float64, flags))
+
+
+def test_state_dict_round_trip_both_ways():
+    """ours -> torch.optim.SGD -> ours continues as torch.optim.SGD alone."""
+    flags = dict(lr=0.05, momentum=0.9, dampening=0.1, weight_decay=1e-2)
+    dtype = torch.float64
+    ref = make_model(dtype)
+    train(ref, torch.optim.SGD(ref.parameters(), **flags), make_loss(ref, dtype), 90)
+
+    model = make_model(dtype)
+    loss = make_loss(model, dtype)
+    ours = SGD(model.parameters(), **flags)
+    train(model, ours, loss, 30)
+    theirs = torch.optim.SGD(model.parameters(), **flags)
+    theirs.load_state_dict(ours.state_dict())
+    train(model, theirs, loss, 30)
+    again = SGD(model.parameters(), **flags)
+    again.load_state_dict(theirs.state_dict())
+    train(model, again, loss, 30)
+    assert_same(flat_params(model), flat_params(ref), RTOL[dtype])
+
+
+def test_state_layout_is_torch_layout():
+    states = []
+    for cls in (SGD, torch.optim.SGD):
+        model = make_model(torch.float64)
+        opt = cls(model.parameters(), lr=0.05, momentum=0.9)
+        train(model, opt, make_loss(model, torch.float64), 1)
+        states.append(opt.state_dict())
+    ours, theirs = states
+    assert ours["state"].keys() == theirs["state"].keys()
+    for k, st in ours["state"].items():
+        assert st.keys() == {"momentum_buffer"}
+        buf, ref = st["momentum_buffer"], theirs["state"][k]["momentum_buffer"]
+        assert (buf.shape, buf.dtype, buf.device) == (ref.shape, ref.dtype, ref.device)
+    assert ours["param_groups"][0]["params"] == theirs["param_groups"][0]["params"]
+
+
+def test_momentum_zero_keeps_no_state():
+    model = make_model(torch.float64)
+    opt = SGD(model.parameters(), lr=0.1)
+    train(model, opt, make_loss(model, torch.float64), 2)
+    assert len(opt.state) == 0
+
+
+def test_step_lr_scheduler():
+    dtype = torch.float64
+    results = []
+    for cls in (SGD, torch.optim.SGD):
+        model = make_model(dtype)
+        opt = cls(model.parameters(), lr=0.2, momentum=0.5)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=10, gamma=0.1)
+        train(model, opt, make_loss(model, dtype), 40, sched)
+        results.append(flat_params(model))
+    assert_same(*results, RTOL[dtype])
+
+
+def test_param_without_grad_is_skipped():
+    dtype = torch.float64
+    model = make_model(dtype)
+    unused = torch.nn.Parameter(torch.ones(5, dtype=dtype))
+    opt = SGD([*model.parameters(), unused], lr=0.1, momentum=0.9, weight_decay=0.1)
+    train(model, opt, make_loss(model, dtype), 3)
+    assert torch.equal(unused, torch.ones(5, dtype=dtype))
+    assert unused not in opt.state
+
+
+def test_closure_runs_with_grad_and_returns_loss():
+    dtype = torch.float64
+    model = make_model(dtype)
+    loss = make_loss(model, dtype)
+    opt = SGD(model.parameters(), lr=0.1)
+
+    def closure():
+        assert torch.is_grad_enabled()
+        opt.zero_grad()
+        value = loss()
+        value.backward()
+        return value
+
+    with torch.no_grad():
+        first = opt.step(closure)
+    assert first.item() == pytest.approx(loss().item(), rel=0.5)
+    assert loss().item() < first.item()
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_zero_grad(set_to_none):
+    dtype = torch.float64
+    results = []
+    for cls in (SGD, torch.optim.SGD):
+        model = make_model(dtype)
+        loss = make_loss(model, dtype)
+        opt = cls(model.parameters(), lr=0.1, momentum=0.9)
+        for step in range(5):
+            opt.zero_grad(set_to_none=set_to_none)
+            for p in model.parameters():
+                if set_to_none or step == 0:
+                    assert p.grad is None
+                else:
+                    assert not p.grad.any()
+            loss().backward()
+            opt.step()
+        results.append(flat_params(model))
+    assert_same(*results, RTOL[dtype])
+
+
+def test_replaced_param_data_is_not_stale():
+    dtype = torch.float64
+    results = []
+    for cls in (SGD, torch.optim.SGD):
+        model = make_model(dtype)
+        loss = make_loss(model, dtype)
+        opt = cls(model.parameters(), lr=0.1, momentum=0.9)
+        train(model, opt, loss, 3)
+        weight = model[0].weight
+        weight.data = torch.full_like(weight, 0.01)
+        train(model, opt, loss, 3)
+        results.append(flat_params(model))
+    assert_same(*results, RTOL[dtype])
+
+
+def test_loaded_buffers_are_used():
+    """A state dict loaded mid-training replaces the cached buffers."""
+    dtype = torch.float64
+    model = make_model(dtype)
+    loss = make_loss(model, dtype)
+    opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+    train(model, opt, loss, 2)
+    saved = opt.state_dict()
+    zeroed = {k: {"momentum_buffer": torch.zeros_like(v["momentum_buffer"])}
+              for k, v in saved["state"].items()}
+    opt.load_state_dict({"state": zeroed, "param_groups": saved["param_groups"]})
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad()
+    loss().backward()
+    opt.step()
+    for p, old in zip(model.parameters(), before):
+        # zero buffer: b = 0.9 * 0 + g, p = old - lr * g
+        torch.testing.assert_close(p.detach(), old - 0.1 * p.grad, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(lr=-1.0), dict(momentum=-0.1), dict(weight_decay=-1.0),
+    dict(nesterov=True), dict(nesterov=True, momentum=0.9, dampening=0.1),
+    dict(lr=torch.tensor([0.1, 0.2])),
+])
+def test_bad_constructor_arguments_raise_as_torch(kwargs):
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    with pytest.raises(ValueError) as theirs:
+        torch.optim.SGD(params, **kwargs)
+    with pytest.raises(ValueError, match=str(theirs.value)) as ours:
+        SGD(params, **kwargs)
+    assert str(ours.value) == str(theirs.value)
+
+
+def test_empty_parameter_list_raises_as_torch():
+    with pytest.raises(ValueError, match="empty parameter list"):
+        SGD([], lr=0.1)
+
+
+def _second_param_breaks(param: torch.Tensor, grad: torch.Tensor, error: type, match: str):
+    """A bad second parameter raises naming index 1, and nothing is written."""
+    good = torch.nn.Parameter(torch.ones(4))
+    good.grad = torch.ones(4)
+    param.grad = grad
+    opt = SGD([good, param], lr=0.1, momentum=0.9)
+    with pytest.raises(error, match=match):
+        opt.step()
+    assert torch.equal(good.detach(), torch.ones(4))
+    assert len(opt.state[good]) == 0
+
+
+def test_float16_param_is_a_type_error():
+    p = torch.nn.Parameter(torch.ones(4, dtype=torch.float16))
+    _second_param_breaks(p, torch.ones(4, dtype=torch.float16), TypeError,
+                         r"parameter 1 .*float16")
+
+
+def test_grad_dtype_differs_is_a_type_error():
+    p = torch.nn.Parameter(torch.ones(4))
+    p.grad_dtype = None  # else torch itself refuses the float64 grad
+    _second_param_breaks(p, torch.ones(4, dtype=torch.float64), TypeError,
+                         r"parameter 1 .*grad has dtype torch.float64")
+
+
+def test_sparse_grad_is_a_value_error():
+    p = torch.nn.Parameter(torch.ones(4))
+    _second_param_breaks(p, torch.ones(4).to_sparse(), ValueError, r"parameter 1 .*sparse")
+
+
+def test_meta_device_is_a_value_error():
+    p = torch.nn.Parameter(torch.ones(4, device="meta"))
+    _second_param_breaks(p, torch.ones(4, device="meta"), ValueError,
+                         r"parameter 1 .*device meta")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_is_a_value_error():
+    p = torch.nn.Parameter(torch.ones(4, device="cuda"))
+    _second_param_breaks(p, torch.ones(4, device="cuda"), ValueError,
+                         r"parameter 1 .*device cuda")
+
+
+def test_import_momentum_does_not_import_torch():
+    code = "import sys, momentum; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
