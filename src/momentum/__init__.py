@@ -3,6 +3,7 @@
 ``update_buffer``, ``sgd`` and ``heavy_ball`` update C-contiguous float32 or
 float64 arrays in place, bitwise equal to :mod:`momentum.reference`.
 """
+from momentum import foreach
 from momentum._api import heavy_ball, sgd, update_buffer
 from momentum._config import show_config
 from momentum._schedule import get_num_threads, set_num_threads

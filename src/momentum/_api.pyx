@@ -11,14 +11,10 @@ from momentum._checks cimport (
     as_array, check_buf, check_pair, heavy_ball_hyperparameters,
     sgd_hyperparameters, update_buffer_hyperparameters)
 from momentum._schedule cimport (
-    Task, RULE_SGD, RULE_HEAVY_BALL, RULE_UPDATE_BUFFER, run_tasks, threads_for)
+    NOGIL_MIN, Task, RULE_SGD, RULE_HEAVY_BALL, RULE_UPDATE_BUFFER, run_tasks,
+    threads_for)
 
 cnp.import_array()
-
-# Below this many elements the GIL is kept: releasing it costs more than the
-# arithmetic, and no other thread could do much in that time.
-cdef size_t NOGIL_MIN = 1 << 12
-
 
 cdef void run_one(Task* task, cnp.ndarray written) noexcept:
     """Run a checked task, without the GIL when it is big enough."""
@@ -48,7 +44,7 @@ def update_buffer(buf, grad, *, momentum, dampening=0.0):
     update_buffer_hyperparameters(&task.sgd, momentum, dampening, func)
     cdef cnp.ndarray b = as_array(buf, func, "buf")
     cdef cnp.ndarray g = as_array(grad, func, "grad")
-    check_pair(b, "buf", g, func, &task.dtype)
+    check_pair(b, "buf", g, "grad", func, &task.dtype)
     task.rule = RULE_UPDATE_BUFFER
     task.param = NULL
     task.grad = cnp.PyArray_BYTES(g)
@@ -81,12 +77,12 @@ def sgd(param, grad, buf, *, lr, momentum=0.0, dampening=0.0,
                         nesterov, maximize, first_step, func)
     cdef cnp.ndarray p = as_array(param, func, "param")
     cdef cnp.ndarray g = as_array(grad, func, "grad")
-    check_pair(p, "param", g, func, &task.dtype)
+    check_pair(p, "param", g, "grad", func, &task.dtype)
     cdef bint uses_buf = task.sgd.momentum != 0
     cdef cnp.ndarray b = None
     if buf is not None:
         b = as_array(buf, func, "buf")
-        check_buf(b, p, g, func)
+        check_buf(b, "buf", p, "param", g, "grad", func)
     elif uses_buf:
         raise TypeError(f"{func}(): 'buf' is None but momentum is "
                         f"{task.sgd.momentum!r}; pass a buffer array")
@@ -117,11 +113,11 @@ def heavy_ball(param, grad, buf, *, lr, momentum, weight_decay=0.0,
                                nesterov, maximize, func)
     cdef cnp.ndarray p = as_array(param, func, "param")
     cdef cnp.ndarray g = as_array(grad, func, "grad")
-    check_pair(p, "param", g, func, &task.dtype)
+    check_pair(p, "param", g, "grad", func, &task.dtype)
     if buf is None:
         raise TypeError(f"{func}(): 'buf' must be an array, not None")
     cdef cnp.ndarray b = as_array(buf, func, "buf")
-    check_buf(b, p, g, func)
+    check_buf(b, "buf", p, "param", g, "grad", func)
     task.rule = RULE_HEAVY_BALL
     task.param = cnp.PyArray_BYTES(p)
     task.grad = cnp.PyArray_BYTES(g)

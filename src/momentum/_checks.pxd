@@ -13,9 +13,10 @@ cdef int check_disjoint(cnp.ndarray a, str a_name, cnp.ndarray b, str b_name,
 cdef double real_arg(object value, str name, str func) except? -1.0
 cdef int check_rate(double value, str name, str func) except -1
 cdef int check_dampening(double value, str func) except -1
-cdef int check_pair(cnp.ndarray w, str w_name, cnp.ndarray grad, str func,
-                    DType* dtype) except -1
-cdef int check_buf(cnp.ndarray buf, cnp.ndarray param, cnp.ndarray grad,
+cdef int check_pair(cnp.ndarray w, str w_name, cnp.ndarray grad, str grad_name,
+                    str func, DType* dtype) except -1
+cdef int check_buf(cnp.ndarray buf, str buf_name, cnp.ndarray param,
+                   str param_name, cnp.ndarray grad, str grad_name,
                    str func) except -1
 cdef int sgd_hyperparameters(sgd_hyper* h, object lr, object momentum,
                              object dampening, object weight_decay,

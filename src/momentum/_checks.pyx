@@ -104,26 +104,27 @@ cdef int check_dampening(double value, str func) except -1:
     return 0
 
 
-cdef int check_pair(cnp.ndarray w, str w_name, cnp.ndarray grad, str func,
-                    DType* dtype) except -1:
+cdef int check_pair(cnp.ndarray w, str w_name, cnp.ndarray grad, str grad_name,
+                    str func, DType* dtype) except -1:
     """The written array ``w`` and ``grad``: supported, alike, laid out, apart."""
     dtype[0] = dtype_of(w, func, w_name)
-    dtype_of(grad, func, "grad")
-    check_like(grad, "grad", w, w_name, func)
+    dtype_of(grad, func, grad_name)
+    check_like(grad, grad_name, w, w_name, func)
     check_layout(w, w_name, True, func)
-    check_layout(grad, "grad", False, func)
-    check_disjoint(w, w_name, grad, "grad", func)
+    check_layout(grad, grad_name, False, func)
+    check_disjoint(w, w_name, grad, grad_name, func)
     return 0
 
 
-cdef int check_buf(cnp.ndarray buf, cnp.ndarray param, cnp.ndarray grad,
+cdef int check_buf(cnp.ndarray buf, str buf_name, cnp.ndarray param,
+                   str param_name, cnp.ndarray grad, str grad_name,
                    str func) except -1:
     """``buf`` next to checked ``param`` and ``grad``."""
-    dtype_of(buf, func, "buf")
-    check_like(buf, "buf", param, "param", func)
-    check_layout(buf, "buf", True, func)
-    check_disjoint(buf, "buf", param, "param", func)
-    check_disjoint(buf, "buf", grad, "grad", func)
+    dtype_of(buf, func, buf_name)
+    check_like(buf, buf_name, param, param_name, func)
+    check_layout(buf, buf_name, True, func)
+    check_disjoint(buf, buf_name, param, param_name, func)
+    check_disjoint(buf, buf_name, grad, grad_name, func)
     return 0
 
 

@@ -13,6 +13,11 @@ cdef enum DType:
     DTYPE_FLOAT32
     DTYPE_FLOAT64
 
+# Below this many elements in a call the GIL is kept: releasing it costs more
+# than the arithmetic, and no other thread could do much in that time.
+cdef enum:
+    NOGIL_MIN = 1 << 12
+
 cdef struct Task:
     Rule rule
     DType dtype

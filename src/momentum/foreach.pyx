@@ -1,0 +1,363 @@
+# The rules over sequences of arrays: every triple is checked (with the
+# checks of momentum._checks), then the arrays of different triples are shown
+# not to overlap, and only then is the whole batch run as ONE call to
+# run_tasks, with the GIL released once.
+#
+# What a tensor costs here is the point of the module, so the success path
+# calls no Python code per tensor: the sequences are read as tuples, each
+# triple becomes a Task in one malloc'd array, and the argument names that
+# carry an index ('params[3]') are formatted only after a check has failed,
+# by running that triple's checks again with those names.
+cimport numpy as cnp
+from cpython.buffer cimport PyObject_CheckBuffer
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.object cimport PyObject
+from cpython.sequence cimport PySequence_Check
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
+from libc.stddef cimport size_t
+from libc.stdlib cimport qsort
+
+from momentum._checks cimport (
+    as_array, check_buf, check_disjoint, check_pair, heavy_ball_hyperparameters,
+    sgd_hyperparameters, update_buffer_hyperparameters)
+from momentum._schedule cimport (
+    NOGIL_MIN, Task, RULE_SGD, RULE_HEAVY_BALL, RULE_UPDATE_BUFFER,
+    run_tasks, threads_for)
+
+cnp.import_array()
+
+__all__ = ["update_buffer", "sgd", "heavy_ball"]
+
+# Which sequence an array came from; indexes ROLE_NAMES and Batch.count.
+cdef enum:
+    ROLE_PARAMS = 0
+    ROLE_GRADS = 1
+    ROLE_BUFS = 2
+
+cdef tuple ROLE_NAMES = ("params", "grads", "bufs")
+
+
+cdef struct Span:
+    # The bytes [lo, hi) of one array of the batch.
+    size_t lo
+    size_t hi
+    PyObject* array     # borrowed: the batch's tuples (or `keep`) own it
+    Py_ssize_t index
+    int role
+    bint written
+
+
+cdef struct Batch:
+    Task* tasks
+    Span* spans         # three blocks of `n`, one per role, each filled from 0
+    Py_ssize_t count[3]
+    Py_ssize_t n
+    size_t total
+
+
+# ---------------------------------------------------------------- sequences
+
+cdef tuple as_tuple(object obj, str func, str name):
+    """A sequence of arrays as a tuple that holds its items, or TypeError.
+
+    The tuple keeps every array alive even if the caller's list changes while
+    the batch runs without the GIL.  An array (or any buffer) is refused: it
+    is one tensor, not a sequence of them.
+    """
+    if type(obj) is tuple:
+        return <tuple>obj
+    if (isinstance(obj, str) or PyObject_CheckBuffer(obj)
+            or not PySequence_Check(obj)):
+        raise TypeError(f"{func}(): '{name}' must be a sequence (list or "
+                        f"tuple) of arrays, not {type(obj).__name__}")
+    return tuple(obj)
+
+
+cdef int check_length(tuple seq, str name, Py_ssize_t n, str ref_name,
+                      str func) except -1:
+    if PyTuple_GET_SIZE(seq) != n:
+        raise ValueError(f"{func}(): '{name}' has {PyTuple_GET_SIZE(seq)} "
+                         f"items but '{ref_name}' has {n}")
+    return 0
+
+
+cdef tuple first_step_flags(object first_step, Py_ssize_t n, str ref_name,
+                            str func):
+    """``first_step`` as one flag per tensor, or None if it is one flag."""
+    if type(first_step) is bool:
+        return None
+    if PyObject_CheckBuffer(first_step) and not cnp.PyArray_Check(first_step):
+        return None     # a NumPy bool scalar
+    if isinstance(first_step, str) or not PySequence_Check(first_step):
+        return None
+    cdef tuple flags = as_tuple(first_step, func, "first_step")
+    check_length(flags, "first_step", n, ref_name, func)
+    return flags
+
+
+# ------------------------------------------------------------------ checks
+
+cdef inline cnp.ndarray array(object obj, str func, str name, list keep):
+    """``obj`` as an ndarray; one made from another buffer is kept alive."""
+    cdef cnp.ndarray a = as_array(obj, func, name)
+    if <object>a is not obj:
+        keep.append(a)
+    return a
+
+
+cdef inline void add_span(Batch* b, cnp.ndarray a, int role, Py_ssize_t i,
+                          bint written) noexcept:
+    """Record the memory of ``a`` unless it is empty (nothing to overlap)."""
+    cdef size_t nbytes = <size_t>cnp.PyArray_NBYTES(a)
+    if nbytes == 0:
+        return
+    cdef Span* s = &b.spans[role * b.n + b.count[role]]
+    s.lo = <size_t>cnp.PyArray_BYTES(a)
+    s.hi = s.lo + nbytes
+    s.array = <PyObject*>a
+    s.index = i
+    s.role = role
+    s.written = written
+    b.count[role] += 1
+
+
+cdef int check_triple(Batch* b, Py_ssize_t i, object param, object grad,
+                      object buf, str func, bint named, list keep) except -1:
+    """Check triple ``i`` as the single-array function would, fill its task.
+
+    The caller has set the task's rule and hyperparameters.  ``named`` gives
+    the arrays their indexed names; it is only set to word an error.
+    """
+    cdef str pn = "param", gn = "grad", bn = "buf"
+    if named:
+        pn, gn, bn = f"params[{i}]", f"grads[{i}]", f"bufs[{i}]"
+    cdef Task* t = &b.tasks[i]
+    cdef cnp.ndarray p = None, w
+    cdef cnp.ndarray g = array(grad, func, gn, keep)
+    cdef cnp.ndarray bf = None
+    cdef bint uses_buf = t.rule != RULE_SGD or t.sgd.momentum != 0
+    if t.rule == RULE_UPDATE_BUFFER:
+        bf = array(buf, func, bn, keep)
+        check_pair(bf, bn, g, gn, func, &t.dtype)
+        w = bf
+    else:
+        p = array(param, func, pn, keep)
+        check_pair(p, pn, g, gn, func, &t.dtype)
+        if buf is not None:
+            bf = array(buf, func, bn, keep)
+            check_buf(bf, bn, p, pn, g, gn, func)
+        elif uses_buf:
+            raise TypeError(f"{func}(): '{bn}' is None but the rule uses a "
+                            f"momentum buffer; pass a buffer array")
+        w = p
+        add_span(b, p, ROLE_PARAMS, i, True)
+    t.param = NULL if p is None else cnp.PyArray_BYTES(p)
+    t.grad = cnp.PyArray_BYTES(g)
+    t.buf = cnp.PyArray_BYTES(bf) if uses_buf else NULL
+    t.n = <size_t>cnp.PyArray_SIZE(w)
+    t.offset = b.total
+    b.total += t.n
+    add_span(b, g, ROLE_GRADS, i, False)
+    if uses_buf:
+        add_span(b, bf, ROLE_BUFS, i, True)
+    return 0
+
+
+cdef int by_address(const void* x, const void* y) noexcept nogil:
+    cdef size_t a = (<const Span*>x).lo, c = (<const Span*>y).lo
+    return (a > c) - (a < c)
+
+
+cdef str span_name(const Span* s):
+    return f"{ROLE_NAMES[s.role]}[{s.index}]"
+
+
+cdef int overlap_error(const Span* s, const Span* t, str func) except -1:
+    """Raise check_disjoint's error for two overlapping spans, first index first."""
+    if t.index < s.index:
+        s, t = t, s
+    return check_disjoint(<cnp.ndarray>s.array, span_name(s),
+                          <cnp.ndarray>t.array, span_name(t), func)
+
+
+cdef int check_apart(Batch* b, str func) except -1:
+    """No written array overlaps any array of another triple.
+
+    Within a triple the arrays are already known to be apart, so any overlap
+    found here is between triples.  Spans are visited in address order (each
+    role's block is sorted, usually already in order, then the three are
+    merged); a span overlaps an earlier one exactly when it starts below the
+    highest end seen so far, of any span if it is written, of written spans
+    if not.  O(k) for arrays allocated in order, O(k log k) at worst.
+    """
+    cdef Py_ssize_t head[3]
+    cdef Py_ssize_t stop[3]
+    cdef Py_ssize_t r, j, pick
+    cdef Span* s
+    cdef Span* any_top = NULL
+    cdef Span* written_top = NULL
+    for r in range(3):
+        head[r] = r * b.n
+        stop[r] = head[r] + b.count[r]
+        for j in range(head[r] + 1, stop[r]):
+            if b.spans[j].lo < b.spans[j - 1].lo:
+                qsort(&b.spans[head[r]], b.count[r], sizeof(Span), by_address)
+                break
+    while True:
+        pick = -1
+        for r in range(3):
+            if head[r] < stop[r] and (
+                    pick < 0 or b.spans[head[r]].lo < b.spans[head[pick]].lo):
+                pick = r
+        if pick < 0:
+            return 0
+        s = &b.spans[head[pick]]
+        head[pick] += 1
+        if s.written and any_top != NULL and any_top.hi > s.lo:
+            return overlap_error(s, any_top, func)
+        if written_top != NULL and written_top.hi > s.lo:
+            return overlap_error(s, written_top, func)
+        if any_top == NULL or s.hi > any_top.hi:
+            any_top = s
+        if s.written and (written_top == NULL or s.hi > written_top.hi):
+            written_top = s
+
+
+# -------------------------------------------------------------------- batch
+
+cdef int run_batch(Task* template, object params, object grads, object bufs,
+                   object first_step, str func) except -1:
+    """Check every triple, then run them all; nothing is written on error.
+
+    ``template`` holds the checked rule and hyperparameters; ``params`` is
+    None for update_buffer, ``bufs`` None for sgd without momentum;
+    ``first_step`` is sgd's (False for the other rules).
+    """
+    cdef tuple ps = None, bs = None, firsts = None
+    cdef str ref = "grads"
+    cdef tuple gs = as_tuple(grads, func, "grads")
+    cdef Py_ssize_t n = PyTuple_GET_SIZE(gs), i = 0
+    if params is not None:
+        ref = "params"
+        ps = as_tuple(params, func, "params")
+        n = PyTuple_GET_SIZE(ps)
+        check_length(gs, "grads", n, ref, func)
+    if bufs is not None:
+        bs = as_tuple(bufs, func, "bufs")
+        check_length(bs, "bufs", n, ref, func)
+    firsts = first_step_flags(first_step, n, ref, func)
+    if firsts is None:
+        template.sgd.first_step = first_step
+    cdef list keep = []
+    cdef Batch b
+    b.n = n
+    b.total = 0
+    b.count[0] = b.count[1] = b.count[2] = 0
+    b.tasks = <Task*>PyMem_Malloc(max(n, 1) * sizeof(Task))
+    b.spans = <Span*>PyMem_Malloc(max(3 * n, 1) * sizeof(Span))
+    cdef object param = None, buf = None
+    try:
+        if b.tasks == NULL or b.spans == NULL:
+            raise MemoryError()
+        try:
+            for i in range(n):
+                b.tasks[i] = template[0]
+                if firsts is not None:
+                    b.tasks[i].sgd.first_step = <object>PyTuple_GET_ITEM(firsts, i)
+                if ps is not None:
+                    param = <object>PyTuple_GET_ITEM(ps, i)
+                if bs is not None:
+                    buf = <object>PyTuple_GET_ITEM(bs, i)
+                check_triple(&b, i, param, <object>PyTuple_GET_ITEM(gs, i), buf,
+                             func, False, keep)
+        except (TypeError, ValueError):
+            # Word the error with indexed names: the same checks fail again.
+            check_triple(&b, i, param, <object>PyTuple_GET_ITEM(gs, i), buf,
+                         func, True, keep)
+            raise
+        check_apart(&b, func)
+        if b.total < NOGIL_MIN:
+            run_tasks(b.tasks, n, b.total, 1)
+        else:
+            with nogil:
+                run_tasks(b.tasks, n, b.total, threads_for(b.total))
+    finally:
+        PyMem_Free(b.tasks)
+        PyMem_Free(b.spans)
+    return 0
+
+
+# --------------------------------------------------------------- the rules
+
+def update_buffer(bufs, grads, *, momentum, dampening=0.0):
+    """:func:`momentum.update_buffer` for every pair, in one call.
+
+    ``bufs[i] = momentum * bufs[i] + (1 - dampening) * grads[i]``
+
+    ``bufs`` and ``grads`` are sequences of equal length; each pair has one
+    dtype (float32 or float64) and shape, pairs may differ.  Every argument is
+    checked before any array is written; a written array may not overlap an
+    array of another pair.  Raises TypeError or ValueError, writing nothing.
+    """
+    cdef str func = "foreach.update_buffer"
+    cdef Task t
+    update_buffer_hyperparameters(&t.sgd, momentum, dampening, func)
+    t.rule = RULE_UPDATE_BUFFER
+    run_batch(&t, None, grads, as_tuple(bufs, func, "bufs"), False, func)
+
+
+def sgd(params, grads, bufs, *, lr, momentum=0.0, dampening=0.0,
+        weight_decay=0.0, bint nesterov=False, bint maximize=False,
+        first_step=False):
+    """:func:`momentum.sgd` (``torch.optim.SGD``'s step) for every triple.
+
+    For each ``i``, with ``param, grad, buf = params[i], grads[i], bufs[i]``::
+
+        g = -grad if maximize else grad
+        if weight_decay != 0: g = g + weight_decay * param
+        if momentum != 0:
+            buf = g if first_step[i] else momentum * buf + (1 - dampening) * g
+            g = g + momentum * buf if nesterov else buf
+        param = param - lr * g
+
+    ``first_step`` is one bool or a sequence of one bool per tensor.  With
+    ``momentum == 0`` ``bufs`` may be None, or hold None items.  Every
+    argument is checked before any array is written; a written array may not
+    overlap an array of another triple.  Raises TypeError or ValueError,
+    writing nothing.
+    """
+    cdef str func = "foreach.sgd"
+    cdef Task t
+    sgd_hyperparameters(&t.sgd, lr, momentum, dampening, weight_decay,
+                        nesterov, maximize, False, func)
+    t.rule = RULE_SGD
+    if bufs is None and t.sgd.momentum != 0:
+        raise TypeError(f"{func}(): 'bufs' is None but momentum is "
+                        f"{t.sgd.momentum!r}; pass a sequence of buffers")
+    run_batch(&t, params, grads, bufs, first_step, func)
+
+
+def heavy_ball(params, grads, bufs, *, lr, momentum, weight_decay=0.0,
+               bint nesterov=False, bint maximize=False):
+    """:func:`momentum.heavy_ball` for every triple, in one call.
+
+    For each ``i``, with ``param, grad, buf = params[i], grads[i], bufs[i]``::
+
+        g = -grad if maximize else grad
+        if weight_decay != 0: g = g + weight_decay * param
+        buf = momentum * buf + lr * g
+        param = param - (momentum * buf + lr * g) if nesterov else param - buf
+
+    Every argument is checked before any array is written; a written array
+    may not overlap an array of another triple.  Raises TypeError or
+    ValueError, writing nothing.
+    """
+    cdef str func = "foreach.heavy_ball"
+    cdef Task t
+    heavy_ball_hyperparameters(&t.heavy_ball, lr, momentum, weight_decay,
+                               nesterov, maximize, func)
+    t.rule = RULE_HEAVY_BALL
+    if bufs is None:
+        raise TypeError(f"{func}(): 'bufs' must be a sequence of arrays, "
+                        f"not None")
+    run_batch(&t, params, grads, bufs, False, func)
