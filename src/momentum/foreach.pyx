@@ -4,7 +4,7 @@
 # run_tasks, with the GIL released once.
 #
 # What a tensor costs here is the point of the module, so the success path
-# calls no Python code per tensor: the sequences are read as tuples, each
+# calls no Python code per tensor: the sequences are read in place, each
 # triple becomes a Task in one malloc'd array, and the argument names that
 # carry an index ('params[3]') are formatted only after a check has failed,
 # by running that triple's checks again with those names.
@@ -12,10 +12,12 @@ cimport numpy as cnp
 from cpython.buffer cimport PyObject_CheckBuffer
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
-from cpython.sequence cimport PySequence_Check
-from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
+from cpython.ref cimport Py_DECREF, Py_INCREF
+from cpython.sequence cimport (
+    PySequence_Check, PySequence_Fast_GET_ITEM,
+    PySequence_Fast_GET_SIZE)
 from libc.stddef cimport size_t
-from libc.stdlib cimport qsort
+from libc.string cimport memset
 
 from momentum._checks cimport (
     as_array, check_buf, check_disjoint, check_pair, heavy_ball_hyperparameters,
@@ -28,7 +30,7 @@ cnp.import_array()
 
 __all__ = ["update_buffer", "sgd", "heavy_ball"]
 
-# Which sequence an array came from; indexes ROLE_NAMES and Batch.count.
+# Which sequence an array came from; indexes ROLE_NAMES.
 cdef enum:
     ROLE_PARAMS = 0
     ROLE_GRADS = 1
@@ -36,12 +38,18 @@ cdef enum:
 
 cdef tuple ROLE_NAMES = ("params", "grads", "bufs")
 
+# Radix sort digits: 8 bits, so the counters of all passes fit in 16 kB.
+cdef enum:
+    DIGIT_BITS = 8
+    DIGITS = 1 << DIGIT_BITS
+    PASSES = 64 // DIGIT_BITS
+
 
 cdef struct Span:
     # The bytes [lo, hi) of one array of the batch.
     size_t lo
     size_t hi
-    PyObject* array     # borrowed: the batch's tuples (or `keep`) own it
+    PyObject* array     # a reference the batch holds until it has run
     Py_ssize_t index
     int role
     bint written
@@ -49,40 +57,39 @@ cdef struct Span:
 
 cdef struct Batch:
     Task* tasks
-    Span* spans         # three blocks of `n`, one per role, each filled from 0
-    Py_ssize_t count[3]
+    Span* spans         # `count` filled, room for 3 * n; then scratch
+    Span* scratch       # room for 3 * n, for sorting
+    Py_ssize_t count
     Py_ssize_t n
     size_t total
 
 
 # ---------------------------------------------------------------- sequences
 
-cdef tuple as_tuple(object obj, str func, str name):
-    """A sequence of arrays as a tuple that holds its items, or TypeError.
+cdef object as_items(object obj, str func, str name):
+    """A sequence of arrays as a list or tuple (no copy for those), or TypeError.
 
-    The tuple keeps every array alive even if the caller's list changes while
-    the batch runs without the GIL.  An array (or any buffer) is refused: it
-    is one tensor, not a sequence of them.
+    An array (or any buffer) is refused: it is one tensor, not a sequence.
     """
-    if type(obj) is tuple:
-        return <tuple>obj
+    if type(obj) is list or type(obj) is tuple:
+        return obj
     if (isinstance(obj, str) or PyObject_CheckBuffer(obj)
             or not PySequence_Check(obj)):
         raise TypeError(f"{func}(): '{name}' must be a sequence (list or "
                         f"tuple) of arrays, not {type(obj).__name__}")
-    return tuple(obj)
+    return list(obj)
 
 
-cdef int check_length(tuple seq, str name, Py_ssize_t n, str ref_name,
+cdef int check_length(object seq, str name, Py_ssize_t n, str ref_name,
                       str func) except -1:
-    if PyTuple_GET_SIZE(seq) != n:
-        raise ValueError(f"{func}(): '{name}' has {PyTuple_GET_SIZE(seq)} "
+    if PySequence_Fast_GET_SIZE(seq) != n:
+        raise ValueError(f"{func}(): '{name}' has {PySequence_Fast_GET_SIZE(seq)} "
                          f"items but '{ref_name}' has {n}")
     return 0
 
 
-cdef tuple first_step_flags(object first_step, Py_ssize_t n, str ref_name,
-                            str func):
+cdef object first_step_flags(object first_step, Py_ssize_t n, str ref_name,
+                             str func):
     """``first_step`` as one flag per tensor, or None if it is one flag."""
     if type(first_step) is bool:
         return None
@@ -90,39 +97,38 @@ cdef tuple first_step_flags(object first_step, Py_ssize_t n, str ref_name,
         return None     # a NumPy bool scalar
     if isinstance(first_step, str) or not PySequence_Check(first_step):
         return None
-    cdef tuple flags = as_tuple(first_step, func, "first_step")
+    cdef object flags = first_step
+    if type(flags) is not list and type(flags) is not tuple:
+        flags = list(flags)     # e.g. a NumPy bool array
     check_length(flags, "first_step", n, ref_name, func)
     return flags
 
 
+cdef inline object item(object seq, Py_ssize_t i):
+    return <object>PySequence_Fast_GET_ITEM(seq, i)
+
+
 # ------------------------------------------------------------------ checks
-
-cdef inline cnp.ndarray array(object obj, str func, str name, list keep):
-    """``obj`` as an ndarray; one made from another buffer is kept alive."""
-    cdef cnp.ndarray a = as_array(obj, func, name)
-    if <object>a is not obj:
-        keep.append(a)
-    return a
-
 
 cdef inline void add_span(Batch* b, cnp.ndarray a, int role, Py_ssize_t i,
                           bint written) noexcept:
-    """Record the memory of ``a`` unless it is empty (nothing to overlap)."""
+    """Record (and hold) the memory of ``a`` unless it is empty."""
     cdef size_t nbytes = <size_t>cnp.PyArray_NBYTES(a)
     if nbytes == 0:
         return
-    cdef Span* s = &b.spans[role * b.n + b.count[role]]
+    cdef Span* s = &b.spans[b.count]
     s.lo = <size_t>cnp.PyArray_BYTES(a)
     s.hi = s.lo + nbytes
     s.array = <PyObject*>a
+    Py_INCREF(a)
     s.index = i
     s.role = role
     s.written = written
-    b.count[role] += 1
+    b.count += 1
 
 
 cdef int check_triple(Batch* b, Py_ssize_t i, object param, object grad,
-                      object buf, str func, bint named, list keep) except -1:
+                      object buf, str func, bint named) except -1:
     """Check triple ``i`` as the single-array function would, fill its task.
 
     The caller has set the task's rule and hyperparameters.  ``named`` gives
@@ -133,18 +139,18 @@ cdef int check_triple(Batch* b, Py_ssize_t i, object param, object grad,
         pn, gn, bn = f"params[{i}]", f"grads[{i}]", f"bufs[{i}]"
     cdef Task* t = &b.tasks[i]
     cdef cnp.ndarray p = None, w
-    cdef cnp.ndarray g = array(grad, func, gn, keep)
+    cdef cnp.ndarray g = as_array(grad, func, gn)
     cdef cnp.ndarray bf = None
     cdef bint uses_buf = t.rule != RULE_SGD or t.sgd.momentum != 0
     if t.rule == RULE_UPDATE_BUFFER:
-        bf = array(buf, func, bn, keep)
+        bf = as_array(buf, func, bn)
         check_pair(bf, bn, g, gn, func, &t.dtype)
         w = bf
     else:
-        p = array(param, func, pn, keep)
+        p = as_array(param, func, pn)
         check_pair(p, pn, g, gn, func, &t.dtype)
         if buf is not None:
-            bf = array(buf, func, bn, keep)
+            bf = as_array(buf, func, bn)
             check_buf(bf, bn, p, pn, g, gn, func)
         elif uses_buf:
             raise TypeError(f"{func}(): '{bn}' is None but the rule uses a "
@@ -163,9 +169,36 @@ cdef int check_triple(Batch* b, Py_ssize_t i, object param, object grad,
     return 0
 
 
-cdef int by_address(const void* x, const void* y) noexcept nogil:
-    cdef size_t a = (<const Span*>x).lo, c = (<const Span*>y).lo
-    return (a > c) - (a < c)
+cdef Span* sort_spans(Span* a, Span* tmp, Py_ssize_t n) noexcept nogil:
+    """Sort ``a[:n]`` by address; returns ``a`` or ``tmp``, whichever holds it.
+
+    An LSD radix sort: O(n) per byte of address, and bytes that every span
+    shares (most of a heap address) cost one counting pass, not a sort.
+    """
+    cdef size_t count[PASSES][DIGITS]
+    cdef size_t at, c
+    cdef Py_ssize_t i
+    cdef int d, shift
+    cdef Span* swap
+    memset(count, 0, sizeof(count))
+    for i in range(n):
+        for d in range(PASSES):
+            count[d][(a[i].lo >> (d * DIGIT_BITS)) & (DIGITS - 1)] += 1
+    for d in range(PASSES):
+        shift = d * DIGIT_BITS
+        if count[d][(a[0].lo >> shift) & (DIGITS - 1)] == <size_t>n:
+            continue
+        at = 0
+        for c in range(DIGITS):
+            count[d][c], at = at, at + count[d][c]
+        for i in range(n):
+            c = (a[i].lo >> shift) & (DIGITS - 1)
+            tmp[count[d][c]] = a[i]
+            count[d][c] += 1
+        swap = a
+        a = tmp
+        tmp = swap
+    return a
 
 
 cdef str span_name(const Span* s):
@@ -184,35 +217,21 @@ cdef int check_apart(Batch* b, str func) except -1:
     """No written array overlaps any array of another triple.
 
     Within a triple the arrays are already known to be apart, so any overlap
-    found here is between triples.  Spans are visited in address order (each
-    role's block is sorted, usually already in order, then the three are
-    merged); a span overlaps an earlier one exactly when it starts below the
-    highest end seen so far, of any span if it is written, of written spans
-    if not.  O(k) for arrays allocated in order, O(k log k) at worst.
+    found here is between triples.  In address order, a span overlaps an
+    earlier one exactly when it starts below the highest end seen so far: of
+    any span if it is written, of written spans if not.
     """
-    cdef Py_ssize_t head[3]
-    cdef Py_ssize_t stop[3]
-    cdef Py_ssize_t r, j, pick
+    cdef Py_ssize_t i
+    cdef Span* spans = b.spans
     cdef Span* s
     cdef Span* any_top = NULL
     cdef Span* written_top = NULL
-    for r in range(3):
-        head[r] = r * b.n
-        stop[r] = head[r] + b.count[r]
-        for j in range(head[r] + 1, stop[r]):
-            if b.spans[j].lo < b.spans[j - 1].lo:
-                qsort(&b.spans[head[r]], b.count[r], sizeof(Span), by_address)
-                break
-    while True:
-        pick = -1
-        for r in range(3):
-            if head[r] < stop[r] and (
-                    pick < 0 or b.spans[head[r]].lo < b.spans[head[pick]].lo):
-                pick = r
-        if pick < 0:
-            return 0
-        s = &b.spans[head[pick]]
-        head[pick] += 1
+    for i in range(1, b.count):
+        if spans[i].lo < spans[i - 1].lo:
+            spans = sort_spans(b.spans, b.scratch, b.count)
+            break
+    for i in range(b.count):
+        s = &spans[i]
         if s.written and any_top != NULL and any_top.hi > s.lo:
             return overlap_error(s, any_top, func)
         if written_top != NULL and written_top.hi > s.lo:
@@ -221,6 +240,7 @@ cdef int check_apart(Batch* b, str func) except -1:
             any_top = s
         if s.written and (written_top == NULL or s.hi > written_top.hi):
             written_top = s
+    return 0
 
 
 # -------------------------------------------------------------------- batch
@@ -233,28 +253,28 @@ cdef int run_batch(Task* template, object params, object grads, object bufs,
     None for update_buffer, ``bufs`` None for sgd without momentum;
     ``first_step`` is sgd's (False for the other rules).
     """
-    cdef tuple ps = None, bs = None, firsts = None
+    cdef object ps = None, bs = None
     cdef str ref = "grads"
-    cdef tuple gs = as_tuple(grads, func, "grads")
-    cdef Py_ssize_t n = PyTuple_GET_SIZE(gs), i = 0
+    cdef object gs = as_items(grads, func, "grads")
+    cdef Py_ssize_t n = PySequence_Fast_GET_SIZE(gs), i = 0
     if params is not None:
         ref = "params"
-        ps = as_tuple(params, func, "params")
-        n = PyTuple_GET_SIZE(ps)
+        ps = as_items(params, func, "params")
+        n = PySequence_Fast_GET_SIZE(ps)
         check_length(gs, "grads", n, ref, func)
     if bufs is not None:
-        bs = as_tuple(bufs, func, "bufs")
+        bs = as_items(bufs, func, "bufs")
         check_length(bs, "bufs", n, ref, func)
-    firsts = first_step_flags(first_step, n, ref, func)
+    cdef object firsts = first_step_flags(first_step, n, ref, func)
     if firsts is None:
         template.sgd.first_step = first_step
-    cdef list keep = []
     cdef Batch b
     b.n = n
     b.total = 0
-    b.count[0] = b.count[1] = b.count[2] = 0
+    b.count = 0
     b.tasks = <Task*>PyMem_Malloc(max(n, 1) * sizeof(Task))
-    b.spans = <Span*>PyMem_Malloc(max(3 * n, 1) * sizeof(Span))
+    b.spans = <Span*>PyMem_Malloc(max(6 * n, 1) * sizeof(Span))
+    b.scratch = b.spans + 3 * n
     cdef object param = None, buf = None
     try:
         if b.tasks == NULL or b.spans == NULL:
@@ -263,17 +283,15 @@ cdef int run_batch(Task* template, object params, object grads, object bufs,
             for i in range(n):
                 b.tasks[i] = template[0]
                 if firsts is not None:
-                    b.tasks[i].sgd.first_step = <object>PyTuple_GET_ITEM(firsts, i)
+                    b.tasks[i].sgd.first_step = item(firsts, i)
                 if ps is not None:
-                    param = <object>PyTuple_GET_ITEM(ps, i)
+                    param = item(ps, i)
                 if bs is not None:
-                    buf = <object>PyTuple_GET_ITEM(bs, i)
-                check_triple(&b, i, param, <object>PyTuple_GET_ITEM(gs, i), buf,
-                             func, False, keep)
+                    buf = item(bs, i)
+                check_triple(&b, i, param, item(gs, i), buf, func, False)
         except (TypeError, ValueError):
             # Word the error with indexed names: the same checks fail again.
-            check_triple(&b, i, param, <object>PyTuple_GET_ITEM(gs, i), buf,
-                         func, True, keep)
+            check_triple(&b, i, param, item(gs, i), buf, func, True)
             raise
         check_apart(&b, func)
         if b.total < NOGIL_MIN:
@@ -282,6 +300,8 @@ cdef int run_batch(Task* template, object params, object grads, object bufs,
             with nogil:
                 run_tasks(b.tasks, n, b.total, threads_for(b.total))
     finally:
+        for i in range(b.count):
+            Py_DECREF(<object>b.spans[i].array)
         PyMem_Free(b.tasks)
         PyMem_Free(b.spans)
     return 0
@@ -303,7 +323,7 @@ def update_buffer(bufs, grads, *, momentum, dampening=0.0):
     cdef Task t
     update_buffer_hyperparameters(&t.sgd, momentum, dampening, func)
     t.rule = RULE_UPDATE_BUFFER
-    run_batch(&t, None, grads, as_tuple(bufs, func, "bufs"), False, func)
+    run_batch(&t, None, grads, as_items(bufs, func, "bufs"), False, func)
 
 
 def sgd(params, grads, bufs, *, lr, momentum=0.0, dampening=0.0,

@@ -1,0 +1,327 @@
+"""momentum.foreach: parity with looping the reference, and atomic bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import momentum
+import momentum.foreach as fe
+from momentum import reference
+
+# Shapes straddling vector widths, with a zero-size tensor among them.
+SHAPES = [(3, 4), (17,), (0,), (2, 3, 5), (33,), (1,), (64,)]
+DTYPES = [np.float32, np.float64, np.float32, np.float64, np.float32,
+          np.float64, np.float32]
+
+SGD_FLAGS = [
+    dict(lr=0.1),
+    dict(lr=0.1, weight_decay=0.01, maximize=True),
+    dict(lr=0.1, momentum=0.9),
+    dict(lr=0.1, momentum=0.9, dampening=0.3, weight_decay=0.01),
+    dict(lr=0.1, momentum=0.9, nesterov=True, maximize=True),
+    dict(lr=0.1, momentum=0.9, first_step=True),
+    dict(lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True, first_step=True),
+]
+HEAVY_BALL_FLAGS = [
+    dict(lr=0.1, momentum=0.9),
+    dict(lr=0.1, momentum=0.9, weight_decay=0.01, maximize=True),
+    dict(lr=0.1, momentum=0.9, nesterov=True),
+]
+UPDATE_BUFFER_FLAGS = [dict(momentum=0.9), dict(momentum=0.9, dampening=0.9)]
+
+
+def triples(shapes=SHAPES, dtypes=DTYPES, seed=0):
+    """Fresh (params, grads, bufs) lists of random arrays."""
+    rng = np.random.default_rng(seed)
+    return tuple([rng.standard_normal(s).astype(d) for s, d in zip(shapes, dtypes)]
+                 for _ in range(3))
+
+
+def copies(arrays):
+    return [a.copy() for a in arrays]
+
+
+def assert_bitwise(actual, expected):
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected):
+        assert a.dtype == e.dtype and a.shape == e.shape
+        assert a.tobytes() == e.tobytes()
+
+
+@pytest.fixture
+def threads():
+    yield momentum.set_num_threads
+    momentum.set_num_threads(0)
+
+
+# ------------------------------------------------------------------ parity
+
+@pytest.mark.parametrize("single", [reference, momentum], ids=["reference", "api"])
+@pytest.mark.parametrize("rule, hyper", [("sgd", h) for h in SGD_FLAGS]
+                         + [("heavy_ball", h) for h in HEAVY_BALL_FLAGS])
+def test_step_equals_loop(single, rule, hyper):
+    ps, gs, bs = triples()
+    want_p, want_b = copies(ps), copies(bs)
+    for p, g, b in zip(want_p, gs, want_b):
+        getattr(single, rule)(p, g, b, **hyper)
+    getattr(fe, rule)(ps, gs, bs, **hyper)
+    assert_bitwise(ps, want_p)
+    assert_bitwise(bs, want_b)
+
+
+@pytest.mark.parametrize("single", [reference, momentum], ids=["reference", "api"])
+@pytest.mark.parametrize("hyper", UPDATE_BUFFER_FLAGS)
+def test_update_buffer_equals_loop(single, hyper):
+    _, gs, bs = triples()
+    want_b = copies(bs)
+    for b, g in zip(want_b, gs):
+        single.update_buffer(b, g, **hyper)
+    fe.update_buffer(bs, gs, **hyper)
+    assert_bitwise(bs, want_b)
+
+
+def test_grads_are_not_written():
+    ps, gs, bs = triples()
+    before = copies(gs)
+    fe.sgd(ps, gs, bs, lr=0.1, momentum=0.9, nesterov=True)
+    fe.heavy_ball(ps, gs, bs, lr=0.1, momentum=0.9)
+    fe.update_buffer(bs, gs, momentum=0.9)
+    assert_bitwise(gs, before)
+
+
+def test_first_step_per_tensor():
+    ps, gs, bs = triples()
+    flags = [i % 2 == 0 for i in range(len(ps))]
+    want_p, want_b = copies(ps), copies(bs)
+    for p, g, b, first in zip(want_p, gs, want_b, flags):
+        reference.sgd(p, g, b, lr=0.1, momentum=0.9, first_step=first)
+    fe.sgd(ps, gs, bs, lr=0.1, momentum=0.9, first_step=np.array(flags))
+    assert_bitwise(ps, want_p)
+    assert_bitwise(bs, want_b)
+
+
+def test_momentum_zero_needs_no_bufs():
+    for bufs in (None, [None] * len(SHAPES)):
+        ps, gs, _ = triples()
+        want = copies(ps)
+        for p, g in zip(want, gs):
+            reference.sgd(p, g, None, lr=0.1, weight_decay=0.01)
+        fe.sgd(ps, gs, bufs, lr=0.1, weight_decay=0.01)
+        assert_bitwise(ps, want)
+
+
+def test_sequences_of_any_kind_and_buffers():
+    ps, gs, bs = triples(shapes=[(8,), (5,)], dtypes=[np.float64, np.float64])
+    want_p, want_b = copies(ps), copies(bs)
+    for p, g, b in zip(want_p, gs, want_b):
+        reference.sgd(p, g, b, lr=0.1, momentum=0.9)
+    # A tuple, a range-indexed sequence of memoryviews, and a list.
+    fe.sgd(tuple(ps), [memoryview(g) for g in gs], bs, lr=0.1, momentum=0.9)
+    assert_bitwise(ps, want_p)
+    assert_bitwise(bs, want_b)
+
+
+def test_empty_sequences():
+    fe.sgd([], [], [], lr=0.1, momentum=0.9)
+    fe.sgd((), (), None, lr=0.1)
+    fe.heavy_ball([], [], [], lr=0.1, momentum=0.9)
+    fe.update_buffer([], [], momentum=0.9)
+
+
+def test_zero_size_only():
+    shapes, dtypes = [(0,), (0, 3)], [np.float32, np.float64]
+    ps, gs, bs = triples(shapes, dtypes)
+    fe.sgd(ps, gs, bs, lr=0.1, momentum=0.9)
+    assert [p.shape for p in ps] == shapes
+
+
+def test_shared_read_only_grad_is_allowed():
+    ps, gs, bs = triples(shapes=[(9,)] * 3, dtypes=[np.float32] * 3)
+    shared = [gs[0]] * 3
+    want_p, want_b = copies(ps), copies(bs)
+    for p, b in zip(want_p, want_b):
+        reference.sgd(p, gs[0], b, lr=0.1, momentum=0.9)
+    fe.sgd(ps, shared, bs, lr=0.1, momentum=0.9)
+    assert_bitwise(ps, want_p)
+    assert_bitwise(bs, want_b)
+
+
+def test_views_of_one_block_in_shuffled_order():
+    # Adjacent, disjoint views whose addresses are out of order: the overlap
+    # check has to sort them and must not see an overlap.
+    rng = np.random.default_rng(1)
+    block = rng.standard_normal(3 * 300 * 7).astype(np.float32)
+    views = [block[i * 7:(i + 1) * 7] for i in range(900)]
+    order = rng.permutation(900)
+    ps, gs, bs = ([views[j] for j in order[k::3]] for k in range(3))
+    want_p, want_b = copies(ps), copies(bs)
+    for p, g, b in zip(want_p, gs, want_b):
+        reference.sgd(p, g, b, lr=0.1, momentum=0.9)
+    fe.sgd(ps, gs, bs, lr=0.1, momentum=0.9)
+    assert_bitwise(ps, want_p)
+    assert_bitwise(bs, want_b)
+
+
+def test_thread_counts_agree(threads):
+    # Over PARALLEL_MIN elements in total, so two threads really split it.
+    shapes = [(70_001,), (3,), (100_000,), (1000, 17)]
+    dtypes = [np.float32, np.float64, np.float32, np.float64]
+    results = []
+    for n in (1, 2):
+        threads(n)
+        ps, gs, bs = triples(shapes, dtypes)
+        fe.sgd(ps, gs, bs, lr=0.1, momentum=0.9, nesterov=True)
+        results.append(ps + bs)
+    assert_bitwise(results[0], results[1])
+    want_p, want_b = copies(triples(shapes, dtypes)[0]), triples(shapes, dtypes)[2]
+    for p, g, b in zip(want_p, triples(shapes, dtypes)[1], want_b):
+        reference.sgd(p, g, b, lr=0.1, momentum=0.9, nesterov=True)
+    assert_bitwise(results[1], want_p + want_b)
+
+
+# --------------------------------------------------------------- bad input
+
+def corrupt_last(ps, gs, bs, role, make):
+    """The triple lists with the last item of ``role`` replaced by make(it)."""
+    lists = {"params": list(ps), "grads": list(gs), "bufs": list(bs)}
+    lists[role][-1] = make(lists[role][-1])
+    return lists["params"], lists["grads"], lists["bufs"]
+
+
+LAST = len(SHAPES) - 1
+BAD_ITEMS = [
+    ("params", lambda a: a.astype(np.int64), TypeError,
+     f"'params[{LAST}]' has dtype int64"),
+    ("grads", lambda a: a.astype(np.float64), TypeError,
+     f"'grads[{LAST}]' has dtype float64 but 'params[{LAST}]' has dtype float32"),
+    ("bufs", lambda a: a.reshape(8, 8), ValueError,
+     f"'bufs[{LAST}]' has shape (8, 8) but 'params[{LAST}]' has shape (64,)"),
+    ("grads", lambda a: np.zeros(128, a.dtype)[::2], ValueError,
+     f"'grads[{LAST}]' is not C-contiguous"),
+    ("params", lambda a: np.frombuffer(a.tobytes(), a.dtype), ValueError,
+     f"'params[{LAST}]' is read-only"),
+    ("bufs", lambda a: a.byteswap().view(a.dtype.newbyteorder()), TypeError,
+     f"'bufs[{LAST}]' has dtype"),
+    ("grads", lambda a: a.tolist(), TypeError,
+     f"'grads[{LAST}]' must be a NumPy array"),
+    ("bufs", lambda a: None, TypeError, f"'bufs[{LAST}]' is None"),
+]
+
+
+def assert_unchanged(arrays, before):
+    for a, b in zip(arrays, before):
+        assert np.asarray(a).tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("role, make, error, fragment", BAD_ITEMS)
+@pytest.mark.parametrize("rule", ["sgd", "heavy_ball"])
+def test_bad_last_item_writes_nothing(rule, role, make, error, fragment):
+    ps, gs, bs = triples()
+    before = [copies(x) for x in (ps, gs, bs)]
+    args = corrupt_last(ps, gs, bs, role, make)
+    with pytest.raises(error, match=f"^foreach.{rule}\\(\\): .*{_escape(fragment)}"):
+        getattr(fe, rule)(*args, lr=0.1, momentum=0.9)
+    for arrays, saved in zip((ps, gs, bs), before):
+        assert_unchanged(arrays, saved)
+
+
+def _escape(fragment):
+    return fragment.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")
+
+
+def test_update_buffer_bad_last_item_writes_nothing():
+    _, gs, bs = triples()
+    before = copies(bs)
+    bad = bs[:-1] + [bs[-1].astype(np.float16)]
+    with pytest.raises(TypeError, match=_escape(f"'bufs[{LAST}]' has dtype float16")):
+        fe.update_buffer(bad, gs, momentum=0.9)
+    assert_unchanged(bs, before)
+
+
+OVERLAPS = [
+    # (role of the last triple's array, role and index of the earlier array
+    # it aliases): a written array never shares memory with another triple.
+    ("params", "params", 0),
+    ("bufs", "params", 1),
+    ("grads", "bufs", 3),
+    ("params", "grads", 4),
+]
+
+
+@pytest.mark.parametrize("role, source, index", OVERLAPS)
+def test_overlap_across_triples_writes_nothing(role, source, index):
+    ps, gs, bs = triples()
+    lists = {"params": ps, "grads": gs, "bufs": bs}
+    earlier = lists[source][index]
+    host = np.zeros(1024, np.uint8)
+    alias = host[:earlier.nbytes].view(earlier.dtype).reshape(earlier.shape)
+    alias[...] = earlier
+    lists[source][index] = alias
+    lists[role][LAST] = host[:256].view(np.float32)
+    before = [copies(x) for x in (ps, gs, bs)]
+    with pytest.raises(ValueError, match=_escape(
+            f"'{source}[{index}]' and '{role}[{LAST}]' overlap in memory")):
+        fe.sgd(ps, gs, bs, lr=0.1, momentum=0.9)
+    for arrays, saved in zip((ps, gs, bs), before):
+        assert_unchanged(arrays, saved)
+
+
+def test_overlap_among_many_shuffled_views_found():
+    # 1,500 disjoint views in shuffled address order, plus one pair that
+    # shares a single element, far apart in the sequences.
+    rng = np.random.default_rng(2)
+    block = np.zeros(1500 * 4)
+    views = [block[i * 4:(i + 1) * 4] for i in range(1500)]
+    order = rng.permutation(1500)
+    ps, gs, bs = ([views[j] for j in order[k::3]] for k in range(3))
+    pair = np.zeros(7)
+    bs[3], ps[-1] = pair[:4], pair[3:]
+    with pytest.raises(ValueError, match=r"'bufs\[3\]' and 'params\[499\]' overlap"):
+        fe.sgd(ps, gs, bs, lr=0.1, momentum=0.9)
+
+
+def test_bad_sequences():
+    ps, gs, bs = triples()
+    with pytest.raises(TypeError, match=r"'params' must be a sequence .* not ndarray"):
+        fe.sgd(ps[0], gs, bs, lr=0.1)
+    with pytest.raises(TypeError, match=r"'grads' must be a sequence .* not int"):
+        fe.sgd(ps, 3, bs, lr=0.1)
+    with pytest.raises(ValueError, match=r"'bufs' has 6 items but 'params' has 7"):
+        fe.sgd(ps, gs, bs[:-1], lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match=r"'grads' has 6 items but 'params' has 7"):
+        fe.heavy_ball(ps, gs[:-1], bs, lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match=r"'bufs' has 6 items but 'grads' has 7"):
+        fe.update_buffer(bs[:-1], gs, momentum=0.9)
+    with pytest.raises(ValueError, match=r"'first_step' has 2 items but 'params' has 7"):
+        fe.sgd(ps, gs, bs, lr=0.1, momentum=0.9, first_step=[True, False])
+    with pytest.raises(TypeError, match=r"'bufs' is None but momentum is 0.9"):
+        fe.sgd(ps, gs, None, lr=0.1, momentum=0.9)
+    with pytest.raises(TypeError, match=r"foreach.heavy_ball\(\): 'bufs' must be"):
+        fe.heavy_ball(ps, gs, None, lr=0.1, momentum=0.9)
+
+
+@pytest.mark.parametrize("rule, hyper, fragment", [
+    ("sgd", dict(lr=-1.0), "'lr' must be finite and >= 0"),
+    ("sgd", dict(lr=0.1, momentum=0.9, dampening=2.0), "'dampening' must be in"),
+    ("sgd", dict(lr=0.1, nesterov=True), "nesterov=True needs momentum > 0"),
+    ("heavy_ball", dict(lr=0.1, momentum=float("nan")), "'momentum' must be finite"),
+    ("heavy_ball", dict(lr="0.1", momentum=0.9), "'lr' must be a real number"),
+])
+def test_bad_hyperparameters_write_nothing(rule, hyper, fragment):
+    ps, gs, bs = triples()
+    before = [copies(x) for x in (ps, gs, bs)]
+    with pytest.raises((TypeError, ValueError), match=f"foreach.{rule}\\(\\): {_escape(fragment)}"):
+        getattr(fe, rule)(ps, gs, bs, **hyper)
+    for arrays, saved in zip((ps, gs, bs), before):
+        assert_unchanged(arrays, saved)
+
+
+def test_within_triple_overlap_names_the_index():
+    ps, gs, bs = triples()
+    with pytest.raises(ValueError, match=_escape(f"'bufs[{LAST}]' and 'params[{LAST}]' overlap")):
+        fe.sgd(ps, gs, bs[:-1] + [ps[-1]], lr=0.1, momentum=0.9)
+
+
+def test_exported_as_a_submodule():
+    assert momentum.foreach is fe
+    assert set(fe.__all__) == {"update_buffer", "sgd", "heavy_ball"}
