@@ -1,61 +1,34 @@
 """``momentum.torch.SGD``: a drop-in ``torch.optim.SGD`` for CPU tensors.
 
-The step runs momentum's kernels on NumPy views that share memory with the
-parameters, gradients and momentum buffers, so nothing is copied or converted.
-Its state (``state[p]["momentum_buffer"]``) and param groups are laid out as
-``torch.optim.SGD``'s, so state dicts move between the two both ways.
+The step runs :func:`momentum.foreach.sgd` once per param group on NumPy views
+that share memory with the parameters, gradients and momentum buffers, so
+nothing is copied or converted.  State (``state[p]["momentum_buffer"]``) and
+param groups are laid out as ``torch.optim.SGD``'s, so state dicts move
+between the two both ways.
+
+With ``flat=True`` each param group lives in a :class:`momentum.Arena`: its
+parameters, gradients and buffers are views into three contiguous blocks and a
+step is one kernel call over the blocks.
 
 This module imports torch; ``import momentum`` does not import this module.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import torch
 
-import momentum
+from momentum import foreach
+from momentum.arena import Arena
 
 __all__ = ["SGD"]
 
 _DTYPES = (torch.float32, torch.float64)
-
-
-class _Views:
-    """The NumPy views of one parameter's tensors, and what they were made from.
-
-    A step reuses them while the parameter's memory, its gradient tensor and its
-    buffer tensor are unchanged.  Holding the views keeps the old memory alive,
-    so a replaced tensor can never reuse a remembered address.
-    """
-
-    __slots__ = ("param", "param_ptr", "grad", "grad_ptr", "buf", "buf_ptr",
-                 "param_view", "grad_view", "buf_view")
-
-    def __init__(self, param: torch.Tensor, grad: torch.Tensor,
-                 buf: torch.Tensor | None) -> None:
-        self.param = param
-        self.param_ptr = param.data_ptr()
-        self.param_view = param.detach().numpy()
-        self.grad = grad
-        self.grad_ptr = grad.data_ptr()
-        self.grad_view = grad.numpy()
-        self.set_buf(buf)
-
-    def set_buf(self, buf: torch.Tensor | None) -> None:
-        """Remember the buffer tensor (None before the first step)."""
-        self.buf = buf
-        self.buf_ptr = 0 if buf is None else buf.data_ptr()
-        self.buf_view = None if buf is None else buf.numpy()
-
-    def fresh(self, param: torch.Tensor, grad: torch.Tensor,
-              buf: torch.Tensor | None) -> bool:
-        """True while these views still show ``param``, ``grad`` and ``buf``."""
-        return (self.param is param and self.grad is grad and self.buf is buf
-                and self.param_ptr == param.data_ptr()
-                and self.grad_ptr == grad.data_ptr()
-                and (buf is None or self.buf_ptr == buf.data_ptr()))
+_NO_STATE = MappingProxyType({})
+_data_ptr = torch.Tensor.data_ptr
 
 
 def _where(index: int, group: int, position: int) -> str:
@@ -63,7 +36,8 @@ def _where(index: int, group: int, position: int) -> str:
 
 
 def _check(tensor: torch.Tensor, what: str, param: torch.Tensor, where: str) -> None:
-    """``tensor`` (the parameter itself or its grad or buffer) is usable in place.
+    """``tensor`` (the parameter itself, its grad or its buffer) can be
+    updated in place by the kernels.
 
     Raises TypeError for a dtype the kernels do not take, ValueError for a
     device, layout or shape they cannot work on in place.
@@ -93,6 +67,49 @@ def _scalar(value: Any) -> float:
     return float(value.item()) if isinstance(value, torch.Tensor) else float(value)
 
 
+def _hyperparameters(group: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of ``foreach.sgd`` for one param group, read
+    afresh each step so that schedulers and edits of the group take effect."""
+    return {"lr": _scalar(group["lr"]), "momentum": group["momentum"],
+            "dampening": group["dampening"],
+            "weight_decay": _scalar(group["weight_decay"]),
+            "nesterov": group["nesterov"], "maximize": group["maximize"]}
+
+
+class _Batch:
+    """One param group's arguments to ``foreach.sgd``, and what they show.
+
+    ``key`` lists the identity of every parameter, gradient and buffer tensor
+    and the address of every parameter's memory (``p.data = ...`` keeps the
+    parameter but moves its memory).  While the key is unchanged the views
+    are current: the batch holds the views, so no address it remembers can be
+    reused by another tensor.  ``adopt`` lists (parameter, buffer) pairs to
+    enter into the state once every group has been checked.
+    """
+
+    __slots__ = ("key", "params", "grads", "bufs", "first", "adopt")
+
+    def __init__(self) -> None:
+        self.key: list[int] = []
+        self.params: list[np.ndarray] = []
+        self.grads: list[np.ndarray] = []
+        self.bufs: list[np.ndarray | None] = []
+        self.first: list[bool] = []
+        self.adopt: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+
+class _Flat:
+    """A param group's arena and the torch tensors that alias its views."""
+
+    __slots__ = ("arena", "params", "grads", "bufs")
+
+    def __init__(self, arena: Arena) -> None:
+        self.arena = arena
+        self.params = [torch.from_numpy(v) for v in arena.param_views]
+        self.grads = [torch.from_numpy(v) for v in arena.grad_views]
+        self.bufs = [torch.from_numpy(v) for v in arena.buf_views]
+
+
 class SGD(torch.optim.Optimizer):
     """Stochastic gradient descent with momentum, as ``torch.optim.SGD``.
 
@@ -108,12 +125,21 @@ class SGD(torch.optim.Optimizer):
     Every operation is rounded on its own (no fused multiply-add).  Parameters
     whose ``grad`` is None are skipped.  Parameters, gradients and buffers
     must be contiguous CPU tensors of float32 or float64.
+
+    ``flat=True`` moves each group's parameters into one contiguous block
+    (``p.data`` becomes a view into it) and gives every parameter that
+    requires grad a gradient viewing a second block, so that a step is one
+    kernel call.  ``zero_grad`` then zeroes that block in place whatever
+    ``set_to_none`` says, as ``torch.optim.SGD`` after
+    ``zero_grad(set_to_none=False)``: a parameter left out of a backward pass
+    is stepped with a zero gradient rather than skipped.  A group must then
+    hold one dtype.
     """
 
     def __init__(self, params: Iterable[Any], lr: float | torch.Tensor = 1e-3,
                  momentum: float = 0, dampening: float = 0,
                  weight_decay: float | torch.Tensor = 0, nesterov: bool = False,
-                 *, maximize: bool = False) -> None:
+                 *, maximize: bool = False, flat: bool = False) -> None:
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
         if lr < 0.0:
@@ -127,7 +153,9 @@ class SGD(torch.optim.Optimizer):
         defaults = {"lr": lr, "momentum": momentum, "dampening": dampening,
                     "weight_decay": weight_decay, "nesterov": nesterov,
                     "maximize": maximize}
-        self._views: list[list[_Views | None]] = []
+        self.flat = flat
+        self._batches: dict[int, _Batch] = {}
+        self._flats: list[_Flat] = []
         super().__init__(params, defaults)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -135,85 +163,188 @@ class SGD(torch.optim.Optimizer):
         for group in self.param_groups:
             group.setdefault("nesterov", False)
             group.setdefault("maximize", False)
-        self._views = []
+        self._batches = {}
 
-    def _gather(self, gi: int, group: dict[str, Any], first_index: int
-                ) -> tuple[list[Any], list[Any], list[Any], list[bool], list[_Views]]:
-        """This group's views of every parameter that has a gradient.
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group as ``torch.optim.Optimizer`` does (into an arena when flat)."""
+        super().add_param_group(param_group)
+        if self.flat:
+            index = len(self.param_groups) - 1
+            self._flats.append(self._flatten(index, self._first_index(index)))
 
-        Checks each tensor the first time it is seen and returns, with the
-        views, the entries still waiting for a momentum buffer (their
-        ``buf_view`` is None).
-        """
+    def _first_index(self, gi: int) -> int:
+        """The state-dict index of group ``gi``'s first parameter."""
+        return sum(len(g["params"]) for g in self.param_groups[:gi])
+
+    def _key(self, group: dict[str, Any]) -> tuple[list[int], list[Any], Sequence[Any]]:
+        """The group's cache key, its gradients and its buffers (see _Batch)."""
         params = group["params"]
-        while len(self._views) <= gi:
-            self._views.append([])
-        cache = self._views[gi]
-        if len(cache) != len(params):
-            cache[:] = [None] * len(params)
+        grads = [p.grad for p in params]
+        if group["momentum"] != 0:
+            get = self.state.get
+            bufs: Sequence[Any] = [get(p, _NO_STATE).get("momentum_buffer") for p in params]
+        else:
+            bufs = ()
+        key = [*map(id, params), *map(id, grads), *map(id, bufs), *map(_data_ptr, params)]
+        return key, grads, bufs
+
+    def _batch(self, gi: int, group: dict[str, Any], first_index: int) -> _Batch:
+        """This group's batch: the cached one while its key holds, else a new one."""
+        key, grads, bufs = self._key(group)
+        batch = self._batches.get(gi)
+        if batch is not None and batch.key == key:
+            return batch
+        if self.flat:
+            batch = self._flat_batch(gi, group, first_index)
+            key = self._key(group)[0]  # grads and buffers were moved in
+        else:
+            batch = self._tensor_batch(gi, group, first_index, grads, bufs)
+        batch.key = key
+        self._batches[gi] = batch
+        return batch
+
+    def _tensor_batch(self, gi: int, group: dict[str, Any], first_index: int,
+                      grads: list[Any], bufs: Sequence[Any]) -> _Batch:
+        """One triple of views per parameter that has a gradient."""
+        batch = _Batch()
         uses_buf = group["momentum"] != 0
-        state = self.state
-        pv: list[Any] = []
-        gv: list[Any] = []
-        bv: list[Any] = []
-        first: list[bool] = []
-        waiting: list[_Views] = []
-        for i, p in enumerate(params):
-            g = p.grad
+        for i, (p, g) in enumerate(zip(group["params"], grads)):
             if g is None:
                 continue
-            b = state[p].get("momentum_buffer") if uses_buf else None
-            views = cache[i]
-            if views is None or not views.fresh(p, g, b):
-                where = _where(first_index + i, gi, i)
-                _check(p, "the parameter", p, where)
-                _check(g, "its grad", p, where)
-                if b is not None:
-                    _check(b, "its momentum_buffer", p, where)
-                views = cache[i] = _Views(p, g, b)
-            pv.append(views.param_view)
-            gv.append(views.grad_view)
-            bv.append(views.buf_view)
-            first.append(uses_buf and b is None)
-            if uses_buf and b is None:
-                waiting.append(views)
-        return pv, gv, bv, first, waiting
+            where = _where(first_index + i, gi, i)
+            _check(p, "the parameter", p, where)
+            _check(g, "its grad", p, where)
+            b = bufs[i] if uses_buf else None
+            if b is not None:
+                _check(b, "its momentum_buffer", p, where)
+            elif uses_buf:
+                b = torch.empty_like(p, memory_format=torch.contiguous_format)
+                batch.adopt.append((p, b))
+            batch.params.append(p.detach().numpy())
+            batch.grads.append(g.numpy())
+            batch.bufs.append(None if b is None else b.numpy())
+            batch.first.append(uses_buf and bufs[i] is None)
+        return batch
 
-    def _add_buffers(self, waiting: list[_Views], bv: list[Any]) -> None:
-        """Give each waiting parameter a new momentum buffer in its state."""
-        for views in waiting:
-            buf = torch.empty_like(views.param, memory_format=torch.contiguous_format,
-                                   requires_grad=False)
-            self.state[views.param]["momentum_buffer"] = buf
-            views.set_buf(buf)
-        it = iter(waiting)
-        for j, view in enumerate(bv):
-            if view is None:
-                bv[j] = next(it).buf_view
+    def _flatten(self, gi: int, first_index: int) -> _Flat:
+        """Move group ``gi`` into a new arena: its parameters, gradients and
+        buffers are copied in and re-pointed at the arena's views."""
+        params = self.param_groups[gi]["params"]
+        for i, p in enumerate(params):
+            where = _where(first_index + i, gi, i)
+            _check(p, "the parameter", p, where)
+            if p.dtype != params[0].dtype:
+                raise TypeError(f"{where}: has dtype {p.dtype} but parameter "
+                                f"{first_index} has {params[0].dtype}; with "
+                                f"flat=True a param group holds one dtype")
+        dtype = np.float64 if params[0].dtype == torch.float64 else np.float32
+        flat = _Flat(Arena([p.shape for p in params], dtype))
+        for i, p in enumerate(params):
+            flat.params[i].copy_(p.detach())
+            p.data = flat.params[i]
+            if p.grad is not None or p.requires_grad:
+                self._move_grad(p, flat.grads[i], _where(first_index + i, gi, i))
+            buf = self.state.get(p, _NO_STATE).get("momentum_buffer")
+            if buf is not None:
+                self._move_buf(p, buf, flat.bufs[i], _where(first_index + i, gi, i))
+        return flat
+
+    @staticmethod
+    def _move_grad(p: torch.Tensor, home: torch.Tensor, where: str) -> None:
+        """Make ``p.grad`` the arena view ``home``, keeping its values."""
+        if p.grad is None:
+            home.zero_()
+        else:
+            _check(p.grad, "its grad", p, where)
+            home.copy_(p.grad)
+        p.grad = home
+
+    def _move_buf(self, p: torch.Tensor, buf: torch.Tensor, home: torch.Tensor,
+                  where: str) -> None:
+        """Make ``p``'s momentum buffer the arena view ``home``, keeping its values."""
+        _check(buf, "its momentum_buffer", p, where)
+        home.copy_(buf)
+        self.state[p]["momentum_buffer"] = home
+
+    def _flat_batch(self, gi: int, group: dict[str, Any], first_index: int) -> _Batch:
+        """One triple of block slices per run of neighbouring parameters that
+        alike have a gradient (or not) and a buffer (or not).
+
+        Tensors found outside the arena are moved back in first: a replaced
+        parameter (or, if its shape or dtype changed, the whole group), a
+        gradient the user set, a buffer from a loaded state dict.
+        """
+        flat = self._flats[gi]
+        if any(p.data_ptr() != home.data_ptr() or p.shape != home.shape
+               for p, home in zip(group["params"], flat.params)) or \
+                len(group["params"]) != len(flat.params):
+            flat = self._flats[gi] = self._flatten(gi, first_index)
+        uses_buf = group["momentum"] != 0
+        runs: list[tuple[bool, bool, int]] = []  # (has grad, first step, tensor)
+        for i, p in enumerate(group["params"]):
+            where = _where(first_index + i, gi, i)
+            if p.grad is not None and p.grad is not flat.grads[i]:
+                self._move_grad(p, flat.grads[i], where)
+            buf = self.state.get(p, _NO_STATE).get("momentum_buffer") if uses_buf else None
+            if buf is not None and buf is not flat.bufs[i]:
+                self._move_buf(p, buf, flat.bufs[i], where)
+            runs.append((p.grad is not None, uses_buf and buf is None, i))
+        batch = _Batch()
+        arena = flat.arena
+        start = 0
+        for end in range(1, len(runs) + 1):
+            if end < len(runs) and runs[end][:2] == runs[start][:2]:
+                continue
+            active, first, _ = runs[start]
+            if active:
+                lo = arena.offsets[start]
+                hi = arena.offsets[end - 1] + flat.params[end - 1].numel()
+                batch.params.append(arena.params[lo:hi])
+                batch.grads.append(arena.grads[lo:hi])
+                batch.bufs.append(arena.bufs[lo:hi])
+                batch.first.append(first)
+                if first:
+                    batch.adopt += [(group["params"][i], flat.bufs[i])
+                                    for i in range(start, end)]
+            start = end
+        return batch
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset the gradients; with ``flat=True`` zero the arena's gradient
+        block in place (and point any gradient the user replaced back at it)."""
+        if not self.flat:
+            super().zero_grad(set_to_none)
+            return
+        for gi, group in enumerate(self.param_groups):
+            self._batch(gi, group, self._first_index(gi))  # moves stray tensors in
+            flat = self._flats[gi]
+            for p, home in zip(group["params"], flat.grads):
+                if p.grad is None and p.requires_grad:
+                    p.grad = home
+            flat.arena.zero_grad()
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One SGD step over every param group; returns ``closure()``'s loss.
 
-        Every tensor is checked before any is written: a bad parameter raises
-        TypeError or ValueError naming its index and nothing changes.
+        Every tensor and hyperparameter is checked before any is written: a
+        bad parameter raises TypeError or ValueError naming its index.
         """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        batches = []
+        work = []
         first_index = 0
         for gi, group in enumerate(self.param_groups):
-            batches.append(self._gather(gi, group, first_index))
+            hyper = _hyperparameters(group)
+            foreach.sgd((), (), (), **hyper)  # checks them, writes nothing
+            work.append((hyper, self._batch(gi, group, first_index)))
             first_index += len(group["params"])
-        for group, (pv, gv, bv, first, waiting) in zip(self.param_groups, batches):
-            if waiting:
-                self._add_buffers(waiting, bv)
-            hyper = {"lr": _scalar(group["lr"]), "momentum": group["momentum"],
-                     "dampening": group["dampening"],
-                     "weight_decay": _scalar(group["weight_decay"]),
-                     "nesterov": group["nesterov"], "maximize": group["maximize"]}
-            for p, g, b, f in zip(pv, gv, bv, first):
-                momentum.sgd(p, g, b, first_step=f, **hyper)
+        for hyper, batch in work:
+            for p, buf in batch.adopt:
+                self.state[p]["momentum_buffer"] = buf
+            foreach.sgd(batch.params, batch.grads,
+                        batch.bufs if hyper["momentum"] != 0 else None,
+                        first_step=batch.first, **hyper)
         return loss
