@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from momentum.torch import SGD  # noqa: E402
+from torch_helpers import assert_same, flat_params, make_data, make_model, mse  # noqa: E402
 
 STEPS = 100
 # Every flag combination torch.optim.SGD accepts (nesterov needs momentum and
@@ -31,22 +32,13 @@ FLAGS = [
 RTOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 
-def make_model(dtype: torch.dtype) -> torch.nn.Module:
-    """A 2-layer MLP with fixed initial weights."""
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(),
-                               torch.nn.Linear(16, 3)).to(dtype)
-
-
 def make_loss(model: torch.nn.Module, dtype: torch.dtype,
               maximize: bool = False) -> Callable[[], torch.Tensor]:
-    """Mean squared error on fixed random data; negated when maximizing, so
-    both directions of the search converge."""
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(32, 8, dtype=dtype, generator=gen)
-    y = torch.randn(32, 3, dtype=dtype, generator=gen)
+    """Mean squared error on fixed data; negated when maximizing, so both
+    directions of the search converge."""
+    x, y = make_data(dtype)
     sign = -1.0 if maximize else 1.0
-    return lambda: sign * ((model(x) - y) ** 2).mean()
+    return lambda: sign * mse(model, x, y)
 
 
 def train(model: torch.nn.Module, opt: torch.optim.Optimizer,
@@ -57,17 +49,6 @@ def train(model: torch.nn.Module, opt: torch.optim.Optimizer,
         opt.step()
         if sched is not None:
             sched.step()
-
-
-def flat_params(model: torch.nn.Module) -> torch.Tensor:
-    return torch.cat([p.detach().flatten() for p in model.parameters()])
-
-
-def assert_same(ours: torch.Tensor, theirs: torch.Tensor, rtol: float) -> None:
-    """Equal to ``rtol`` relative to the largest value (elementwise relative
-    error is meaningless for weights that pass through zero)."""
-    err = (ours - theirs).abs().max().item() / theirs.abs().max().item()
-    assert err <= rtol, f"relative difference {err:.3g} > {rtol:g}"
 
 
 def trained(cls, dtype: torch.dtype, flags: dict, steps: int = STEPS, **extra) -> torch.Tensor:
@@ -210,6 +191,24 @@ def test_replaced_param_data_is_not_stale():
         train(model, opt, loss, 3)
         results.append(flat_params(model))
     assert_same(*results, RTOL[dtype])
+
+
+def test_new_grad_tensors_each_step_are_not_stale():
+    """A gradient tensor freed and replaced by a new one (which CPython may
+    put at the freed object's address) is read afresh."""
+    dtype = torch.float64
+    params = [torch.nn.Parameter(torch.ones(3, dtype=dtype)) for _ in range(2)]
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    ours = SGD(params, lr=0.1, momentum=0.9)
+    theirs = torch.optim.SGD(copies, lr=0.1, momentum=0.9)
+    for step in range(20):
+        for opt, ps in ((ours, params), (theirs, copies)):
+            for k, p in enumerate(ps):
+                p.grad = None
+                p.grad = torch.full((3,), float(step * (k + 1)), dtype=dtype)
+            opt.step()
+    for p, q in zip(params, copies):
+        assert_same(p.detach(), q.detach(), RTOL[dtype])
 
 
 def test_loaded_buffers_are_used():

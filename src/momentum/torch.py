@@ -42,6 +42,10 @@ def _check(tensor: torch.Tensor, what: str, param: torch.Tensor, where: str) -> 
     Raises TypeError for a dtype the kernels do not take, ValueError for a
     device, layout or shape they cannot work on in place.
     """
+    if (tensor.is_cpu and tensor.layout == torch.strided and tensor.dtype == param.dtype
+            and tensor.dtype in _DTYPES and tensor.shape == param.shape
+            and tensor.is_contiguous()):
+        return  # the common case, decided without formatting a message
     if tensor.device.type != "cpu":
         raise ValueError(f"{where}: {what} is on device {tensor.device}; "
                          f"momentum.torch.SGD runs on CPU tensors only")
@@ -57,9 +61,8 @@ def _check(tensor: torch.Tensor, what: str, param: torch.Tensor, where: str) -> 
     if tensor.shape != param.shape:
         raise ValueError(f"{where}: {what} has shape {tuple(tensor.shape)} but "
                          f"the parameter has shape {tuple(param.shape)}")
-    if not tensor.is_contiguous():
-        raise ValueError(f"{where}: {what} is not contiguous; call "
-                         f".contiguous() on it before the step")
+    raise ValueError(f"{where}: {what} is not contiguous; call "
+                     f".contiguous() on it before the step")
 
 
 def _scalar(value: Any) -> float:
@@ -80,22 +83,37 @@ class _Batch:
     """One param group's arguments to ``foreach.sgd``, and what they show.
 
     ``key`` lists the identity of every parameter, gradient and buffer tensor
-    and the address of every parameter's memory (``p.data = ...`` keeps the
-    parameter but moves its memory).  While the key is unchanged the views
-    are current: the batch holds the views, so no address it remembers can be
-    reused by another tensor.  ``adopt`` lists (parameter, buffer) pairs to
-    enter into the state once every group has been checked.
+    and the address of every parameter's and gradient's memory (``.data =``
+    keeps a tensor but moves its memory).  While the key is unchanged the
+    views are current.  ``holds`` keeps the keyed tensors alive, so that no
+    identity or address in the key can be reused by another tensor, and
+    ``numpy`` maps ``id(tensor)`` to ``(tensor, address, view)`` so the next
+    batch converts only new tensors.  ``adopt`` lists (parameter, buffer)
+    pairs to enter into the state once every group has been checked.
     """
 
-    __slots__ = ("key", "params", "grads", "bufs", "first", "adopt")
+    __slots__ = ("key", "holds", "numpy", "params", "grads", "bufs", "first", "adopt")
 
     def __init__(self) -> None:
         self.key: list[int] = []
+        self.holds: tuple[Any, ...] = ()
+        self.numpy: dict[int, tuple[torch.Tensor, int, np.ndarray]] = {}
         self.params: list[np.ndarray] = []
         self.grads: list[np.ndarray] = []
         self.bufs: list[np.ndarray | None] = []
         self.first: list[bool] = []
         self.adopt: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def view(self, tensor: torch.Tensor, what: str, param: torch.Tensor, where: str,
+             old: dict[int, tuple[torch.Tensor, int, np.ndarray]]) -> np.ndarray:
+        """The NumPy view of ``tensor``: the previous batch's if still valid,
+        else a checked new one."""
+        hit = old.get(id(tensor))
+        if hit is None or hit[0] is not tensor or hit[1] != tensor.data_ptr():
+            _check(tensor, what, param, where)
+            hit = (tensor, tensor.data_ptr(), tensor.detach().numpy())
+        self.numpy[id(tensor)] = hit
+        return hit[2]
 
 
 class _Flat:
@@ -176,8 +194,10 @@ class SGD(torch.optim.Optimizer):
         """The state-dict index of group ``gi``'s first parameter."""
         return sum(len(g["params"]) for g in self.param_groups[:gi])
 
-    def _key(self, group: dict[str, Any]) -> tuple[list[int], list[Any], Sequence[Any]]:
-        """The group's cache key, its gradients and its buffers (see _Batch)."""
+    def _key(self, group: dict[str, Any]) -> tuple[list[int] | None, list[Any], Sequence[Any]]:
+        """The group's cache key (None if a tensor has no memory address, as
+        a sparse one: the batch is then rebuilt, which reports it), its
+        gradients and its buffers (see _Batch)."""
         params = group["params"]
         grads = [p.grad for p in params]
         if group["momentum"] != 0:
@@ -185,26 +205,33 @@ class SGD(torch.optim.Optimizer):
             bufs: Sequence[Any] = [get(p, _NO_STATE).get("momentum_buffer") for p in params]
         else:
             bufs = ()
-        key = [*map(id, params), *map(id, grads), *map(id, bufs), *map(_data_ptr, params)]
+        try:
+            key = [*map(id, params), *map(id, grads), *map(id, bufs),
+                   *map(_data_ptr, params), *[g.data_ptr() for g in grads if g is not None]]
+        except RuntimeError:
+            key = None
         return key, grads, bufs
 
     def _batch(self, gi: int, group: dict[str, Any], first_index: int) -> _Batch:
         """This group's batch: the cached one while its key holds, else a new one."""
         key, grads, bufs = self._key(group)
         batch = self._batches.get(gi)
-        if batch is not None and batch.key == key:
+        if batch is not None and key is not None and batch.key == key:
             return batch
         if self.flat:
             batch = self._flat_batch(gi, group, first_index)
-            key = self._key(group)[0]  # grads and buffers were moved in
+            key, grads, bufs = self._key(group)  # grads and buffers were moved in
         else:
-            batch = self._tensor_batch(gi, group, first_index, grads, bufs)
+            old = batch.numpy if batch is not None else {}
+            batch = self._tensor_batch(gi, group, first_index, grads, bufs, old)
         batch.key = key
+        batch.holds = (list(group["params"]), grads, bufs)
         self._batches[gi] = batch
         return batch
 
     def _tensor_batch(self, gi: int, group: dict[str, Any], first_index: int,
-                      grads: list[Any], bufs: Sequence[Any]) -> _Batch:
+                      grads: list[Any], bufs: Sequence[Any],
+                      old: dict[int, tuple[torch.Tensor, int, np.ndarray]]) -> _Batch:
         """One triple of views per parameter that has a gradient."""
         batch = _Batch()
         uses_buf = group["momentum"] != 0
@@ -212,17 +239,14 @@ class SGD(torch.optim.Optimizer):
             if g is None:
                 continue
             where = _where(first_index + i, gi, i)
-            _check(p, "the parameter", p, where)
-            _check(g, "its grad", p, where)
+            batch.params.append(batch.view(p, "the parameter", p, where, old))
+            batch.grads.append(batch.view(g, "its grad", p, where, old))
             b = bufs[i] if uses_buf else None
-            if b is not None:
-                _check(b, "its momentum_buffer", p, where)
-            elif uses_buf:
+            if b is None and uses_buf:
                 b = torch.empty_like(p, memory_format=torch.contiguous_format)
                 batch.adopt.append((p, b))
-            batch.params.append(p.detach().numpy())
-            batch.grads.append(g.numpy())
-            batch.bufs.append(None if b is None else b.numpy())
+            batch.bufs.append(None if b is None else
+                              batch.view(b, "its momentum_buffer", p, where, old))
             batch.first.append(uses_buf and bufs[i] is None)
         return batch
 
