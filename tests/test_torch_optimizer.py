@@ -296,3 +296,75 @@ def test_cuda_is_a_value_error():
 def test_import_momentum_does_not_import_torch():
     code = "import sys, momentum; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+
+def _flat_and_reference(**flags) -> list[tuple]:
+    """(model, optimizer, loss) under SGD(flat=True) and under torch.optim.SGD."""
+    runs = []
+    for cls, extra in ((SGD, {"flat": True}), (torch.optim.SGD, {})):
+        model = make_model(torch.float64)
+        runs.append((model, cls(model.parameters(), lr=0.1, **flags, **extra),
+                     make_loss(model, torch.float64)))
+    return runs
+
+
+def test_flat_moves_params_into_one_block():
+    model = make_model(torch.float32)
+    before = flat_params(model)
+    opt = SGD(model.parameters(), lr=0.1, flat=True)
+    block = opt._flats[0].arena.params
+    for p in model.parameters():
+        offset = p.data_ptr() - block.ctypes.data
+        assert 0 <= offset < block.nbytes and offset % 64 == 0
+        assert p.grad is not None and not p.grad.any()
+    assert torch.equal(flat_params(model), before)
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_flat_zero_grad_zeroes_in_place(set_to_none):
+    results = []
+    for model, opt, loss in _flat_and_reference(momentum=0.9):
+        for _ in range(5):
+            grads = [p.grad for p in model.parameters()]
+            opt.zero_grad(set_to_none=False)
+            if isinstance(opt, SGD):
+                assert all(p.grad is g and not g.any()
+                           for p, g in zip(model.parameters(), grads))
+            loss().backward()
+            opt.step()
+        results.append(flat_params(model))
+    assert_same(*results, RTOL[torch.float64])
+
+
+def test_flat_copies_in_a_user_grad_a_moved_param_and_loaded_state():
+    results = []
+    for model, opt, loss in _flat_and_reference(momentum=0.9):
+        train(model, opt, loss, 3)
+        weight = model[0].weight
+        weight.grad = torch.full_like(weight, 0.5)  # a grad outside the arena
+        opt.step()
+        weight.data = weight.detach() * 0.5  # memory outside the arena
+        train(model, opt, loss, 3)
+        saved = opt.state_dict()
+        halved = {k: {"momentum_buffer": v["momentum_buffer"] * 0.5}
+                  for k, v in saved["state"].items()}
+        opt.load_state_dict({"state": halved, "param_groups": saved["param_groups"]})
+        train(model, opt, loss, 3)
+        results.append(flat_params(model))
+    assert_same(*results, RTOL[torch.float64])
+    ours = results[0]
+    assert not torch.equal(ours, flat_params(make_model(torch.float64)))
+
+
+def test_flat_param_replaced_while_another_has_no_grad():
+    results = []
+    for model, opt, loss in _flat_and_reference(momentum=0.9):
+        train(model, opt, loss, 2)
+        bias = model[2].bias
+        bias.data = torch.zeros(3, dtype=torch.float64)  # same shape, new memory
+        model[0].bias.grad = None  # skipped this step, as torch skips it
+        opt.step()
+        train(model, opt, loss, 2)
+        results.append(flat_params(model))
+    assert_same(*results, RTOL[torch.float64])

@@ -31,21 +31,28 @@ _NO_STATE = MappingProxyType({})
 _data_ptr = torch.Tensor.data_ptr
 
 
-def _where(index: int, group: int, position: int) -> str:
+# A parameter's place: (state-dict index, group index, index in the group).
+Place = tuple[int, int, int]
+
+
+def _where(place: Place) -> str:
+    index, group, position = place
     return f"SGD.step(): parameter {index} (param_groups[{group}]['params'][{position}])"
 
 
-def _check(tensor: torch.Tensor, what: str, param: torch.Tensor, where: str) -> None:
+def _check(tensor: torch.Tensor, what: str, param: torch.Tensor, place: Place) -> None:
     """``tensor`` (the parameter itself, its grad or its buffer) can be
     updated in place by the kernels.
 
     Raises TypeError for a dtype the kernels do not take, ValueError for a
-    device, layout or shape they cannot work on in place.
+    device, layout or shape they cannot work on in place, naming the
+    parameter's place.
     """
     if (tensor.is_cpu and tensor.layout == torch.strided and tensor.dtype == param.dtype
             and tensor.dtype in _DTYPES and tensor.shape == param.shape
             and tensor.is_contiguous()):
         return  # the common case, decided without formatting a message
+    where = _where(place)
     if tensor.device.type != "cpu":
         raise ValueError(f"{where}: {what} is on device {tensor.device}; "
                          f"momentum.torch.SGD runs on CPU tensors only")
@@ -82,38 +89,55 @@ def _hyperparameters(group: dict[str, Any]) -> dict[str, Any]:
 class _Batch:
     """One param group's arguments to ``foreach.sgd``, and what they show.
 
-    ``key`` lists the identity of every parameter, gradient and buffer tensor
-    and the address of every parameter's and gradient's memory (``.data =``
-    keeps a tensor but moves its memory).  While the key is unchanged the
-    views are current.  ``holds`` keeps the keyed tensors alive, so that no
-    identity or address in the key can be reused by another tensor, and
-    ``numpy`` maps ``id(tensor)`` to ``(tensor, address, view)`` so the next
-    batch converts only new tensors.  ``adopt`` lists (parameter, buffer)
-    pairs to enter into the state once every group has been checked.
+    ``key`` lists the identity of every parameter and buffer tensor and the
+    address of every parameter's memory (``p.data = ...`` keeps the
+    parameter but moves its memory); ``grad_key`` the same of the gradients,
+    which a training loop usually replaces every step.  While both are
+    unchanged the views are current.  ``holds`` keeps the keyed tensors
+    alive, so that no identity or address in a key can be reused by another
+    tensor.  ``numpy`` maps ``id(tensor)`` to ``(tensor, address, view)`` for
+    parameters and buffers, so the next batch converts only new ones.
+    ``active`` lists the parameters that have a gradient; ``adopt`` the
+    (parameter, buffer) pairs to enter into the state once every group has
+    been checked.
     """
 
-    __slots__ = ("key", "holds", "numpy", "params", "grads", "bufs", "first", "adopt")
+    __slots__ = ("key", "grad_key", "holds", "numpy", "active",
+                 "params", "grads", "bufs", "first", "adopt")
 
     def __init__(self) -> None:
-        self.key: list[int] = []
+        self.key: list[int] | None = None
+        self.grad_key: list[int] | None = None
         self.holds: tuple[Any, ...] = ()
         self.numpy: dict[int, tuple[torch.Tensor, int, np.ndarray]] = {}
+        self.active: list[int] = []
         self.params: list[np.ndarray] = []
         self.grads: list[np.ndarray] = []
         self.bufs: list[np.ndarray | None] = []
         self.first: list[bool] = []
         self.adopt: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def view(self, tensor: torch.Tensor, what: str, param: torch.Tensor, where: str,
+    def view(self, tensor: torch.Tensor, what: str, param: torch.Tensor, place: Place,
              old: dict[int, tuple[torch.Tensor, int, np.ndarray]]) -> np.ndarray:
         """The NumPy view of ``tensor``: the previous batch's if still valid,
         else a checked new one."""
         hit = old.get(id(tensor))
         if hit is None or hit[0] is not tensor or hit[1] != tensor.data_ptr():
-            _check(tensor, what, param, where)
+            _check(tensor, what, param, place)
             hit = (tensor, tensor.data_ptr(), tensor.detach().numpy())
         self.numpy[id(tensor)] = hit
         return hit[2]
+
+
+def _grad_views(params: list[torch.Tensor], grads: list[Any], active: list[int],
+                gi: int, first_index: int) -> list[np.ndarray]:
+    """Checked NumPy views of the gradients of the parameters in ``active``."""
+    views = []
+    for i in active:
+        g = grads[i]
+        _check(g, "its grad", params[i], (first_index + i, gi, i))
+        views.append(g.numpy())
+    return views
 
 
 class _Flat:
@@ -188,16 +212,17 @@ class SGD(torch.optim.Optimizer):
         super().add_param_group(param_group)
         if self.flat:
             index = len(self.param_groups) - 1
-            self._flats.append(self._flatten(index, self._first_index(index)))
+            self._flats.append(self._flatten(index, self._first_index(index), True))
 
     def _first_index(self, gi: int) -> int:
         """The state-dict index of group ``gi``'s first parameter."""
         return sum(len(g["params"]) for g in self.param_groups[:gi])
 
-    def _key(self, group: dict[str, Any]) -> tuple[list[int] | None, list[Any], Sequence[Any]]:
-        """The group's cache key (None if a tensor has no memory address, as
-        a sparse one: the batch is then rebuilt, which reports it), its
-        gradients and its buffers (see _Batch)."""
+    def _key(self, group: dict[str, Any]
+             ) -> tuple[list[int] | None, list[int] | None, list[Any], Sequence[Any]]:
+        """The group's keys (see _Batch), gradients and buffers.  A key is
+        None if a tensor has no memory address, as a sparse one: the batch is
+        then rebuilt, which reports it."""
         params = group["params"]
         grads = [p.grad for p in params]
         if group["momentum"] != 0:
@@ -206,25 +231,34 @@ class SGD(torch.optim.Optimizer):
         else:
             bufs = ()
         try:
-            key = [*map(id, params), *map(id, grads), *map(id, bufs),
-                   *map(_data_ptr, params), *[g.data_ptr() for g in grads if g is not None]]
+            key = [*map(id, params), *map(id, bufs), *map(_data_ptr, params)]
+            grad_key = [*map(id, grads), *[g.data_ptr() for g in grads if g is not None]]
         except RuntimeError:
-            key = None
-        return key, grads, bufs
+            key = grad_key = None
+        return key, grad_key, grads, bufs
 
     def _batch(self, gi: int, group: dict[str, Any], first_index: int) -> _Batch:
-        """This group's batch: the cached one while its key holds, else a new one."""
-        key, grads, bufs = self._key(group)
+        """This group's batch: the cached one while its keys hold, the cached
+        one with new gradient views if only gradients changed, else a new one."""
+        key, grad_key, grads, bufs = self._key(group)
         batch = self._batches.get(gi)
         if batch is not None and key is not None and batch.key == key:
-            return batch
+            if batch.grad_key == grad_key:
+                return batch
+            if not self.flat and batch.active == [i for i, g in enumerate(grads)
+                                                  if g is not None]:
+                batch.grads = _grad_views(group["params"], grads, batch.active,
+                                          gi, first_index)
+                batch.grad_key = grad_key
+                batch.holds = (batch.holds[0], grads, bufs)
+                return batch
         if self.flat:
             batch = self._flat_batch(gi, group, first_index)
-            key, grads, bufs = self._key(group)  # grads and buffers were moved in
+            key, grad_key, grads, bufs = self._key(group)  # tensors were moved in
         else:
             old = batch.numpy if batch is not None else {}
             batch = self._tensor_batch(gi, group, first_index, grads, bufs, old)
-        batch.key = key
+        batch.key, batch.grad_key = key, grad_key
         batch.holds = (list(group["params"]), grads, bufs)
         self._batches[gi] = batch
         return batch
@@ -234,31 +268,34 @@ class SGD(torch.optim.Optimizer):
                       old: dict[int, tuple[torch.Tensor, int, np.ndarray]]) -> _Batch:
         """One triple of views per parameter that has a gradient."""
         batch = _Batch()
+        params = group["params"]
         uses_buf = group["momentum"] != 0
-        for i, (p, g) in enumerate(zip(group["params"], grads)):
-            if g is None:
-                continue
-            where = _where(first_index + i, gi, i)
-            batch.params.append(batch.view(p, "the parameter", p, where, old))
-            batch.grads.append(batch.view(g, "its grad", p, where, old))
+        batch.active = [i for i, g in enumerate(grads) if g is not None]
+        for i in batch.active:
+            p = params[i]
+            place = (first_index + i, gi, i)
+            batch.params.append(batch.view(p, "the parameter", p, place, old))
             b = bufs[i] if uses_buf else None
             if b is None and uses_buf:
                 b = torch.empty_like(p, memory_format=torch.contiguous_format)
                 batch.adopt.append((p, b))
             batch.bufs.append(None if b is None else
-                              batch.view(b, "its momentum_buffer", p, where, old))
+                              batch.view(b, "its momentum_buffer", p, place, old))
             batch.first.append(uses_buf and bufs[i] is None)
+        batch.grads = _grad_views(params, grads, batch.active, gi, first_index)
         return batch
 
-    def _flatten(self, gi: int, first_index: int) -> _Flat:
+    def _flatten(self, gi: int, first_index: int, give_grads: bool) -> _Flat:
         """Move group ``gi`` into a new arena: its parameters, gradients and
-        buffers are copied in and re-pointed at the arena's views."""
+        buffers are copied in and re-pointed at the arena's views; with
+        ``give_grads`` a parameter that requires grad but has none gets the
+        arena's (zero) gradient too."""
         params = self.param_groups[gi]["params"]
         for i, p in enumerate(params):
-            where = _where(first_index + i, gi, i)
-            _check(p, "the parameter", p, where)
+            place = (first_index + i, gi, i)
+            _check(p, "the parameter", p, place)
             if p.dtype != params[0].dtype:
-                raise TypeError(f"{where}: has dtype {p.dtype} but parameter "
+                raise TypeError(f"{_where(place)}: has dtype {p.dtype} but parameter "
                                 f"{first_index} has {params[0].dtype}; with "
                                 f"flat=True a param group holds one dtype")
         dtype = np.float64 if params[0].dtype == torch.float64 else np.float32
@@ -266,27 +303,27 @@ class SGD(torch.optim.Optimizer):
         for i, p in enumerate(params):
             flat.params[i].copy_(p.detach())
             p.data = flat.params[i]
-            if p.grad is not None or p.requires_grad:
-                self._move_grad(p, flat.grads[i], _where(first_index + i, gi, i))
+            if p.grad is not None or (give_grads and p.requires_grad):
+                self._move_grad(p, flat.grads[i], (first_index + i, gi, i))
             buf = self.state.get(p, _NO_STATE).get("momentum_buffer")
             if buf is not None:
-                self._move_buf(p, buf, flat.bufs[i], _where(first_index + i, gi, i))
+                self._move_buf(p, buf, flat.bufs[i], (first_index + i, gi, i))
         return flat
 
     @staticmethod
-    def _move_grad(p: torch.Tensor, home: torch.Tensor, where: str) -> None:
+    def _move_grad(p: torch.Tensor, home: torch.Tensor, place: Place) -> None:
         """Make ``p.grad`` the arena view ``home``, keeping its values."""
         if p.grad is None:
             home.zero_()
         else:
-            _check(p.grad, "its grad", p, where)
+            _check(p.grad, "its grad", p, place)
             home.copy_(p.grad)
         p.grad = home
 
     def _move_buf(self, p: torch.Tensor, buf: torch.Tensor, home: torch.Tensor,
-                  where: str) -> None:
+                  place: Place) -> None:
         """Make ``p``'s momentum buffer the arena view ``home``, keeping its values."""
-        _check(buf, "its momentum_buffer", p, where)
+        _check(buf, "its momentum_buffer", p, place)
         home.copy_(buf)
         self.state[p]["momentum_buffer"] = home
 
@@ -302,16 +339,16 @@ class SGD(torch.optim.Optimizer):
         if any(p.data_ptr() != home.data_ptr() or p.shape != home.shape
                for p, home in zip(group["params"], flat.params)) or \
                 len(group["params"]) != len(flat.params):
-            flat = self._flats[gi] = self._flatten(gi, first_index)
+            flat = self._flats[gi] = self._flatten(gi, first_index, False)
         uses_buf = group["momentum"] != 0
         runs: list[tuple[bool, bool, int]] = []  # (has grad, first step, tensor)
         for i, p in enumerate(group["params"]):
-            where = _where(first_index + i, gi, i)
+            place = (first_index + i, gi, i)
             if p.grad is not None and p.grad is not flat.grads[i]:
-                self._move_grad(p, flat.grads[i], where)
+                self._move_grad(p, flat.grads[i], place)
             buf = self.state.get(p, _NO_STATE).get("momentum_buffer") if uses_buf else None
             if buf is not None and buf is not flat.bufs[i]:
-                self._move_buf(p, buf, flat.bufs[i], where)
+                self._move_buf(p, buf, flat.bufs[i], place)
             runs.append((p.grad is not None, uses_buf and buf is None, i))
         batch = _Batch()
         arena = flat.arena
