@@ -1,6 +1,7 @@
 """momentum.torch.SGD against torch.optim.SGD: same training, same state, same errors."""
 from __future__ import annotations
 
+import copy
 import itertools
 import subprocess
 import sys
@@ -107,6 +108,17 @@ def test_state_layout_is_torch_layout():
         buf, ref = st["momentum_buffer"], theirs["state"][k]["momentum_buffer"]
         assert (buf.shape, buf.dtype, buf.device) == (ref.shape, ref.dtype, ref.device)
     assert ours["param_groups"][0]["params"] == theirs["param_groups"][0]["params"]
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_deepcopy_of_model_and_optimizer_trains_alike(flat):
+    model = make_model(torch.float64)
+    opt = SGD(model.parameters(), lr=0.1, momentum=0.9, flat=flat)
+    train(model, opt, make_loss(model, torch.float64), 2)
+    model2, opt2 = copy.deepcopy((model, opt))
+    train(model, opt, make_loss(model, torch.float64), 3)
+    train(model2, opt2, make_loss(model2, torch.float64), 3)
+    assert torch.equal(flat_params(model), flat_params(model2))
 
 
 def test_momentum_zero_keeps_no_state():

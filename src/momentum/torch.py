@@ -201,10 +201,14 @@ class SGD(torch.optim.Optimizer):
         super().__init__(params, defaults)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        """Called by ``load_state_dict`` (which keeps the arenas) and on
+        unpickling (Optimizer pickles no arena: the copy steps per tensor)."""
         super().__setstate__(state)
         for group in self.param_groups:
             group.setdefault("nesterov", False)
             group.setdefault("maximize", False)
+        self.__dict__.setdefault("flat", False)
+        self.__dict__.setdefault("_flats", [])
         self._batches = {}
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
