@@ -1,4 +1,4 @@
-"""The digits example runs, learns, and its three optimizers agree."""
+"""The digits example runs, learns, and its optimizers agree."""
 from __future__ import annotations
 
 import importlib.util
