@@ -82,6 +82,7 @@ MODULES = [
     "momentum._schedule",
     "momentum._checks",
     "momentum._api",
+    "momentum._overlap",
     "momentum.foreach",
 ]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import timeit
 
 import numpy as np
 import pytest
@@ -66,22 +67,13 @@ def test_arena_sgd(benchmark, name):
 
 
 @WORKLOADS
-def test_api_loop(benchmark, name):
+@pytest.mark.parametrize("single", [momentum, reference], ids=["api_loop", "numpy_loop"])
+def test_loop(benchmark, name, single):
     params, grads, bufs = model(name)
 
     def step():
         for p, g, b in zip(params, grads, bufs):
-            momentum.sgd(p, g, b, **HYPER)
-    run(benchmark, name, step)
-
-
-@WORKLOADS
-def test_numpy_reference_loop(benchmark, name):
-    params, grads, bufs = model(name)
-
-    def step():
-        for p, g, b in zip(params, grads, bufs):
-            reference.sgd(p, g, b, **HYPER)
+            single.sgd(p, g, b, **HYPER)
     run(benchmark, name, step)
 
 
@@ -97,3 +89,17 @@ def test_torch_sgd(benchmark, name, fused):
     benchmark.extra_info["torch_threads"] = torch.get_num_threads()
     run(benchmark, name, opt.step)
     assert math.isfinite(float(tensors[0].flatten()[0]))
+
+
+def test_foreach_overhead_per_tensor(benchmark):
+    """1,000 tensors of 16 elements; extra_info has the ns per tensor beyond
+    one kernel call on the same 16,000 elements laid flat."""
+    tensors, size = 1000, 16
+    params, grads, bufs = ([np.ones(size, DTYPE) for _ in range(tensors)] for _ in range(3))
+    flat = [np.ones(tensors * size, DTYPE) for _ in range(3)]
+    benchmark.group = "overhead"
+    benchmark(fe.sgd, params, grads, bufs, **HYPER)
+    kernel = min(timeit.repeat(lambda: momentum.sgd(*flat, **HYPER), number=1000, repeat=5)) / 1000
+    foreach = benchmark.stats.stats.min
+    benchmark.extra_info["kernel_us"] = round(kernel * 1e6, 2)
+    benchmark.extra_info["ns_per_tensor"] = round((foreach - kernel) / tensors * 1e9, 1)

@@ -108,3 +108,17 @@ def test_bad_hyperparameters_name_the_single_api():
     with pytest.raises(ValueError, match=r"sgd\(\): 'lr' must be finite"):
         arena.sgd(lr=-1.0)
     assert arena.params.tobytes() == before.tobytes()
+
+
+def test_torch_wraps_the_blocks_without_a_copy():
+    torch = pytest.importorskip("torch")
+    arena = filled(momentum.Arena(SHAPES))
+    tensors = [torch.from_numpy(v) for v in arena.param_views]
+    flat = torch.from_numpy(arena.params)
+    want = [v.copy() for v in arena.param_views]
+    for p, g, b in zip(want, arena.grad_views, [v.copy() for v in arena.buf_views]):
+        reference.sgd(p, g, b, lr=0.1, momentum=0.9)
+    arena.sgd(lr=0.1, momentum=0.9)
+    for t, w in zip(tensors, want):
+        assert t.numpy().tobytes() == w.tobytes()
+    assert flat.data_ptr() == arena.params.ctypes.data

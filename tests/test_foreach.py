@@ -1,6 +1,8 @@
 """momentum.foreach: parity with looping the reference, and atomic bad input."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -173,10 +175,10 @@ def test_thread_counts_agree(threads):
         fe.sgd(ps, gs, bs, lr=0.1, momentum=0.9, nesterov=True)
         results.append(ps + bs)
     assert_bitwise(results[0], results[1])
-    want_p, want_b = copies(triples(shapes, dtypes)[0]), triples(shapes, dtypes)[2]
-    for p, g, b in zip(want_p, triples(shapes, dtypes)[1], want_b):
+    ps, gs, bs = triples(shapes, dtypes)
+    for p, g, b in zip(ps, gs, bs):
         reference.sgd(p, g, b, lr=0.1, momentum=0.9, nesterov=True)
-    assert_bitwise(results[1], want_p + want_b)
+    assert_bitwise(results[1], ps + bs)
 
 
 # --------------------------------------------------------------- bad input
@@ -219,21 +221,17 @@ def test_bad_last_item_writes_nothing(rule, role, make, error, fragment):
     ps, gs, bs = triples()
     before = [copies(x) for x in (ps, gs, bs)]
     args = corrupt_last(ps, gs, bs, role, make)
-    with pytest.raises(error, match=f"^foreach.{rule}\\(\\): .*{_escape(fragment)}"):
+    with pytest.raises(error, match=f"^foreach.{rule}\\(\\): .*{re.escape(fragment)}"):
         getattr(fe, rule)(*args, lr=0.1, momentum=0.9)
     for arrays, saved in zip((ps, gs, bs), before):
         assert_unchanged(arrays, saved)
-
-
-def _escape(fragment):
-    return fragment.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")
 
 
 def test_update_buffer_bad_last_item_writes_nothing():
     _, gs, bs = triples()
     before = copies(bs)
     bad = bs[:-1] + [bs[-1].astype(np.float16)]
-    with pytest.raises(TypeError, match=_escape(f"'bufs[{LAST}]' has dtype float16")):
+    with pytest.raises(TypeError, match=re.escape(f"'bufs[{LAST}]' has dtype float16")):
         fe.update_buffer(bad, gs, momentum=0.9)
     assert_unchanged(bs, before)
 
@@ -259,7 +257,7 @@ def test_overlap_across_triples_writes_nothing(role, source, index):
     lists[source][index] = alias
     lists[role][LAST] = host[:256].view(np.float32)
     before = [copies(x) for x in (ps, gs, bs)]
-    with pytest.raises(ValueError, match=_escape(
+    with pytest.raises(ValueError, match=re.escape(
             f"'{source}[{index}]' and '{role}[{LAST}]' overlap in memory")):
         fe.sgd(ps, gs, bs, lr=0.1, momentum=0.9)
     for arrays, saved in zip((ps, gs, bs), before):
@@ -310,7 +308,7 @@ def test_bad_sequences():
 def test_bad_hyperparameters_write_nothing(rule, hyper, fragment):
     ps, gs, bs = triples()
     before = [copies(x) for x in (ps, gs, bs)]
-    with pytest.raises((TypeError, ValueError), match=f"foreach.{rule}\\(\\): {_escape(fragment)}"):
+    with pytest.raises((TypeError, ValueError), match=f"foreach.{rule}\\(\\): {re.escape(fragment)}"):
         getattr(fe, rule)(ps, gs, bs, **hyper)
     for arrays, saved in zip((ps, gs, bs), before):
         assert_unchanged(arrays, saved)
@@ -318,10 +316,23 @@ def test_bad_hyperparameters_write_nothing(rule, hyper, fragment):
 
 def test_within_triple_overlap_names_the_index():
     ps, gs, bs = triples()
-    with pytest.raises(ValueError, match=_escape(f"'bufs[{LAST}]' and 'params[{LAST}]' overlap")):
+    with pytest.raises(ValueError, match=re.escape(f"'bufs[{LAST}]' and 'params[{LAST}]' overlap")):
         fe.sgd(ps, gs, bs[:-1] + [ps[-1]], lr=0.1, momentum=0.9)
 
 
 def test_exported_as_a_submodule():
     assert momentum.foreach is fe
     assert set(fe.__all__) == {"update_buffer", "sgd", "heavy_ball"}
+
+
+def test_repeated_calls_still_check_overlap():
+    # A batch that passed is remembered; a changed batch is checked afresh.
+    ps, gs, bs = triples(shapes=[(8,)] * 4, dtypes=[np.float32] * 4)
+    fe.sgd(ps, gs, bs, lr=0.1, momentum=0.9)
+    fe.sgd(ps, gs, bs, lr=0.1, momentum=0.9)
+    before = [copies(x) for x in (ps, gs, bs)]
+    for _ in range(2):
+        with pytest.raises(ValueError, match=r"'params\[0\]' and 'bufs\[3\]' overlap"):
+            fe.sgd(ps, gs, bs[:-1] + [ps[0]], lr=0.1, momentum=0.9)
+    for arrays, saved in zip((ps, gs, bs), before):
+        assert_unchanged(arrays, saved)

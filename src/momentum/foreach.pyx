@@ -17,11 +17,11 @@ from cpython.sequence cimport (
     PySequence_Check, PySequence_Fast_GET_ITEM,
     PySequence_Fast_GET_SIZE)
 from libc.stddef cimport size_t
-from libc.string cimport memset
 
 from momentum._checks cimport (
     as_array, check_buf, check_disjoint, check_pair, heavy_ball_hyperparameters,
     sgd_hyperparameters, update_buffer_hyperparameters)
+from momentum._overlap cimport Span, find_overlap
 from momentum._schedule cimport (
     NOGIL_MIN, Task, RULE_SGD, RULE_HEAVY_BALL, RULE_UPDATE_BUFFER,
     run_tasks, threads_for)
@@ -37,23 +37,6 @@ cdef enum:
     ROLE_BUFS = 2
 
 cdef tuple ROLE_NAMES = ("params", "grads", "bufs")
-
-# Radix sort digits: 8 bits, so the counters of all passes fit in 16 kB.
-cdef enum:
-    DIGIT_BITS = 8
-    DIGITS = 1 << DIGIT_BITS
-    PASSES = 64 // DIGIT_BITS
-
-
-cdef struct Span:
-    # The bytes [lo, hi) of one array of the batch.
-    size_t lo
-    size_t hi
-    PyObject* array     # a reference the batch holds until it has run
-    Py_ssize_t index
-    int role
-    bint written
-
 
 cdef struct Batch:
     Task* tasks
@@ -110,10 +93,13 @@ cdef inline object item(object seq, Py_ssize_t i):
 
 # ------------------------------------------------------------------ checks
 
-cdef inline void add_span(Batch* b, cnp.ndarray a, int role, Py_ssize_t i,
-                          bint written) noexcept:
-    """Record (and hold) the memory of ``a`` unless it is empty."""
-    cdef size_t nbytes = <size_t>cnp.PyArray_NBYTES(a)
+cdef inline void add_span(Batch* b, cnp.ndarray a, size_t nbytes, int role,
+                          Py_ssize_t i, bint written) noexcept:
+    """Record the ``nbytes`` of ``a`` unless there are none, and hold ``a``.
+
+    Holding it keeps alive an array made here from another buffer, and any
+    array the caller's list drops while the batch runs without the GIL.
+    """
     if nbytes == 0:
         return
     cdef Span* s = &b.spans[b.count]
@@ -156,49 +142,20 @@ cdef int check_triple(Batch* b, Py_ssize_t i, object param, object grad,
             raise TypeError(f"{func}(): '{bn}' is None but the rule uses a "
                             f"momentum buffer; pass a buffer array")
         w = p
-        add_span(b, p, ROLE_PARAMS, i, True)
+    # Checked: the arrays of a triple share one dtype and shape.
+    cdef size_t nbytes = <size_t>cnp.PyArray_NBYTES(w)
+    if p is not None:
+        add_span(b, p, nbytes, ROLE_PARAMS, i, True)
     t.param = NULL if p is None else cnp.PyArray_BYTES(p)
     t.grad = cnp.PyArray_BYTES(g)
     t.buf = cnp.PyArray_BYTES(bf) if uses_buf else NULL
-    t.n = <size_t>cnp.PyArray_SIZE(w)
+    t.n = nbytes // <size_t>cnp.PyArray_ITEMSIZE(w)
     t.offset = b.total
     b.total += t.n
-    add_span(b, g, ROLE_GRADS, i, False)
+    add_span(b, g, nbytes, ROLE_GRADS, i, False)
     if uses_buf:
-        add_span(b, bf, ROLE_BUFS, i, True)
+        add_span(b, bf, nbytes, ROLE_BUFS, i, True)
     return 0
-
-
-cdef Span* sort_spans(Span* a, Span* tmp, Py_ssize_t n) noexcept nogil:
-    """Sort ``a[:n]`` by address; returns ``a`` or ``tmp``, whichever holds it.
-
-    An LSD radix sort: O(n) per byte of address, and bytes that every span
-    shares (most of a heap address) cost one counting pass, not a sort.
-    """
-    cdef size_t count[PASSES][DIGITS]
-    cdef size_t at, c
-    cdef Py_ssize_t i
-    cdef int d, shift
-    cdef Span* swap
-    memset(count, 0, sizeof(count))
-    for i in range(n):
-        for d in range(PASSES):
-            count[d][(a[i].lo >> (d * DIGIT_BITS)) & (DIGITS - 1)] += 1
-    for d in range(PASSES):
-        shift = d * DIGIT_BITS
-        if count[d][(a[0].lo >> shift) & (DIGITS - 1)] == <size_t>n:
-            continue
-        at = 0
-        for c in range(DIGITS):
-            count[d][c], at = at, at + count[d][c]
-        for i in range(n):
-            c = (a[i].lo >> shift) & (DIGITS - 1)
-            tmp[count[d][c]] = a[i]
-            count[d][c] += 1
-        swap = a
-        a = tmp
-        tmp = swap
-    return a
 
 
 cdef str span_name(const Span* s):
@@ -214,32 +171,11 @@ cdef int overlap_error(const Span* s, const Span* t, str func) except -1:
 
 
 cdef int check_apart(Batch* b, str func) except -1:
-    """No written array overlaps any array of another triple.
-
-    Within a triple the arrays are already known to be apart, so any overlap
-    found here is between triples.  In address order, a span overlaps an
-    earlier one exactly when it starts below the highest end seen so far: of
-    any span if it is written, of written spans if not.
-    """
-    cdef Py_ssize_t i
-    cdef Span* spans = b.spans
-    cdef Span* s
-    cdef Span* any_top = NULL
-    cdef Span* written_top = NULL
-    for i in range(1, b.count):
-        if spans[i].lo < spans[i - 1].lo:
-            spans = sort_spans(b.spans, b.scratch, b.count)
-            break
-    for i in range(b.count):
-        s = &spans[i]
-        if s.written and any_top != NULL and any_top.hi > s.lo:
-            return overlap_error(s, any_top, func)
-        if written_top != NULL and written_top.hi > s.lo:
-            return overlap_error(s, written_top, func)
-        if any_top == NULL or s.hi > any_top.hi:
-            any_top = s
-        if s.written and (written_top == NULL or s.hi > written_top.hi):
-            written_top = s
+    """No written array overlaps any array of another triple (else ValueError)."""
+    cdef const Span* s
+    cdef const Span* t
+    if find_overlap(b.spans, b.scratch, b.count, &s, &t):
+        overlap_error(s, t, func)
     return 0
 
 
