@@ -11,6 +11,7 @@ OpenMP is used when the compiler accepts ``-fopenmp``; without it the package
 builds and runs single-threaded.
 """
 import os
+import platform
 import subprocess
 import sysconfig
 import tempfile
@@ -24,14 +25,15 @@ DEBUG = os.environ.get("MOMENTUM_DEBUG") == "1"
 
 
 def compiler_accepts(flag: str) -> bool:
-    """True when the C compiler compiles and links a trivial program with ``flag``."""
+    """True when the C compiler compiles and links a trivial program with ``flag``
+    (space-separated flags allowed)."""
     cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "probe.c")
         with open(src, "w") as f:
             f.write("#include <omp.h>\nint main(void){return omp_get_max_threads() < 0;}\n"
                     if flag == "-fopenmp" else "int main(void){return 0;}\n")
-        cmd = cc.split() + [flag, src, "-o", os.path.join(tmp, "probe")]
+        cmd = cc.split() + flag.split() + [src, "-o", os.path.join(tmp, "probe")]
         try:
             return subprocess.run(cmd, capture_output=True).returncode == 0
         except OSError:
@@ -65,16 +67,31 @@ directives = {
 }
 
 
-def extension(name: str) -> Extension:
+def extension(name: str, isa_flags: tuple[str, ...] = ()) -> Extension:
     path = os.path.join("src", *name.split(".")) + ".pyx"
     return Extension(
         name,
         [path],
         include_dirs=[numpy.get_include()],
         define_macros=build_macros,
-        extra_compile_args=compile_args,
+        extra_compile_args=compile_args + list(isa_flags),
         extra_link_args=link_args,
     )
+
+
+# The same kernels built again for newer x86-64 levels, picked at run time by
+# momentum._schedule from what the CPU reports (as NumPy's CPU dispatch does).
+# Not with MOMENTUM_NATIVE: that build is already for this CPU.
+ISA_MODULES = {
+    "momentum._kernels_avx2": ("-march=x86-64-v3",),
+    "momentum._kernels_avx512": ("-march=x86-64-v4", "-mprefer-vector-width=512"),
+}
+X86_64 = platform.machine().lower() in ("x86_64", "amd64")
+isa_extensions = [
+    extension(name, flags)
+    for name, flags in ISA_MODULES.items()
+    if X86_64 and not NATIVE and compiler_accepts(" ".join(flags))
+]
 
 
 MODULES = [
@@ -88,7 +105,7 @@ MODULES = [
 
 setup(
     ext_modules=cythonize(
-        [extension(m) for m in MODULES],
+        [extension(m) for m in MODULES] + isa_extensions,
         compiler_directives=directives,
     ),
 )

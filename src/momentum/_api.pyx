@@ -82,7 +82,7 @@ def sgd(param, grad, buf, *, lr, momentum=0.0, dampening=0.0,
     cdef cnp.ndarray b = None
     if buf is not None:
         b = as_array(buf, func, "buf")
-        check_buf(b, "buf", p, "param", g, "grad", func)
+        check_buf(b, "buf", p, "param", g, "grad", uses_buf, func)
     elif uses_buf:
         raise TypeError(f"{func}(): 'buf' is None but momentum is "
                         f"{task.sgd.momentum!r}; pass a buffer array")
@@ -117,7 +117,7 @@ def heavy_ball(param, grad, buf, *, lr, momentum, weight_decay=0.0,
     if buf is None:
         raise TypeError(f"{func}(): 'buf' must be an array, not None")
     cdef cnp.ndarray b = as_array(buf, func, "buf")
-    check_buf(b, "buf", p, "param", g, "grad", func)
+    check_buf(b, "buf", p, "param", g, "grad", True, func)
     task.rule = RULE_HEAVY_BALL
     task.param = cnp.PyArray_BYTES(p)
     task.grad = cnp.PyArray_BYTES(g)

@@ -17,7 +17,7 @@ cdef int check_pair(cnp.ndarray w, str w_name, cnp.ndarray grad, str grad_name,
                     str func, DType* dtype) except -1
 cdef int check_buf(cnp.ndarray buf, str buf_name, cnp.ndarray param,
                    str param_name, cnp.ndarray grad, str grad_name,
-                   str func) except -1
+                   bint written, str func) except -1
 cdef int sgd_hyperparameters(sgd_hyper* h, object lr, object momentum,
                              object dampening, object weight_decay,
                              bint nesterov, bint maximize, bint first_step,

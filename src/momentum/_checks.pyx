@@ -70,12 +70,15 @@ cdef int check_layout(cnp.ndarray a, str name, bint written, str func) except -1
 
 cdef int check_disjoint(cnp.ndarray a, str a_name, cnp.ndarray b, str b_name,
                         str func) except -1:
-    """``a`` and ``b`` share no byte of memory (both are C-contiguous)."""
+    """``a`` and ``b`` share no byte of memory (both are C-contiguous).
+
+    An empty array holds no bytes, so it overlaps nothing.
+    """
     cdef size_t a_lo = <size_t>cnp.PyArray_BYTES(a)
     cdef size_t b_lo = <size_t>cnp.PyArray_BYTES(b)
     cdef size_t a_hi = a_lo + <size_t>cnp.PyArray_NBYTES(a)
     cdef size_t b_hi = b_lo + <size_t>cnp.PyArray_NBYTES(b)
-    if a_lo < b_hi and b_lo < a_hi:
+    if a_lo < a_hi and b_lo < b_hi and a_lo < b_hi and b_lo < a_hi:
         raise ValueError(f"{func}(): '{a_name}' and '{b_name}' overlap in memory")
     return 0
 
@@ -89,6 +92,9 @@ cdef double real_arg(object value, str name, str func) except? -1.0:
     except TypeError:
         raise TypeError(f"{func}(): '{name}' must be a real number, "
                         f"not {type(value).__name__}") from None
+    except OverflowError:
+        raise ValueError(f"{func}(): '{name}' must be finite, got a number "
+                         f"too large for a double") from None
 
 
 cdef int check_rate(double value, str name, str func) except -1:
@@ -118,11 +124,11 @@ cdef int check_pair(cnp.ndarray w, str w_name, cnp.ndarray grad, str grad_name,
 
 cdef int check_buf(cnp.ndarray buf, str buf_name, cnp.ndarray param,
                    str param_name, cnp.ndarray grad, str grad_name,
-                   str func) except -1:
+                   bint written, str func) except -1:
     """``buf`` next to checked ``param`` and ``grad``."""
     dtype_of(buf, func, buf_name)
     check_like(buf, buf_name, param, param_name, func)
-    check_layout(buf, buf_name, True, func)
+    check_layout(buf, buf_name, written, func)
     check_disjoint(buf, buf_name, param, param_name, func)
     check_disjoint(buf, buf_name, grad, grad_name, func)
     return 0

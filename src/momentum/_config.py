@@ -19,7 +19,9 @@ def config() -> dict:
         "machine": platform.machine(),
         "compiler": _schedule.BUILD["compiler"],
         "cflags": _schedule.BUILD["cflags"],
-        "isa": _schedule.BUILD["isa"],
+        "baseline isa": _schedule.BUILD["isa"],
+        "kernels": _schedule.get_isa(),
+        "available": ", ".join(_schedule.available_isas()),
         "openmp": _schedule.BUILD["openmp"],
         "threads": _schedule.get_num_threads(),
     }
@@ -28,4 +30,4 @@ def config() -> dict:
 def show_config() -> None:
     """Print how the extension was built and how it will run."""
     for key, value in config().items():
-        print(f"{key:>10}: {value}")
+        print(f"{key:>12}: {value}")

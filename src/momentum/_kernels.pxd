@@ -30,3 +30,20 @@ cdef void sgd(real* param, const real* grad, real* buf, size_t n,
               const sgd_hyper* h) noexcept nogil
 cdef void heavy_ball(real* param, const real* grad, real* buf, size_t n,
                      const heavy_ball_hyper* h) noexcept nogil
+
+# One build's kernels, one entry per rule and dtype.  Each _kernels* module
+# exports its table as the capsule KERNELS; momentum._schedule picks one.
+ctypedef void (*update_buffer_f32_t)(float*, const float*, size_t, double, double) noexcept nogil
+ctypedef void (*update_buffer_f64_t)(double*, const double*, size_t, double, double) noexcept nogil
+ctypedef void (*sgd_f32_t)(float*, const float*, float*, size_t, const sgd_hyper*) noexcept nogil
+ctypedef void (*sgd_f64_t)(double*, const double*, double*, size_t, const sgd_hyper*) noexcept nogil
+ctypedef void (*heavy_ball_f32_t)(float*, const float*, float*, size_t, const heavy_ball_hyper*) noexcept nogil
+ctypedef void (*heavy_ball_f64_t)(double*, const double*, double*, size_t, const heavy_ball_hyper*) noexcept nogil
+
+cdef struct KernelTable:
+    update_buffer_f32_t update_buffer_f32
+    update_buffer_f64_t update_buffer_f64
+    sgd_f32_t sgd_f32
+    sgd_f64_t sgd_f64
+    heavy_ball_f32_t heavy_ball_f32
+    heavy_ball_f64_t heavy_ball_f64

@@ -6,11 +6,13 @@
 # a multiple of SPLIT_ALIGN elements inside a task so that two threads do not
 # write to the same cache line.  Every element sees the same arithmetic
 # whatever the split, so results do not depend on the thread count.
+import importlib
 import os
 
+from cpython.pycapsule cimport PyCapsule_GetPointer
 from cython.parallel cimport prange
 from libc.stddef cimport size_t
-from momentum cimport _kernels as k
+from momentum._kernels cimport KernelTable
 
 cdef extern from *:
     """
@@ -25,6 +27,31 @@ cdef extern from *:
     """
     const int MOMENTUM_OPENMP
     int momentum_max_threads() noexcept nogil
+
+cdef extern from *:
+    """
+    /* x86-64 micro-architecture levels: v3 has AVX2, v4 has AVX-512. */
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+    static int momentum_cpu_level(void) {
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("x86-64-v4")) return 4;
+        if (__builtin_cpu_supports("x86-64-v3")) return 3;
+        return 1;
+    }
+    #elif defined(__x86_64__)
+    static int momentum_cpu_level(void) {
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
+            && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")) return 4;
+        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+            && __builtin_cpu_supports("bmi2")) return 3;
+        return 1;
+    }
+    #else
+    static int momentum_cpu_level(void) { return 1; }
+    #endif
+    """
+    int momentum_cpu_level() noexcept
 
 cdef extern from *:
     """
@@ -108,29 +135,77 @@ cdef int threads_for(size_t total) noexcept nogil:
     return <int>useful if useful < <size_t>most else most
 
 
+# The kernel builds, newest instruction set last, with the x86-64 level each
+# needs.  The best one this CPU runs is used unless MOMENTUM_ISA names another.
+ISAS = {"baseline": ("momentum._kernels", 1),
+        "avx2": ("momentum._kernels_avx2", 3),
+        "avx512": ("momentum._kernels_avx512", 4)}
+cdef const KernelTable* _kernels = NULL
+_isa = None
+
+
+def available_isas():
+    """The kernel builds this CPU can run and this install has, oldest first."""
+    level = momentum_cpu_level()
+    found = []
+    for name, (module, needs) in ISAS.items():
+        if needs <= level:
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                continue
+            found.append(name)
+    return found
+
+
+def set_isa(str name):
+    """Run the kernels built for ``name`` ("baseline", "avx2", "avx512").
+
+    Every build gives bitwise the same results; only speed differs.
+    """
+    global _kernels, _isa
+    if name not in available_isas():
+        raise ValueError(f"set_isa(): {name!r} is not available here; "
+                         f"choose from {available_isas()}")
+    capsule = importlib.import_module(ISAS[name][0]).KERNELS
+    _kernels = <const KernelTable*>PyCapsule_GetPointer(capsule, "momentum.KernelTable")
+    _isa = name
+
+
+def get_isa():
+    """The name of the kernel build in use."""
+    return _isa
+
+
 cdef inline void _run_range(const Task* t, size_t lo, size_t hi) noexcept nogil:
     """Run elements [lo, hi) of one task."""
     cdef size_t n = hi - lo
     if t.dtype == DTYPE_FLOAT32:
         if t.rule == RULE_SGD:
-            k.sgd(<float*>t.param + lo, <const float*>t.grad + lo,
-                  <float*>t.buf + lo if t.buf != NULL else NULL, n, &t.sgd)
+            _kernels.sgd_f32(<float*>t.param + lo, <const float*>t.grad + lo,
+                             <float*>t.buf + lo if t.buf != NULL else NULL,
+                             n, &t.sgd)
         elif t.rule == RULE_HEAVY_BALL:
-            k.heavy_ball(<float*>t.param + lo, <const float*>t.grad + lo,
-                         <float*>t.buf + lo, n, &t.heavy_ball)
+            _kernels.heavy_ball_f32(<float*>t.param + lo,
+                                    <const float*>t.grad + lo,
+                                    <float*>t.buf + lo, n, &t.heavy_ball)
         else:
-            k.update_buffer(<float*>t.buf + lo, <const float*>t.grad + lo, n,
-                            t.sgd.momentum, t.sgd.dampening)
+            _kernels.update_buffer_f32(<float*>t.buf + lo,
+                                       <const float*>t.grad + lo, n,
+                                       t.sgd.momentum, t.sgd.dampening)
     else:
         if t.rule == RULE_SGD:
-            k.sgd(<double*>t.param + lo, <const double*>t.grad + lo,
-                  <double*>t.buf + lo if t.buf != NULL else NULL, n, &t.sgd)
+            _kernels.sgd_f64(<double*>t.param + lo, <const double*>t.grad + lo,
+                             <double*>t.buf + lo if t.buf != NULL else NULL,
+                             n, &t.sgd)
         elif t.rule == RULE_HEAVY_BALL:
-            k.heavy_ball(<double*>t.param + lo, <const double*>t.grad + lo,
-                         <double*>t.buf + lo, n, &t.heavy_ball)
+            _kernels.heavy_ball_f64(<double*>t.param + lo,
+                                    <const double*>t.grad + lo,
+                                    <double*>t.buf + lo, n, &t.heavy_ball)
         else:
-            k.update_buffer(<double*>t.buf + lo, <const double*>t.grad + lo, n,
-                            t.sgd.momentum, t.sgd.dampening)
+            _kernels.update_buffer_f64(<double*>t.buf + lo,
+                                       <const double*>t.grad + lo, n,
+                                       t.sgd.momentum, t.sgd.dampening)
 
 
 cdef size_t _task_at(const Task* tasks, size_t ntasks, size_t pos) noexcept nogil:
@@ -195,13 +270,20 @@ cdef void run_tasks(const Task* tasks, size_t ntasks, size_t total,
 
 
 def _init_from_environment():
-    """Honour MOMENTUM_NUM_THREADS, read once at import."""
+    """Honour MOMENTUM_NUM_THREADS and MOMENTUM_ISA, read once at import."""
     value = os.environ.get("MOMENTUM_NUM_THREADS", "").strip()
     if value:
         try:
             set_num_threads(int(value))
         except ValueError:
-            raise ValueError(f"MOMENTUM_NUM_THREADS must be a whole number >= 0, got {value!r}") from None
+            raise ValueError(f"MOMENTUM_NUM_THREADS must be a whole number "
+                             f">= 0, got {value!r}") from None
+    isa = os.environ.get("MOMENTUM_ISA", "").strip()
+    isas = available_isas()
+    if isa and isa not in isas:
+        raise ValueError(f"MOMENTUM_ISA={isa!r} is not available here; "
+                         f"choose from {isas}")
+    set_isa(isa if isa else isas[len(isas) - 1])
 
 
 _init_from_environment()

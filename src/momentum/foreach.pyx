@@ -137,7 +137,7 @@ cdef int check_triple(Batch* b, Py_ssize_t i, object param, object grad,
         check_pair(p, pn, g, gn, func, &t.dtype)
         if buf is not None:
             bf = as_array(buf, func, bn)
-            check_buf(bf, bn, p, pn, g, gn, func)
+            check_buf(bf, bn, p, pn, g, gn, uses_buf, func)
         elif uses_buf:
             raise TypeError(f"{func}(): '{bn}' is None but the rule uses a "
                             f"momentum buffer; pass a buffer array")

@@ -1,0 +1,116 @@
+# The kernels: plain loops over raw pointers, written for GCC's vectoriser.
+# Included by _kernels.pyx (the portable build) and by each _kernels_<isa>.pyx
+# (the same loops compiled for a newer instruction set, picked at run time).
+#
+# Every flag is loop-invariant; the branches below are outside the loops, so
+# each loop body is straight-line arithmetic that vectorises.  Statements are
+# kept one rounding each, in the reference's order, and the build passes
+# -ffp-contract=off so that no multiply and add fuse.
+cdef void update_buffer(real* buf, const real* grad, size_t n,
+                        double momentum, double dampening) noexcept nogil:
+    """buf = momentum * buf + (1 - dampening) * grad"""
+    cdef real m = <real>momentum
+    cdef real c = <real>(1.0 - dampening)
+    cdef size_t i
+    for i in range(n):
+        buf[i] = m * buf[i] + c * grad[i]
+
+
+cdef inline void _sgd_plain(real* param, const real* grad, size_t n, real lr,
+                            real wd, bint decay, bint maximize) noexcept nogil:
+    # momentum == 0: param = param - lr * g
+    cdef size_t i
+    cdef real g
+    for i in range(n):
+        g = -grad[i] if maximize else grad[i]
+        if decay:
+            g = g + wd * param[i]
+        param[i] = param[i] - lr * g
+
+
+cdef inline void _sgd_first(real* param, const real* grad, real* buf, size_t n,
+                            real lr, real m, real wd, bint decay, bint maximize,
+                            bint nesterov) noexcept nogil:
+    # first step: the buffer starts as the gradient
+    cdef size_t i
+    cdef real g
+    for i in range(n):
+        g = -grad[i] if maximize else grad[i]
+        if decay:
+            g = g + wd * param[i]
+        buf[i] = g
+        if nesterov:
+            g = g + m * g
+        param[i] = param[i] - lr * g
+
+
+cdef inline void _sgd_momentum(real* param, const real* grad, real* buf,
+                               size_t n, real lr, real m, real c, real wd,
+                               bint decay, bint maximize,
+                               bint nesterov) noexcept nogil:
+    # buf = m * buf + c * g, then step along buf (or g + m * buf)
+    cdef size_t i
+    cdef real g, b
+    for i in range(n):
+        g = -grad[i] if maximize else grad[i]
+        if decay:
+            g = g + wd * param[i]
+        b = m * buf[i] + c * g
+        buf[i] = b
+        if nesterov:
+            g = g + m * b
+        else:
+            g = b
+        param[i] = param[i] - lr * g
+
+
+cdef void sgd(real* param, const real* grad, real* buf, size_t n,
+              const sgd_hyper* h) noexcept nogil:
+    """torch.optim.SGD's step; see momentum.reference.sgd for the formula."""
+    cdef real lr = <real>h.lr
+    cdef real m = <real>h.momentum
+    cdef real c = <real>(1.0 - h.dampening)
+    cdef real wd = <real>h.weight_decay
+    cdef bint decay = h.weight_decay != 0
+    if h.momentum == 0:
+        _sgd_plain(param, grad, n, lr, wd, decay, h.maximize)
+    elif h.first_step:
+        _sgd_first(param, grad, buf, n, lr, m, wd, decay, h.maximize,
+                   h.nesterov)
+    else:
+        _sgd_momentum(param, grad, buf, n, lr, m, c, wd, decay, h.maximize,
+                      h.nesterov)
+
+
+cdef void heavy_ball(real* param, const real* grad, real* buf, size_t n,
+                     const heavy_ball_hyper* h) noexcept nogil:
+    """buf = m * buf + lr * g; param -= buf (or m * buf + lr * g, Nesterov)."""
+    cdef real lr = <real>h.lr
+    cdef real m = <real>h.momentum
+    cdef real wd = <real>h.weight_decay
+    cdef bint decay = h.weight_decay != 0
+    cdef bint maximize = h.maximize
+    cdef bint nesterov = h.nesterov
+    cdef size_t i
+    cdef real g, b
+    for i in range(n):
+        g = -grad[i] if maximize else grad[i]
+        if decay:
+            g = g + wd * param[i]
+        b = m * buf[i] + lr * g
+        buf[i] = b
+        if nesterov:
+            param[i] = param[i] - (m * b + lr * g)
+        else:
+            param[i] = param[i] - b
+
+
+cdef KernelTable TABLE
+TABLE.update_buffer_f32 = update_buffer[float]
+TABLE.update_buffer_f64 = update_buffer[double]
+TABLE.sgd_f32 = sgd[float]
+TABLE.sgd_f64 = sgd[double]
+TABLE.heavy_ball_f32 = heavy_ball[float]
+TABLE.heavy_ball_f64 = heavy_ball[double]
+# The table, for momentum._schedule (and C code embedding the kernels).
+KERNELS = PyCapsule_New(&TABLE, "momentum.KernelTable", NULL)

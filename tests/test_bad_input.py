@@ -1,0 +1,175 @@
+"""The input contract: every bad argument raises TypeError or ValueError with
+a message naming it, and leaves every array passed exactly as it was."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+import momentum
+from conftest import ARGS, untouched
+
+SHAPE = (3, 4)
+DTYPE = np.float32
+HYPER: dict[str, dict[str, Any]] = {
+    "update_buffer": dict(momentum=0.9),
+    "sgd": dict(lr=0.1, momentum=0.9),
+    "heavy_ball": dict(lr=0.1, momentum=0.9),
+}
+WRITTEN = {"update_buffer": ("buf",), "sgd": ("param", "buf"), "heavy_ball": ("param", "buf")}
+RATES = {"update_buffer": ("momentum",), "sgd": ("lr", "momentum", "weight_decay"),
+         "heavy_ball": ("lr", "momentum", "weight_decay")}
+HAS_DAMPENING = ("update_buffer", "sgd")
+
+
+def good_arrays(rule: str) -> dict[str, Any]:
+    """Valid, distinct arrays for ``rule``."""
+    size = int(np.prod(SHAPE))
+    return {k: np.arange(i * size, (i + 1) * size, dtype=DTYPE).reshape(SHAPE) / 7
+            for i, k in enumerate(ARGS[rule])}
+
+
+def assert_rejected(rule: str, arrays: dict[str, Any], hyper: dict[str, Any],
+                    exc: type[Exception], *fragments: str) -> None:
+    """The call raises ``exc`` whose message holds every fragment, and writes nothing."""
+    with untouched(arrays):
+        with pytest.raises(exc) as info:
+            getattr(momentum, rule)(*(arrays[k] for k in ARGS[rule]), **hyper)
+    for fragment in fragments:
+        assert fragment in str(info.value), str(info.value)
+
+
+def torch_tensor(a: np.ndarray) -> Any:
+    return pytest.importorskip("torch").from_numpy(a)
+
+
+def misaligned(a: np.ndarray) -> np.ndarray:
+    """A writable copy of ``a`` one byte past an aligned address."""
+    raw = np.zeros(a.nbytes + a.itemsize, dtype=np.uint8)
+    out = raw[1:1 + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+def read_only(a: np.ndarray) -> np.ndarray:
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+# name: (make the bad value from a good array, exception, message fragment)
+BAD_ARRAYS: dict[str, tuple[Callable[[np.ndarray], Any], type[Exception], str]] = {
+    "list": (lambda a: a.tolist(), TypeError, "must be a NumPy array"),
+    "str": (lambda a: "0.1", TypeError, "must be a NumPy array"),
+    "None": (lambda a: None, TypeError, "None"),
+    "torch": (torch_tensor, TypeError, "must be a NumPy array"),
+    "int64": (lambda a: a.astype(np.int64), TypeError, "dtype"),
+    "float16": (lambda a: a.astype(np.float16), TypeError, "dtype"),
+    "complex64": (lambda a: a.astype(np.complex64), TypeError, "dtype"),
+    "big-endian": (lambda a: a.astype(">f4"), TypeError, "dtype"),
+    "other-float": (lambda a: a.astype(np.float64), TypeError, "dtype"),
+    "other-shape": (lambda a: a.reshape(SHAPE[::-1]).copy(), ValueError, "shape"),
+    "other-size": (lambda a: a[:-1].copy(), ValueError, "shape"),
+    "transposed": (lambda a: np.asfortranarray(a), ValueError, "C-contiguous"),
+    "strided": (lambda a: np.repeat(a, 2, axis=-1)[..., ::2], ValueError, "C-contiguous"),
+    "misaligned": (misaligned, ValueError, "aligned"),
+}
+# Only for arrays that are written.
+BAD_WRITTEN: dict[str, tuple[Callable[[np.ndarray], Any], type[Exception], str]] = {
+    "read-only": (read_only, ValueError, "read-only"),
+    "read-only-buffer": (lambda a: memoryview(a.tobytes()).cast("f", a.shape),
+                         ValueError, "read-only"),
+}
+
+
+def array_cases() -> list[Any]:
+    cases = []
+    for rule, names in ARGS.items():
+        for name in names:
+            kinds = dict(BAD_ARRAYS, **(BAD_WRITTEN if name in WRITTEN[rule] else {}))
+            cases += [pytest.param(rule, name, *v, id=f"{rule}-{name}-{k}")
+                      for k, v in kinds.items()]
+    return cases
+
+
+@pytest.mark.parametrize("rule, name, make, exc, fragment", array_cases())
+def test_bad_array(rule, name, make, exc, fragment):
+    arrays = good_arrays(rule)
+    arrays[name] = make(arrays[name])
+    assert_rejected(rule, arrays, HYPER[rule], exc, f"'{name}'", fragment)
+
+
+def overlapping(kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Two arrays of SHAPE sharing memory: the same one, views one element
+    apart, or views sharing only their last/first element."""
+    size = int(np.prod(SHAPE))
+    big = np.arange(2 * size, dtype=DTYPE)
+    shift = {"same": 0, "shifted": 1, "touching": size - 1}[kind]
+    return big[:size].reshape(SHAPE), big[shift:shift + size].reshape(SHAPE)
+
+
+def pair_cases() -> list[Any]:
+    return [pytest.param(rule, a, b, kind, id=f"{rule}-{a}-{b}-{kind}")
+            for rule, names in ARGS.items()
+            for i, a in enumerate(names) for b in names[i + 1:]
+            for kind in ("same", "shifted", "touching")]
+
+
+@pytest.mark.parametrize("rule, a, b, kind", pair_cases())
+def test_overlapping_arrays(rule, a, b, kind):
+    arrays = good_arrays(rule)
+    arrays[a], arrays[b] = overlapping(kind)
+    assert_rejected(rule, arrays, HYPER[rule], ValueError, f"'{a}'", f"'{b}'", "overlap")
+
+
+# A whole number too large for a double: finite, but no finite float.
+HUGE_INT = 10**400
+BAD_RATES = {"nan": np.nan, "inf": np.inf, "-inf": -np.inf, "-1": -1.0,
+             "-1e-300": -1e-300, "10**400": HUGE_INT}
+BAD_DAMPENINGS = {"-0.1": -0.1, "1.5": 1.5, "nan": np.nan, "-inf": -np.inf,
+                  "10**400": HUGE_INT}
+NOT_REAL = {"str": "0.1", "complex": 0.1j, "None": None, "list": [0.1]}
+
+
+def hyper_cases() -> list[Any]:
+    cases = []
+    for rule in ARGS:
+        names = RATES[rule] + (("dampening",) if rule in HAS_DAMPENING else ())
+        for name in names:
+            bad = BAD_DAMPENINGS if name == "dampening" else BAD_RATES
+            cases += [pytest.param(rule, name, v, ValueError, id=f"{rule}-{name}-{k}")
+                      for k, v in bad.items()]
+            cases += [pytest.param(rule, name, v, TypeError, id=f"{rule}-{name}-{k}")
+                      for k, v in NOT_REAL.items()]
+    return cases
+
+
+@pytest.mark.parametrize("rule, name, value, exc", hyper_cases())
+def test_bad_hyperparameter(rule, name, value, exc):
+    hyper = dict(HYPER[rule], **{name: value})
+    assert_rejected(rule, good_arrays(rule), hyper, exc, f"'{name}'")
+
+
+@pytest.mark.parametrize("rule, hyper", [
+    ("sgd", dict(lr=0.1, momentum=0.0, nesterov=True)),
+    ("sgd", dict(lr=0.1, momentum=0.9, dampening=0.5, nesterov=True)),
+    ("heavy_ball", dict(lr=0.1, momentum=0.0, nesterov=True)),
+], ids=["sgd-momentum0", "sgd-dampening", "heavy_ball-momentum0"])
+def test_nesterov_needs_momentum_and_no_dampening(rule, hyper):
+    assert_rejected(rule, good_arrays(rule), hyper, ValueError, "nesterov")
+
+
+def test_sgd_with_momentum_needs_buf():
+    # None is "not an array", hence TypeError, as for heavy_ball's buf.
+    arrays = dict(good_arrays("sgd"), buf=None)
+    assert_rejected("sgd", arrays, dict(lr=0.1, momentum=0.9), TypeError, "'buf'", "momentum")
+
+
+@pytest.mark.parametrize("rule", list(ARGS))
+def test_read_only_grad_is_accepted(rule):
+    arrays = good_arrays(rule)
+    arrays["grad"] = read_only(arrays["grad"])
+    with untouched({"grad": arrays["grad"]}):
+        getattr(momentum, rule)(*(arrays[k] for k in ARGS[rule]), **HYPER[rule])
