@@ -339,7 +339,7 @@ def test_flat_zero_grad_zeroes_in_place(set_to_none):
     for model, opt, loss in _flat_and_reference(momentum=0.9):
         for _ in range(5):
             grads = [p.grad for p in model.parameters()]
-            opt.zero_grad(set_to_none=False)
+            opt.zero_grad(set_to_none=set_to_none)
             if isinstance(opt, SGD):
                 assert all(p.grad is g and not g.any()
                            for p, g in zip(model.parameters(), grads))
