@@ -1,0 +1,105 @@
+"""One ``optimizer.step()`` over a whole model: momentum.torch.SGD vs torch.optim.SGD.
+
+Candidates: ours (per-tensor views), ours with ``flat=True`` (one arena),
+``torch.optim.SGD(fused=True)`` and the default ``torch.optim.SGD`` (its
+per-tensor for-loop on CPU); momentum 0.9, weight decay 1e-4, float32, at 1
+and 2 threads (``torch.set_num_threads`` and ``momentum.set_num_threads``).
+
+pytest-benchmark, one group per workload and thread count::
+
+    PYTHONPATH=src python -m pytest bench/test_bench_torch.py --benchmark-group-by=group
+
+The candidates interleaved in one run, medians and ratios (the figures to
+quote on a shared machine)::
+
+    PYTHONPATH=src python bench/test_bench_torch.py [rounds]
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import momentum  # noqa: E402
+from momentum._workloads import load_workload, workload_names  # noqa: E402
+from momentum.torch import SGD  # noqa: E402
+
+HYPER = dict(lr=1e-3, momentum=0.9, weight_decay=1e-4)
+CANDIDATES: dict[str, Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]] = {
+    "momentum": lambda ps: SGD(ps, **HYPER),
+    "momentum-flat": lambda ps: SGD(ps, **HYPER, flat=True),
+    "torch-fused": lambda ps: torch.optim.SGD(ps, **HYPER, fused=True),
+    "torch-for-loop": lambda ps: torch.optim.SGD(ps, **HYPER),
+}
+
+
+def make_params(name: str) -> list[torch.nn.Parameter]:
+    """Float32 parameters of workload ``name``, each with a gradient."""
+    gen = torch.Generator().manual_seed(0)
+    params = []
+    for shape in load_workload(name)["shapes"]:
+        p = torch.nn.Parameter(torch.randn(shape, generator=gen))
+        p.grad = torch.randn(shape, generator=gen) * 1e-3
+        params.append(p)
+    return params
+
+
+def ready(candidate: str, name: str) -> torch.optim.Optimizer:
+    """The optimizer over fresh parameters, past its first step (which
+    allocates the momentum buffers)."""
+    opt = CANDIDATES[candidate](make_params(name))
+    opt.step()
+    return opt
+
+
+def set_threads(n: int) -> None:
+    torch.set_num_threads(n)
+    momentum.set_num_threads(n)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("candidate", list(CANDIDATES))
+@pytest.mark.parametrize("name", workload_names())
+def test_step(benchmark, name, candidate, threads):
+    set_threads(threads)
+    opt = ready(candidate, name)
+    benchmark.group = f"{name} {threads} thread(s)"
+    rounds = max(3, min(100, int(2e8 // load_workload(name)["total_elements"])))
+    benchmark.pedantic(opt.step, rounds=rounds, iterations=1, warmup_rounds=1)
+
+
+def interleaved(name: str, threads: int, rounds: int) -> dict[str, float]:
+    """Median step time (s) of every candidate, timed in turn round by round."""
+    set_threads(threads)
+    opts = {c: ready(c, name) for c in CANDIDATES}
+    times: dict[str, list[float]] = {c: [] for c in CANDIDATES}
+    for _ in range(rounds):
+        for c, opt in opts.items():
+            start = time.perf_counter()
+            opt.step()
+            times[c].append(time.perf_counter() - start)
+    return {c: statistics.median(t) for c, t in times.items()}
+
+
+def main(rounds: int) -> None:
+    print(f"median step time (ms) over {rounds} interleaved rounds; "
+          f"ratio = torch time / momentum time")
+    print(f"{'workload':12} thr " + " ".join(f"{c:>15}" for c in CANDIDATES)
+          + "  fused/ours loop/ours fused/flat")
+    for name in workload_names():
+        for threads in (1, 2):
+            med = interleaved(name, threads, rounds)
+            print(f"{name:12} {threads:3} "
+                  + " ".join(f"{med[c] * 1e3:15.3f}" for c in CANDIDATES)
+                  + f"  {med['torch-fused'] / med['momentum']:10.2f}"
+                  + f" {med['torch-for-loop'] / med['momentum']:9.2f}"
+                  + f" {med['torch-fused'] / med['momentum-flat']:10.2f}")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 20)

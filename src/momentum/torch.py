@@ -1,0 +1,415 @@
+"""``momentum.torch.SGD``: a drop-in ``torch.optim.SGD`` for CPU tensors.
+
+The step runs :func:`momentum.foreach.sgd` once per param group on NumPy views
+that share memory with the parameters, gradients and momentum buffers, so
+nothing is copied or converted.  State (``state[p]["momentum_buffer"]``) and
+param groups are laid out as ``torch.optim.SGD``'s, so state dicts move
+between the two both ways.
+
+With ``flat=True`` each param group lives in a :class:`momentum.Arena`: its
+parameters, gradients and buffers are views into three contiguous blocks and a
+step is one kernel call over the blocks.
+
+This module imports torch; ``import momentum`` does not import this module.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import torch
+
+from momentum import foreach
+from momentum.arena import Arena
+
+__all__ = ["SGD"]
+
+_DTYPES = (torch.float32, torch.float64)
+_NO_STATE = MappingProxyType({})
+_data_ptr = torch.Tensor.data_ptr
+
+
+# A parameter's place: (state-dict index, group index, index in the group).
+Place = tuple[int, int, int]
+
+
+def _where(place: Place) -> str:
+    index, group, position = place
+    return f"SGD.step(): parameter {index} (param_groups[{group}]['params'][{position}])"
+
+
+def _check(tensor: torch.Tensor, what: str, param: torch.Tensor, place: Place) -> None:
+    """``tensor`` (the parameter itself, its grad or its buffer) can be
+    updated in place by the kernels.
+
+    Raises TypeError for a dtype the kernels do not take, ValueError for a
+    device, layout or shape they cannot work on in place, naming the
+    parameter's place.
+    """
+    if (tensor.is_cpu and tensor.layout == torch.strided and tensor.dtype == param.dtype
+            and tensor.dtype in _DTYPES and tensor.shape == param.shape
+            and tensor.is_contiguous()):
+        return  # the common case, decided without formatting a message
+    where = _where(place)
+    if tensor.device.type != "cpu":
+        raise ValueError(f"{where}: {what} is on device {tensor.device}; "
+                         f"momentum.torch.SGD runs on CPU tensors only")
+    if tensor.layout != torch.strided:
+        raise ValueError(f"{where}: {what} has layout {tensor.layout}; sparse "
+                         f"tensors are not supported, use torch.optim.SGD")
+    if tensor.dtype not in _DTYPES:
+        raise TypeError(f"{where}: {what} has dtype {tensor.dtype}; expected "
+                        f"torch.float32 or torch.float64")
+    if tensor.dtype != param.dtype:
+        raise TypeError(f"{where}: {what} has dtype {tensor.dtype} but the "
+                        f"parameter has dtype {param.dtype}")
+    if tensor.shape != param.shape:
+        raise ValueError(f"{where}: {what} has shape {tuple(tensor.shape)} but "
+                         f"the parameter has shape {tuple(param.shape)}")
+    raise ValueError(f"{where}: {what} is not contiguous; call "
+                     f".contiguous() on it before the step")
+
+
+def _scalar(value: Any) -> float:
+    """A hyperparameter as a float (PyTorch allows 1-element tensors)."""
+    return float(value.item()) if isinstance(value, torch.Tensor) else float(value)
+
+
+def _hyperparameters(group: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of ``foreach.sgd`` for one param group, read
+    afresh each step so that schedulers and edits of the group take effect."""
+    return {"lr": _scalar(group["lr"]), "momentum": group["momentum"],
+            "dampening": group["dampening"],
+            "weight_decay": _scalar(group["weight_decay"]),
+            "nesterov": group["nesterov"], "maximize": group["maximize"]}
+
+
+class _Batch:
+    """One param group's arguments to ``foreach.sgd``, and what they show.
+
+    ``key`` lists the identity of every parameter and buffer tensor and the
+    address of every parameter's memory (``p.data = ...`` keeps the
+    parameter but moves its memory); ``grad_key`` the same of the gradients,
+    which a training loop usually replaces every step.  While both are
+    unchanged the views are current.  ``holds`` keeps the keyed tensors
+    alive, so that no identity or address in a key can be reused by another
+    tensor.  ``numpy`` maps ``id(tensor)`` to ``(tensor, address, view)`` for
+    parameters and buffers, so the next batch converts only new ones.
+    ``active`` lists the parameters that have a gradient; ``adopt`` the
+    (parameter, buffer) pairs to enter into the state once every group has
+    been checked.
+    """
+
+    __slots__ = ("key", "grad_key", "holds", "numpy", "active",
+                 "params", "grads", "bufs", "first", "adopt")
+
+    def __init__(self) -> None:
+        self.key: list[int] | None = None
+        self.grad_key: list[int] | None = None
+        self.holds: tuple[Any, ...] = ()
+        self.numpy: dict[int, tuple[torch.Tensor, int, np.ndarray]] = {}
+        self.active: list[int] = []
+        self.params: list[np.ndarray] = []
+        self.grads: list[np.ndarray] = []
+        self.bufs: list[np.ndarray | None] = []
+        self.first: list[bool] = []
+        self.adopt: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def view(self, tensor: torch.Tensor, what: str, param: torch.Tensor, place: Place,
+             old: dict[int, tuple[torch.Tensor, int, np.ndarray]]) -> np.ndarray:
+        """The NumPy view of ``tensor``: the previous batch's if still valid,
+        else a checked new one."""
+        hit = old.get(id(tensor))
+        if hit is None or hit[0] is not tensor or hit[1] != tensor.data_ptr():
+            _check(tensor, what, param, place)
+            hit = (tensor, tensor.data_ptr(), tensor.detach().numpy())
+        self.numpy[id(tensor)] = hit
+        return hit[2]
+
+
+def _grad_views(params: list[torch.Tensor], grads: list[Any], active: list[int],
+                gi: int, first_index: int) -> list[np.ndarray]:
+    """Checked NumPy views of the gradients of the parameters in ``active``."""
+    views = []
+    for i in active:
+        g = grads[i]
+        _check(g, "its grad", params[i], (first_index + i, gi, i))
+        views.append(g.numpy())
+    return views
+
+
+class _Flat:
+    """A param group's arena and the torch tensors that alias its views."""
+
+    __slots__ = ("arena", "params", "grads", "bufs")
+
+    def __init__(self, arena: Arena) -> None:
+        self.arena = arena
+        self.params = [torch.from_numpy(v) for v in arena.param_views]
+        self.grads = [torch.from_numpy(v) for v in arena.grad_views]
+        self.bufs = [torch.from_numpy(v) for v in arena.buf_views]
+
+
+class SGD(torch.optim.Optimizer):
+    """Stochastic gradient descent with momentum, as ``torch.optim.SGD``.
+
+    Per parameter ``p`` with gradient ``grad`` and buffer ``b``::
+
+        g = -grad if maximize else grad
+        if weight_decay != 0: g = g + weight_decay * p
+        if momentum != 0:
+            b = g if first step else momentum * b + (1 - dampening) * g
+            g = g + momentum * b if nesterov else b
+        p = p - lr * g
+
+    Every operation is rounded on its own (no fused multiply-add).  Parameters
+    whose ``grad`` is None are skipped.  Parameters, gradients and buffers
+    must be contiguous CPU tensors of float32 or float64.
+
+    ``flat=True`` moves each group's parameters into one contiguous block
+    (``p.data`` becomes a view into it) and gives every parameter that
+    requires grad a gradient viewing a second block, so that a step is one
+    kernel call.  ``zero_grad`` then zeroes that block in place whatever
+    ``set_to_none`` says, as ``torch.optim.SGD`` after
+    ``zero_grad(set_to_none=False)``: a parameter left out of a backward pass
+    is stepped with a zero gradient rather than skipped.  A group must then
+    hold one dtype.
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float | torch.Tensor = 1e-3,
+                 momentum: float = 0, dampening: float = 0,
+                 weight_decay: float | torch.Tensor = 0, nesterov: bool = False,
+                 *, maximize: bool = False, flat: bool = False) -> None:
+        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if lr < 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if momentum < 0.0:
+            raise ValueError(f"Invalid momentum value: {momentum}")
+        if weight_decay < 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        defaults = {"lr": lr, "momentum": momentum, "dampening": dampening,
+                    "weight_decay": weight_decay, "nesterov": nesterov,
+                    "maximize": maximize}
+        self.flat = flat
+        self._batches: dict[int, _Batch] = {}
+        self._flats: list[_Flat] = []
+        super().__init__(params, defaults)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Called by ``load_state_dict`` (which keeps the arenas) and on
+        unpickling (Optimizer pickles no arena: the copy steps per tensor)."""
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("nesterov", False)
+            group.setdefault("maximize", False)
+        self.__dict__.setdefault("flat", False)
+        self.__dict__.setdefault("_flats", [])
+        self._batches = {}
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group as ``torch.optim.Optimizer`` does (into an arena when flat)."""
+        super().add_param_group(param_group)
+        if self.flat:
+            index = len(self.param_groups) - 1
+            self._flats.append(self._flatten(index, self._first_index(index), True))
+
+    def _first_index(self, gi: int) -> int:
+        """The state-dict index of group ``gi``'s first parameter."""
+        return sum(len(g["params"]) for g in self.param_groups[:gi])
+
+    def _key(self, group: dict[str, Any]
+             ) -> tuple[list[int] | None, list[int] | None, list[Any], Sequence[Any]]:
+        """The group's keys (see _Batch), gradients and buffers.  A key is
+        None if a tensor has no memory address, as a sparse one: the batch is
+        then rebuilt, which reports it."""
+        params = group["params"]
+        grads = [p.grad for p in params]
+        if group["momentum"] != 0:
+            get = self.state.get
+            bufs: Sequence[Any] = [get(p, _NO_STATE).get("momentum_buffer") for p in params]
+        else:
+            bufs = ()
+        try:
+            key = [*map(id, params), *map(id, bufs), *map(_data_ptr, params)]
+            grad_key = [*map(id, grads), *[g.data_ptr() for g in grads if g is not None]]
+        except RuntimeError:
+            key = grad_key = None
+        return key, grad_key, grads, bufs
+
+    def _batch(self, gi: int, group: dict[str, Any], first_index: int) -> _Batch:
+        """This group's batch: the cached one while its keys hold, the cached
+        one with new gradient views if only gradients changed, else a new one."""
+        key, grad_key, grads, bufs = self._key(group)
+        batch = self._batches.get(gi)
+        if batch is not None and key is not None and batch.key == key:
+            if batch.grad_key == grad_key:
+                return batch
+            if not self.flat and batch.active == [i for i, g in enumerate(grads)
+                                                  if g is not None]:
+                batch.grads = _grad_views(group["params"], grads, batch.active,
+                                          gi, first_index)
+                batch.grad_key = grad_key
+                batch.holds = (batch.holds[0], grads, bufs)
+                return batch
+        if self.flat:
+            batch = self._flat_batch(gi, group, first_index)
+            key, grad_key, grads, bufs = self._key(group)  # tensors were moved in
+        else:
+            old = batch.numpy if batch is not None else {}
+            batch = self._tensor_batch(gi, group, first_index, grads, bufs, old)
+        batch.key, batch.grad_key = key, grad_key
+        batch.holds = (list(group["params"]), grads, bufs)
+        self._batches[gi] = batch
+        return batch
+
+    def _tensor_batch(self, gi: int, group: dict[str, Any], first_index: int,
+                      grads: list[Any], bufs: Sequence[Any],
+                      old: dict[int, tuple[torch.Tensor, int, np.ndarray]]) -> _Batch:
+        """One triple of views per parameter that has a gradient."""
+        batch = _Batch()
+        params = group["params"]
+        uses_buf = group["momentum"] != 0
+        batch.active = [i for i, g in enumerate(grads) if g is not None]
+        for i in batch.active:
+            p = params[i]
+            place = (first_index + i, gi, i)
+            batch.params.append(batch.view(p, "the parameter", p, place, old))
+            b = bufs[i] if uses_buf else None
+            if b is None and uses_buf:
+                b = torch.empty_like(p, memory_format=torch.contiguous_format)
+                batch.adopt.append((p, b))
+            batch.bufs.append(None if b is None else
+                              batch.view(b, "its momentum_buffer", p, place, old))
+            batch.first.append(uses_buf and bufs[i] is None)
+        batch.grads = _grad_views(params, grads, batch.active, gi, first_index)
+        return batch
+
+    def _flatten(self, gi: int, first_index: int, give_grads: bool) -> _Flat:
+        """Move group ``gi`` into a new arena: its parameters, gradients and
+        buffers are copied in and re-pointed at the arena's views; with
+        ``give_grads`` a parameter that requires grad but has none gets the
+        arena's (zero) gradient too."""
+        params = self.param_groups[gi]["params"]
+        for i, p in enumerate(params):
+            place = (first_index + i, gi, i)
+            _check(p, "the parameter", p, place)
+            if p.dtype != params[0].dtype:
+                raise TypeError(f"{_where(place)}: has dtype {p.dtype} but parameter "
+                                f"{first_index} has {params[0].dtype}; with "
+                                f"flat=True a param group holds one dtype")
+        dtype = np.float64 if params[0].dtype == torch.float64 else np.float32
+        flat = _Flat(Arena([p.shape for p in params], dtype))
+        for i, p in enumerate(params):
+            flat.params[i].copy_(p.detach())
+            p.data = flat.params[i]
+            if p.grad is not None or (give_grads and p.requires_grad):
+                self._move_grad(p, flat.grads[i], (first_index + i, gi, i))
+            buf = self.state.get(p, _NO_STATE).get("momentum_buffer")
+            if buf is not None:
+                self._move_buf(p, buf, flat.bufs[i], (first_index + i, gi, i))
+        return flat
+
+    @staticmethod
+    def _move_grad(p: torch.Tensor, home: torch.Tensor, place: Place) -> None:
+        """Make ``p.grad`` the arena view ``home``, keeping its values."""
+        if p.grad is None:
+            home.zero_()
+        else:
+            _check(p.grad, "its grad", p, place)
+            home.copy_(p.grad)
+        p.grad = home
+
+    def _move_buf(self, p: torch.Tensor, buf: torch.Tensor, home: torch.Tensor,
+                  place: Place) -> None:
+        """Make ``p``'s momentum buffer the arena view ``home``, keeping its values."""
+        _check(buf, "its momentum_buffer", p, place)
+        home.copy_(buf)
+        self.state[p]["momentum_buffer"] = home
+
+    def _flat_batch(self, gi: int, group: dict[str, Any], first_index: int) -> _Batch:
+        """One triple of block slices per run of neighbouring parameters that
+        alike have a gradient (or not) and a buffer (or not).
+
+        Tensors found outside the arena are moved back in first: a replaced
+        parameter (or, if its shape or dtype changed, the whole group), a
+        gradient the user set, a buffer from a loaded state dict.
+        """
+        flat = self._flats[gi]
+        if any(p.data_ptr() != home.data_ptr() or p.shape != home.shape
+               for p, home in zip(group["params"], flat.params)) or \
+                len(group["params"]) != len(flat.params):
+            flat = self._flats[gi] = self._flatten(gi, first_index, False)
+        uses_buf = group["momentum"] != 0
+        runs: list[tuple[bool, bool, int]] = []  # (has grad, first step, tensor)
+        for i, p in enumerate(group["params"]):
+            place = (first_index + i, gi, i)
+            if p.grad is not None and p.grad is not flat.grads[i]:
+                self._move_grad(p, flat.grads[i], place)
+            buf = self.state.get(p, _NO_STATE).get("momentum_buffer") if uses_buf else None
+            if buf is not None and buf is not flat.bufs[i]:
+                self._move_buf(p, buf, flat.bufs[i], place)
+            runs.append((p.grad is not None, uses_buf and buf is None, i))
+        batch = _Batch()
+        arena = flat.arena
+        start = 0
+        for end in range(1, len(runs) + 1):
+            if end < len(runs) and runs[end][:2] == runs[start][:2]:
+                continue
+            active, first, _ = runs[start]
+            if active:
+                lo = arena.offsets[start]
+                hi = arena.offsets[end - 1] + flat.params[end - 1].numel()
+                batch.params.append(arena.params[lo:hi])
+                batch.grads.append(arena.grads[lo:hi])
+                batch.bufs.append(arena.bufs[lo:hi])
+                batch.first.append(first)
+                if first:
+                    batch.adopt += [(group["params"][i], flat.bufs[i])
+                                    for i in range(start, end)]
+            start = end
+        return batch
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset the gradients; with ``flat=True`` zero the arena's gradient
+        block in place (and point any gradient the user replaced back at it)."""
+        if not self.flat:
+            super().zero_grad(set_to_none)
+            return
+        for gi, group in enumerate(self.param_groups):
+            self._batch(gi, group, self._first_index(gi))  # moves stray tensors in
+            flat = self._flats[gi]
+            for p, home in zip(group["params"], flat.grads):
+                if p.grad is None and p.requires_grad:
+                    p.grad = home
+            flat.arena.zero_grad()
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One SGD step over every param group; returns ``closure()``'s loss.
+
+        Every tensor and hyperparameter is checked before any is written: a
+        bad parameter raises TypeError or ValueError naming its index.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        work = []
+        first_index = 0
+        for gi, group in enumerate(self.param_groups):
+            hyper = _hyperparameters(group)
+            foreach.sgd((), (), (), **hyper)  # checks them, writes nothing
+            work.append((hyper, self._batch(gi, group, first_index)))
+            first_index += len(group["params"])
+        for hyper, batch in work:
+            for p, buf in batch.adopt:
+                self.state[p]["momentum_buffer"] = buf
+            foreach.sgd(batch.params, batch.grads,
+                        batch.bufs if hyper["momentum"] != 0 else None,
+                        first_step=batch.first, **hyper)
+        return loss

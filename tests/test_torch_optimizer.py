@@ -1,0 +1,382 @@
+"""momentum.torch.SGD against torch.optim.SGD: same training, same state, same errors."""
+from __future__ import annotations
+
+import copy
+import itertools
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from momentum.torch import SGD  # noqa: E402
+from torch_helpers import assert_same, flat_params, make_data, make_model, mse  # noqa: E402
+
+STEPS = 100
+# Every flag combination torch.optim.SGD accepts (nesterov needs momentum and
+# no dampening).
+FLAGS = [
+    dict(momentum=m, dampening=d, nesterov=n, weight_decay=wd, maximize=mx)
+    for m, d, n, wd, mx in itertools.product(
+        [0.0, 0.9], [0.0, 0.1], [False, True], [0.0, 1e-2], [False, True])
+    if not n or (m > 0 and d == 0)
+]
+# float64: both sides round every operation to 53 bits; PyTorch's vectorised
+# add may fuse a multiply-add where we round twice, a relative 1e-16 per step
+# that stays far below 1e-10 after 100 steps.
+# float32: the same one-rounding differences are 6e-8 relative per operation;
+# through 100 steps of a trained network they were measured at <= 4e-7 of the
+# largest parameter.  1e-5 leaves room for that while any wrong rule (a missing
+# dampening, momentum or decay term) is off by more than 1e-3.
+RTOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+def make_loss(model: torch.nn.Module, dtype: torch.dtype,
+              maximize: bool = False) -> Callable[[], torch.Tensor]:
+    """Mean squared error on fixed data; negated when maximizing, so both
+    directions of the search converge."""
+    x, y = make_data(dtype)
+    sign = -1.0 if maximize else 1.0
+    return lambda: sign * mse(model, x, y)
+
+
+def train(model: torch.nn.Module, opt: torch.optim.Optimizer,
+          loss: Callable[[], torch.Tensor], steps: int, sched=None) -> None:
+    for _ in range(steps):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+
+
+def trained(cls, dtype: torch.dtype, flags: dict, steps: int = STEPS, **extra) -> torch.Tensor:
+    model = make_model(dtype)
+    opt = cls(model.parameters(), lr=0.05, **flags, **extra)
+    train(model, opt, make_loss(model, dtype, flags.get("maximize", False)), steps)
+    return flat_params(model)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("flags", FLAGS, ids=lambda f: "-".join(f"{k}={v}" for k, v in f.items()))
+def test_training_matches_torch(dtype, flags):
+    ours = trained(SGD, dtype, flags)
+    theirs = trained(torch.optim.SGD, dtype, flags)
+    assert_same(ours, theirs, RTOL[dtype])
+    assert not torch.equal(ours, flat_params(make_model(dtype))), "nothing trained"
+
+
+@pytest.mark.parametrize("flags", [FLAGS[0], FLAGS[-1], dict(momentum=0.9, nesterov=True)])
+def test_flat_matches_per_tensor(flags):
+    assert torch.equal(trained(SGD, torch.float64, flags, flat=True),
+                       trained(SGD, torch.float64, flags))
+
+
+def test_state_dict_round_trip_both_ways():
+    """ours -> torch.optim.SGD -> ours continues as torch.optim.SGD alone."""
+    flags = dict(lr=0.05, momentum=0.9, dampening=0.1, weight_decay=1e-2)
+    dtype = torch.float64
+    ref = make_model(dtype)
+    train(ref, torch.optim.SGD(ref.parameters(), **flags), make_loss(ref, dtype), 90)
+
+    model = make_model(dtype)
+    loss = make_loss(model, dtype)
+    ours = SGD(model.parameters(), **flags)
+    train(model, ours, loss, 30)
+    theirs = torch.optim.SGD(model.parameters(), **flags)
+    theirs.load_state_dict(ours.state_dict())
+    train(model, theirs, loss, 30)
+    again = SGD(model.parameters(), **flags)
+    again.load_state_dict(theirs.state_dict())
+    train(model, again, loss, 30)
+    assert_same(flat_params(model), flat_params(ref), RTOL[dtype])
+
+
+def test_state_layout_is_torch_layout():
+    states = []
+    for cls in (SGD, torch.optim.SGD):
+        model = make_model(torch.float64)
+        opt = cls(model.parameters(), lr=0.05, momentum=0.9)
+        train(model, opt, make_loss(model, torch.float64), 1)
+        states.append(opt.state_dict())
+    ours, theirs = states
+    assert ours["state"].keys() == theirs["state"].keys()
+    for k, st in ours["state"].items():
+        assert st.keys() == {"momentum_buffer"}
+        buf, ref = st["momentum_buffer"], theirs["state"][k]["momentum_buffer"]
+        assert (buf.shape, buf.dtype, buf.device) == (ref.shape, ref.dtype, ref.device)
+    assert ours["param_groups"][0]["params"] == theirs["param_groups"][0]["params"]
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_deepcopy_of_model_and_optimizer_trains_alike(flat):
+    model = make_model(torch.float64)
+    opt = SGD(model.parameters(), lr=0.1, momentum=0.9, flat=flat)
+    train(model, opt, make_loss(model, torch.float64), 2)
+    model2, opt2 = copy.deepcopy((model, opt))
+    train(model, opt, make_loss(model, torch.float64), 3)
+    train(model2, opt2, make_loss(model2, torch.float64), 3)
+    assert torch.equal(flat_params(model), flat_params(model2))
+
+
+def test_momentum_zero_keeps_no_state():
+    model = make_model(torch.float64)
+    opt = SGD(model.parameters(), lr=0.1)
+    train(model, opt, make_loss(model, torch.float64), 2)
+    assert len(opt.state) == 0
+
+
+def test_step_lr_scheduler():
+    dtype = torch.float64
+    results = []
+    for cls in (SGD, torch.optim.SGD):
+        model = make_model(dtype)
+        opt = cls(model.parameters(), lr=0.2, momentum=0.5)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=10, gamma=0.1)
+        train(model, opt, make_loss(model, dtype), 40, sched)
+        results.append(flat_params(model))
+    assert_same(*results, RTOL[dtype])
+
+
+def test_param_without_grad_is_skipped():
+    dtype = torch.float64
+    model = make_model(dtype)
+    unused = torch.nn.Parameter(torch.ones(5, dtype=dtype))
+    opt = SGD([*model.parameters(), unused], lr=0.1, momentum=0.9, weight_decay=0.1)
+    train(model, opt, make_loss(model, dtype), 3)
+    assert torch.equal(unused, torch.ones(5, dtype=dtype))
+    assert unused not in opt.state
+
+
+def test_closure_runs_with_grad_and_returns_loss():
+    dtype = torch.float64
+    model = make_model(dtype)
+    loss = make_loss(model, dtype)
+    opt = SGD(model.parameters(), lr=0.1)
+
+    def closure():
+        assert torch.is_grad_enabled()
+        opt.zero_grad()
+        value = loss()
+        value.backward()
+        return value
+
+    with torch.no_grad():
+        first = opt.step(closure)
+    assert first.item() == pytest.approx(loss().item(), rel=0.5)
+    assert loss().item() < first.item()
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_zero_grad(set_to_none):
+    dtype = torch.float64
+    results = []
+    for cls in (SGD, torch.optim.SGD):
+        model = make_model(dtype)
+        loss = make_loss(model, dtype)
+        opt = cls(model.parameters(), lr=0.1, momentum=0.9)
+        for step in range(5):
+            opt.zero_grad(set_to_none=set_to_none)
+            for p in model.parameters():
+                if set_to_none or step == 0:
+                    assert p.grad is None
+                else:
+                    assert not p.grad.any()
+            loss().backward()
+            opt.step()
+        results.append(flat_params(model))
+    assert_same(*results, RTOL[dtype])
+
+
+def test_replaced_param_data_is_not_stale():
+    dtype = torch.float64
+    results = []
+    for cls in (SGD, torch.optim.SGD):
+        model = make_model(dtype)
+        loss = make_loss(model, dtype)
+        opt = cls(model.parameters(), lr=0.1, momentum=0.9)
+        train(model, opt, loss, 3)
+        weight = model[0].weight
+        weight.data = torch.full_like(weight, 0.01)
+        train(model, opt, loss, 3)
+        results.append(flat_params(model))
+    assert_same(*results, RTOL[dtype])
+
+
+def test_new_grad_tensors_each_step_are_not_stale():
+    """A gradient tensor freed and replaced by a new one (which CPython may
+    put at the freed object's address) is read afresh."""
+    dtype = torch.float64
+    params = [torch.nn.Parameter(torch.ones(3, dtype=dtype)) for _ in range(2)]
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    ours = SGD(params, lr=0.1, momentum=0.9)
+    theirs = torch.optim.SGD(copies, lr=0.1, momentum=0.9)
+    for step in range(20):
+        for opt, ps in ((ours, params), (theirs, copies)):
+            for k, p in enumerate(ps):
+                p.grad = None
+                p.grad = torch.full((3,), float(step * (k + 1)), dtype=dtype)
+            opt.step()
+    for p, q in zip(params, copies):
+        assert_same(p.detach(), q.detach(), RTOL[dtype])
+
+
+def test_loaded_buffers_are_used():
+    """A state dict loaded mid-training replaces the cached buffers."""
+    dtype = torch.float64
+    model = make_model(dtype)
+    loss = make_loss(model, dtype)
+    opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+    train(model, opt, loss, 2)
+    saved = opt.state_dict()
+    zeroed = {k: {"momentum_buffer": torch.zeros_like(v["momentum_buffer"])}
+              for k, v in saved["state"].items()}
+    opt.load_state_dict({"state": zeroed, "param_groups": saved["param_groups"]})
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad()
+    loss().backward()
+    opt.step()
+    for p, old in zip(model.parameters(), before):
+        # zero buffer: b = 0.9 * 0 + g, p = old - lr * g
+        torch.testing.assert_close(p.detach(), old - 0.1 * p.grad, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(lr=-1.0), dict(momentum=-0.1), dict(weight_decay=-1.0),
+    dict(nesterov=True), dict(nesterov=True, momentum=0.9, dampening=0.1),
+    dict(lr=torch.tensor([0.1, 0.2])),
+])
+def test_bad_constructor_arguments_raise_as_torch(kwargs):
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    with pytest.raises(ValueError) as theirs:
+        torch.optim.SGD(params, **kwargs)
+    with pytest.raises(ValueError, match=str(theirs.value)) as ours:
+        SGD(params, **kwargs)
+    assert str(ours.value) == str(theirs.value)
+
+
+def test_empty_parameter_list_raises_as_torch():
+    with pytest.raises(ValueError, match="empty parameter list"):
+        SGD([], lr=0.1)
+
+
+def _second_param_breaks(param: torch.Tensor, grad: torch.Tensor, error: type, match: str):
+    """A bad second parameter raises naming index 1, and nothing is written."""
+    good = torch.nn.Parameter(torch.ones(4))
+    good.grad = torch.ones(4)
+    param.grad = grad
+    opt = SGD([good, param], lr=0.1, momentum=0.9)
+    with pytest.raises(error, match=match):
+        opt.step()
+    assert torch.equal(good.detach(), torch.ones(4))
+    assert len(opt.state[good]) == 0
+
+
+def test_float16_param_is_a_type_error():
+    p = torch.nn.Parameter(torch.ones(4, dtype=torch.float16))
+    _second_param_breaks(p, torch.ones(4, dtype=torch.float16), TypeError,
+                         r"parameter 1 .*float16")
+
+
+def test_grad_dtype_differs_is_a_type_error():
+    p = torch.nn.Parameter(torch.ones(4))
+    p.grad_dtype = None  # else torch itself refuses the float64 grad
+    _second_param_breaks(p, torch.ones(4, dtype=torch.float64), TypeError,
+                         r"parameter 1 .*grad has dtype torch.float64")
+
+
+def test_sparse_grad_is_a_value_error():
+    p = torch.nn.Parameter(torch.ones(4))
+    _second_param_breaks(p, torch.ones(4).to_sparse(), ValueError, r"parameter 1 .*sparse")
+
+
+def test_meta_device_is_a_value_error():
+    p = torch.nn.Parameter(torch.ones(4, device="meta"))
+    _second_param_breaks(p, torch.ones(4, device="meta"), ValueError,
+                         r"parameter 1 .*device meta")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_is_a_value_error():
+    p = torch.nn.Parameter(torch.ones(4, device="cuda"))
+    _second_param_breaks(p, torch.ones(4, device="cuda"), ValueError,
+                         r"parameter 1 .*device cuda")
+
+
+def test_import_momentum_does_not_import_torch():
+    code = "import sys, momentum; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+
+def _flat_and_reference(**flags) -> list[tuple]:
+    """(model, optimizer, loss) under SGD(flat=True) and under torch.optim.SGD."""
+    runs = []
+    for cls, extra in ((SGD, {"flat": True}), (torch.optim.SGD, {})):
+        model = make_model(torch.float64)
+        runs.append((model, cls(model.parameters(), lr=0.1, **flags, **extra),
+                     make_loss(model, torch.float64)))
+    return runs
+
+
+def test_flat_moves_params_into_one_block():
+    model = make_model(torch.float32)
+    before = flat_params(model)
+    opt = SGD(model.parameters(), lr=0.1, flat=True)
+    block = opt._flats[0].arena.params
+    for p in model.parameters():
+        offset = p.data_ptr() - block.ctypes.data
+        assert 0 <= offset < block.nbytes and offset % 64 == 0
+        assert p.grad is not None and not p.grad.any()
+    assert torch.equal(flat_params(model), before)
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_flat_zero_grad_zeroes_in_place(set_to_none):
+    results = []
+    for model, opt, loss in _flat_and_reference(momentum=0.9):
+        for _ in range(5):
+            grads = [p.grad for p in model.parameters()]
+            opt.zero_grad(set_to_none=set_to_none)
+            if isinstance(opt, SGD):
+                assert all(p.grad is g and not g.any()
+                           for p, g in zip(model.parameters(), grads))
+            loss().backward()
+            opt.step()
+        results.append(flat_params(model))
+    assert_same(*results, RTOL[torch.float64])
+
+
+def test_flat_copies_in_a_user_grad_a_moved_param_and_loaded_state():
+    results = []
+    for model, opt, loss in _flat_and_reference(momentum=0.9):
+        train(model, opt, loss, 3)
+        weight = model[0].weight
+        weight.grad = torch.full_like(weight, 0.5)  # a grad outside the arena
+        opt.step()
+        weight.data = weight.detach() * 0.5  # memory outside the arena
+        train(model, opt, loss, 3)
+        saved = opt.state_dict()
+        halved = {k: {"momentum_buffer": v["momentum_buffer"] * 0.5}
+                  for k, v in saved["state"].items()}
+        opt.load_state_dict({"state": halved, "param_groups": saved["param_groups"]})
+        train(model, opt, loss, 3)
+        results.append(flat_params(model))
+    assert_same(*results, RTOL[torch.float64])
+    ours = results[0]
+    assert not torch.equal(ours, flat_params(make_model(torch.float64)))
+
+
+def test_flat_param_replaced_while_another_has_no_grad():
+    results = []
+    for model, opt, loss in _flat_and_reference(momentum=0.9):
+        train(model, opt, loss, 2)
+        bias = model[2].bias
+        bias.data = torch.zeros(3, dtype=torch.float64)  # same shape, new memory
+        model[0].bias.grad = None  # skipped this step, as torch skips it
+        opt.step()
+        train(model, opt, loss, 2)
+        results.append(flat_params(model))
+    assert_same(*results, RTOL[torch.float64])

@@ -1,0 +1,33 @@
+"""Shared by the torch tests: a small fixed network, fixed data, comparisons."""
+from __future__ import annotations
+
+import torch
+
+
+def make_model(dtype: torch.dtype) -> torch.nn.Module:
+    """A 2-layer MLP with fixed initial weights."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(),
+                               torch.nn.Linear(16, 3)).to(dtype)
+
+
+def make_data(dtype: torch.dtype, rows: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed random inputs (rows x 8) and targets (rows x 3)."""
+    gen = torch.Generator().manual_seed(1)
+    return (torch.randn(rows, 8, dtype=dtype, generator=gen),
+            torch.randn(rows, 3, dtype=dtype, generator=gen))
+
+
+def mse(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return ((model(x) - y) ** 2).mean()
+
+
+def flat_params(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def assert_same(ours: torch.Tensor, theirs: torch.Tensor, rtol: float) -> None:
+    """Equal to ``rtol`` relative to the largest value (elementwise relative
+    error is meaningless for weights that pass through zero)."""
+    err = (ours - theirs).abs().max().item() / theirs.abs().max().item()
+    assert err <= rtol, f"relative difference {err:.3g} > {rtol:g}"
