@@ -153,23 +153,26 @@ def call_overhead(plan: Plan) -> dict:
 
 
 def model_steps(plan: Plan) -> list[dict]:
-    """Whole sgd steps over every tensor of each workload, at the plan's most threads."""
-    set_threads(plan.threads[-1])
+    """Whole sgd steps over every tensor of each workload, at each thread count."""
     rows = []
     for name in plan.workloads:
-        progress(f"workload {name}")
         model = workloads.arena(load_workload(name)["shapes"])
         steps, missing = workloads.steps(model)
-        timings = timed(steps, plan)
-        ours_s = timings[workloads.BASELINE].median
         elements = sum(v.size for v in model.param_views)
-        rows.append({
-            "name": name, "tensors": len(model), "elements": elements,
-            "threads": plan.threads[-1], "missing": missing,
-            "results": {k: {**rates(t, elements, ELEMENTS_MOVED["sgd"], model.dtype.itemsize),
-                            "median_ms": t.median * 1e3, "ratio_to_momentum": t.median / ours_s}
-                        for k, t in timings.items()},
-        })
+        for threads in plan.threads:
+            progress(f"workload {name}, {threads} thread(s)")
+            set_threads(threads)
+            timings = timed(steps, plan)
+            ours_s = timings[workloads.BASELINE].median
+            rows.append({
+                "name": name, "tensors": len(model), "elements": elements,
+                "threads": threads, "missing": missing,
+                "results": {k: {**rates(t, elements, ELEMENTS_MOVED["sgd"],
+                                        model.dtype.itemsize),
+                                "median_ms": t.median * 1e3,
+                                "ratio_to_momentum": t.median / ours_s}
+                            for k, t in timings.items()},
+            })
         # Free this model before the next is made: GPT-2 small alone takes 1.5 GB.
         del model, steps
     return rows

@@ -20,6 +20,9 @@ from momentum._bench.rules import TIMED, args
 TORCH_MODES = {"torch for-loop": {"foreach": False},
                "torch foreach": {"foreach": True},
                "torch fused": {"fused": True}}
+# momentum's own optimizer, as a PyTorch user runs it (momentum.torch.SGD).
+OUR_TORCH_MODES = {"momentum.torch.SGD": {},
+                   "momentum.torch.SGD(flat=True)": {"flat": True}}
 PEERS = (*TORCH_MODES, "numba", "numexpr")
 # The plain C loop that moves sgd's bytes (momentum._probe): the ceiling.
 C_LOOP = "C fused loop"
@@ -57,16 +60,23 @@ def ours(rule: str, param: np.ndarray, grad: np.ndarray, buf: np.ndarray) -> dic
 
 def torch_sgd(mode: str, params: Sequence[np.ndarray], grads: Sequence[np.ndarray],
               bufs: Sequence[np.ndarray]) -> Step:
-    """``torch.optim.SGD(...).step`` in ``mode`` over tensors sharing the arrays' memory.
+    """``torch.optim.SGD(...).step`` in ``mode`` (or ``momentum.torch.SGD``
+    for a mode of OUR_TORCH_MODES) over tensors sharing the arrays' memory.
 
     The momentum buffers are put in the optimizer's state up front, so every
-    timed step is a full momentum step on ``bufs``.
+    timed step is a full momentum step on ``bufs``.  (``flat=True`` copies
+    the tensors into its own arena at the first step.)
     """
     import torch
+    if mode in OUR_TORCH_MODES:
+        from momentum.torch import SGD
+        options = OUR_TORCH_MODES[mode]
+    else:
+        SGD, options = torch.optim.SGD, TORCH_MODES[mode]
     tensors = [torch.from_numpy(p).requires_grad_() for p in params]
     for t, g in zip(tensors, grads):
         t.grad = torch.from_numpy(g)
-    opt = torch.optim.SGD(tensors, **TIMED["sgd"], **TORCH_MODES[mode])
+    opt = SGD(tensors, **TIMED["sgd"], **options)
     for t, b in zip(tensors, bufs):
         opt.state[t]["momentum_buffer"] = torch.from_numpy(b)
     return opt.step

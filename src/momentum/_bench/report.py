@@ -129,12 +129,13 @@ def workloads_text(rows: list[dict]) -> str:
     body = []
     for w in rows:
         for name, r in w["results"].items():
-            body.append([w["name"], f"{w['tensors']}", f"{w['elements'] / 1e6:.1f}", name,
+            body.append([w["name"], f"{w['tensors']}", f"{w['elements'] / 1e6:.1f}",
+                         str(w["threads"]), name,
                          f"{r['median_ms']:.2f}", _iqr_pct(r), f"{r['GB_per_s']:.1f}",
                          f"{r['ratio_to_momentum']:.2f}x"])
-    threads = rows[0]["threads"] if rows else "-"
-    return _table(f"Model workloads: one float32 sgd step over every tensor, {threads} thread(s)",
-                  ["model", "tensors", "Melem", "candidate", "ms/step", "IQR", "GB/s", "vs foreach"],
+    return _table("Model workloads: one float32 sgd step over every tensor",
+                  ["model", "tensors", "Melem", "thr", "candidate", "ms/step", "IQR", "GB/s",
+                   "vs foreach"],
                   body, ["vs foreach: candidate time / momentum.foreach.sgd time (above 1x: foreach faster)."]
                   + _missing_notes(w["missing"] for w in rows))
 

@@ -7,7 +7,7 @@ import numpy as np
 
 import momentum
 from momentum import foreach, reference
-from momentum._bench.peers import TORCH_MODES, Step, torch_sgd
+from momentum._bench.peers import OUR_TORCH_MODES, TORCH_MODES, Step, torch_sgd
 from momentum._bench.rules import TIMED
 
 WORKLOADS = ("many-small", "resnet50", "gpt2-small")
@@ -50,7 +50,7 @@ def steps(model: momentum.Arena) -> tuple[dict[str, Step], dict[str, str]]:
         "reference, Python loop": lambda: REFERENCE_LOOP(*views),
     }
     missing: dict[str, str] = {}
-    for mode in TORCH_MODES:
+    for mode in (*OUR_TORCH_MODES, *TORCH_MODES):
         try:
             out[mode] = torch_sgd(mode, *views)
         except ImportError:
