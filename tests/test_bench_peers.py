@@ -40,6 +40,8 @@ def test_workload_candidates_each_take_one_reference_step():
     for p, g, b in zip(expected.param_views, expected.grad_views, expected.buf_views):
         reference.sgd(p, g, b, **TIMED["sgd"])
     for name in workloads.steps(workloads.arena(shapes))[0]:
+        if name == "momentum.torch.SGD(flat=True)":
+            continue  # steps its own copy of the arrays; see test_torch_optimizer's flat tests
         got = workloads.arena(shapes)
         workloads.steps(got)[0][name]()
         for role in ("param_views", "grad_views", "buf_views"):
