@@ -5,7 +5,9 @@ Flags are fixed by the numerical contract: ``-O3 -ffp-contract=off`` and never
 
 * ``MOMENTUM_NATIVE=1`` adds ``-march=native`` (a build for this CPU only);
 * ``MOMENTUM_DEBUG=1`` builds with ``-O0 -g`` and turns Cython's bounds and
-  wrap-around checks back on.
+  wrap-around checks back on;
+* ``MOMENTUM_VEC_REPORT=1`` adds ``-fopt-info-vec-optimized`` (GCC), so the
+  build log shows every loop that vectorised.
 
 OpenMP is used when the compiler accepts ``-fopenmp``; without it the package
 builds and runs single-threaded.
@@ -46,6 +48,8 @@ compile_args = ["-ffp-contract=off"]
 compile_args += ["-O0", "-g"] if DEBUG else ["-O3"]
 if NATIVE:
     compile_args.append("-march=native")
+if os.environ.get("MOMENTUM_VEC_REPORT") == "1":
+    compile_args.append("-fopt-info-vec-optimized")
 link_args = []
 if OPENMP:
     compile_args.append("-fopenmp")
