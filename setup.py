@@ -108,9 +108,43 @@ MODULES = [
     "momentum.foreach",
 ]
 
+# Each build configuration keeps its generated C and object files in its own
+# folder, so that switching a MOMENTUM_* variable never reuses another
+# configuration's binaries (a plain build after a native one stays portable).
+CONFIG = "-".join([
+    "native" if NATIVE else "portable",
+    "debug" if DEBUG else "release",
+    "openmp" if OPENMP else "serial",
+    *(["vecreport"] if "-fopt-info-vec-optimized" in compile_args else []),
+])
+BUILD_DIR = os.path.join("build", CONFIG)
+# In-place (and editable) builds put every configuration's modules in the same
+# place: rebuild them all when the configuration changed since the last build.
+STAMP = os.path.join("src", "momentum", ".build-config")
+
+
+def config_changed() -> bool:
+    """True (and the stamp updated) when the last build used another CONFIG."""
+    try:
+        with open(STAMP) as f:
+            if f.read() == CONFIG:
+                return False
+    except OSError:
+        pass
+    with open(STAMP, "w") as f:
+        f.write(CONFIG)
+    return True
+
+
+build_options = {"build": {"build_base": BUILD_DIR}}
+if config_changed():
+    build_options["build_ext"] = {"force": True}
+
 setup(
     ext_modules=cythonize(
         [extension(m) for m in MODULES] + isa_extensions,
         compiler_directives=directives,
+        build_dir=os.path.join(BUILD_DIR, "cython"),
     ),
+    options=build_options,
 )

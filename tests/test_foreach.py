@@ -336,3 +336,43 @@ def test_repeated_calls_still_check_overlap():
             fe.sgd(ps, gs, bs[:-1] + [ps[0]], lr=0.1, momentum=0.9)
     for arrays, saved in zip((ps, gs, bs), before):
         assert_unchanged(arrays, saved)
+
+
+class ClearsTheLists:
+    """A flag whose truth test empties the caller's lists, as hostile code might."""
+
+    def __init__(self, *lists):
+        self.lists = lists
+
+    def __bool__(self):
+        for seq in self.lists:
+            seq.clear()
+        return True
+
+
+@pytest.mark.parametrize("flags, error, fragment", [
+    ("no", TypeError, "'first_step' must be a bool or a sequence of bools, not str"),
+    (np.array(True), TypeError, "'first_step' must be a bool or a sequence of bools"),
+    ([True] * 6 + [None], TypeError, f"'first_step[{LAST}]' must be a bool, not NoneType"),
+    ([True] * 6 + [1], TypeError, f"'first_step[{LAST}]' must be a bool, not int"),
+])
+def test_bad_first_step_writes_nothing(flags, error, fragment):
+    ps, gs, bs = triples()
+    before = [copies(x) for x in (ps, gs, bs)]
+    with pytest.raises(error, match=re.escape(fragment)):
+        fe.sgd(ps, gs, bs, lr=0.1, momentum=0.9, first_step=flags)
+    for arrays, saved in zip((ps, gs, bs), before):
+        assert_unchanged(arrays, saved)
+
+
+def test_lists_changed_by_python_code_during_the_call_are_not_read():
+    # The call works on its own snapshot of the sequences; flags are checked
+    # to be real bools before any is used, so no Python code runs in between.
+    ps, gs, bs = triples()
+    before = [copies(x) for x in (ps, gs, bs)]
+    lists = [list(ps), list(gs), list(bs)]
+    flags = [ClearsTheLists(*lists)] + [True] * (len(ps) - 1)
+    with pytest.raises(TypeError, match=r"'first_step\[0\]' must be a bool"):
+        fe.sgd(*lists, lr=0.1, momentum=0.9, first_step=flags)
+    for arrays, saved in zip((ps, gs, bs), before):
+        assert_unchanged(arrays, saved)

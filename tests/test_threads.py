@@ -94,8 +94,10 @@ def test_set_num_threads(restore_threads):
     for n in (1, 2, 3, 7):
         momentum.set_num_threads(n)
         assert momentum.get_num_threads() == (n if _schedule.BUILD["openmp"] else 1)
-    with pytest.raises(ValueError, match="'n'"):
-        momentum.set_num_threads(-1)
+    for bad, error in ((-1, ValueError), (2**31, ValueError), (1.5, TypeError),
+                       ("2", TypeError)):
+        with pytest.raises(error, match="set_num_threads\\(\\): 'n' must be"):
+            momentum.set_num_threads(bad)
     assert momentum.get_num_threads() == (7 if _schedule.BUILD["openmp"] else 1)
 
 

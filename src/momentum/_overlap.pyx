@@ -76,6 +76,8 @@ cdef int find_overlap(Span* spans, Span* scratch, Py_ssize_t n,
     the GIL held.
     """
     global verified_count
+    if n == 0:
+        return 0    # nothing to compare, and the last batch stays remembered
     if n == verified_count and not memcmp(spans, verified, n * sizeof(Span)):
         return 0
     remember(spans, n)

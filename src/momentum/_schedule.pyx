@@ -7,6 +7,7 @@
 # write to the same cache line.  Every element sees the same arithmetic
 # whatever the split, so results do not depend on the thread count.
 import importlib
+import operator
 import os
 
 from cpython.pycapsule cimport PyCapsule_GetPointer
@@ -87,6 +88,8 @@ cdef size_t PER_THREAD_MIN = 1 << 16
 # 16 elements: a 64-byte cache line of float32, two of float64.
 cdef size_t SPLIT_ALIGN = 16
 
+# More threads than this is a mistake, not a machine.
+MAX_THREADS = 1 << 16
 cdef int _requested_threads = 0   # 0: follow OpenMP (OMP_NUM_THREADS, threadpoolctl)
 
 OPENMP = bool(MOMENTUM_OPENMP)
@@ -99,7 +102,7 @@ BUILD = {
 }
 
 
-def set_num_threads(int n):
+def set_num_threads(n):
     """Use at most ``n`` threads for a step (``n >= 1``).
 
     ``set_num_threads(0)`` goes back to the default: ``MOMENTUM_NUM_THREADS``
@@ -107,8 +110,13 @@ def set_num_threads(int n):
     threadpoolctl limits it to).  Without OpenMP every step runs on one thread.
     """
     global _requested_threads
-    if n < 0:
-        raise ValueError(f"set_num_threads(): 'n' must be >= 0, got {n}")
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"set_num_threads(): 'n' must be a whole number, "
+                        f"not {type(n).__name__}") from None
+    if not 0 <= n <= MAX_THREADS:
+        raise ValueError(f"set_num_threads(): 'n' must be in [0, {MAX_THREADS}], got {n}")
     _requested_threads = n
 
 

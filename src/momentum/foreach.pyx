@@ -13,6 +13,7 @@ from cpython.buffer cimport PyObject_CheckBuffer
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF
+from cpython.list cimport PyList_AsTuple
 from cpython.sequence cimport (
     PySequence_Check, PySequence_Fast_GET_ITEM,
     PySequence_Fast_GET_SIZE)
@@ -25,6 +26,8 @@ from momentum._overlap cimport Span, find_overlap
 from momentum._schedule cimport (
     NOGIL_MIN, Task, RULE_SGD, RULE_HEAVY_BALL, RULE_UPDATE_BUFFER,
     run_tasks, threads_for)
+
+import numpy as np
 
 cnp.import_array()
 
@@ -43,24 +46,28 @@ cdef struct Batch:
     Span* spans         # `count` filled, room for 3 * n; then scratch
     Span* scratch       # room for 3 * n, for sorting
     Py_ssize_t count
-    Py_ssize_t n
     size_t total
 
 
 # ---------------------------------------------------------------- sequences
 
-cdef object as_items(object obj, str func, str name):
-    """A sequence of arrays as a list or tuple (no copy for those), or TypeError.
+cdef tuple as_items(object obj, str func, str name):
+    """A sequence of arrays as a tuple, or TypeError.
 
-    An array (or any buffer) is refused: it is one tensor, not a sequence.
+    A list is copied (a pointer copy): Python code that runs during the
+    checks (a buffer exporter, a flag's ``__bool__``) may change the caller's
+    list, never ours.  An array (or any buffer) is refused: it is one tensor,
+    not a sequence.
     """
-    if type(obj) is list or type(obj) is tuple:
-        return obj
+    if type(obj) is tuple:
+        return <tuple>obj
+    if type(obj) is list:
+        return PyList_AsTuple(obj)
     if (isinstance(obj, str) or PyObject_CheckBuffer(obj)
             or not PySequence_Check(obj)):
         raise TypeError(f"{func}(): '{name}' must be a sequence (list or "
                         f"tuple) of arrays, not {type(obj).__name__}")
-    return list(obj)
+    return tuple(obj)
 
 
 cdef int check_length(object seq, str name, Py_ssize_t n, str ref_name,
@@ -71,19 +78,28 @@ cdef int check_length(object seq, str name, Py_ssize_t n, str ref_name,
     return 0
 
 
-cdef object first_step_flags(object first_step, Py_ssize_t n, str ref_name,
-                             str func):
-    """``first_step`` as one flag per tensor, or None if it is one flag."""
-    if type(first_step) is bool:
+cdef inline bint is_flag(object x):
+    return type(x) is bool or isinstance(x, np.bool_)
+
+
+cdef tuple first_step_flags(object first_step, Py_ssize_t n, str ref_name,
+                            str func):
+    """``first_step`` as a tuple of one bool per tensor, or None if it is
+    one bool.  Every item is checked here, so that converting one later runs
+    no Python code and cannot fail."""
+    if is_flag(first_step):
         return None
-    if PyObject_CheckBuffer(first_step) and not cnp.PyArray_Check(first_step):
-        return None     # a NumPy bool scalar
-    if isinstance(first_step, str) or not PySequence_Check(first_step):
-        return None
-    cdef object flags = first_step
-    if type(flags) is not list and type(flags) is not tuple:
-        flags = list(flags)     # e.g. a NumPy bool array
+    if (isinstance(first_step, (str, bytes)) or not PySequence_Check(first_step)
+            or (cnp.PyArray_Check(first_step) and cnp.PyArray_NDIM(first_step) == 0)):
+        raise TypeError(f"{func}(): 'first_step' must be a bool or a sequence "
+                        f"of bools, not {type(first_step).__name__}")
+    cdef tuple flags = tuple(first_step)
     check_length(flags, "first_step", n, ref_name, func)
+    cdef Py_ssize_t i
+    for i in range(n):
+        if not is_flag(flags[i]):
+            raise TypeError(f"{func}(): 'first_step[{i}]' must be a bool, not "
+                            f"{type(flags[i]).__name__}")
     return flags
 
 
@@ -201,11 +217,10 @@ cdef int run_batch(Task* template, object params, object grads, object bufs,
     if bufs is not None:
         bs = as_items(bufs, func, "bufs")
         check_length(bs, "bufs", n, ref, func)
-    cdef object firsts = first_step_flags(first_step, n, ref, func)
+    cdef tuple firsts = first_step_flags(first_step, n, ref, func)
     if firsts is None:
         template.sgd.first_step = first_step
     cdef Batch b
-    b.n = n
     b.total = 0
     b.count = 0
     b.tasks = <Task*>PyMem_Malloc(max(n, 1) * sizeof(Task))
