@@ -102,6 +102,7 @@ MODULES = [
     "momentum._overlap",
     "momentum._probe",
     "momentum.foreach",
+    "momentum._torch_keys",
 ]
 
 setup(

@@ -380,3 +380,59 @@ def test_flat_param_replaced_while_another_has_no_grad():
         train(model, opt, loss, 2)
         results.append(flat_params(model))
     assert_same(*results, RTOL[torch.float64])
+
+
+def _edit_between_steps(flat: bool, edit: Callable) -> None:
+    """Train, let ``edit(model, opt)`` change the optimizer's inputs between
+    two steps (no zero_grad or backward in between), train on: ours (flat or
+    per tensor) ends where torch.optim.SGD does."""
+    results = []
+    for cls, extra in ((SGD, {"flat": flat}), (torch.optim.SGD, {})):
+        model = make_model(torch.float64)
+        opt = cls(model.parameters(), lr=0.1, momentum=0.9, **extra)
+        loss = make_loss(model, torch.float64)
+        train(model, opt, loss, 3)
+        edit(model, opt)
+        opt.step()
+        train(model, opt, loss, 2)
+        results.append(flat_params(model))
+    assert_same(*results, RTOL[torch.float64])
+    assert not torch.equal(results[0], flat_params(make_model(torch.float64)))
+
+
+def _set_buffer(model, opt):
+    opt.state[model[0].weight]["momentum_buffer"] = torch.full_like(model[0].weight, 0.25)
+
+
+def _replace_state_entry(model, opt):
+    opt.state[model[2].bias] = {"momentum_buffer": torch.full_like(model[2].bias, -0.5)}
+
+
+def _delete_state_entry(model, opt):
+    del opt.state[model[0].bias]  # its next step is a first step again
+
+
+def _replace_grad(model, opt):
+    model[0].weight.grad = torch.full_like(model[0].weight, 0.125)
+
+
+def _swap_grad_memory(model, opt):
+    grad = model[2].weight.grad
+    grad.data = torch.full_like(grad, -0.75)  # same grad tensor, new memory
+
+
+def _swap_param_memory(model, opt):
+    weight = model[2].weight
+    weight.data = weight.detach() + 0.5
+
+
+def _drop_grad(model, opt):
+    model[0].bias.grad = None  # skipped by this step
+
+
+@pytest.mark.parametrize("flat", [False, True])
+@pytest.mark.parametrize("edit", [_set_buffer, _replace_state_entry, _delete_state_entry,
+                                  _replace_grad, _swap_grad_memory, _swap_param_memory,
+                                  _drop_grad], ids=lambda f: f.__name__.strip("_"))
+def test_edits_between_steps_are_not_stale(flat, edit):
+    _edit_between_steps(flat, edit)
