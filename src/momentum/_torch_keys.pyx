@@ -28,6 +28,7 @@ GRADS = 1    # only gradients differ (other tensors or other memory)
 CHANGED = 2  # a parameter, its memory, a state entry or a buffer differs
 
 cdef object GRAD = "grad"
+cdef object VERSION = "version"
 cdef object MOMENTUM_BUFFER = "momentum_buffer"
 
 
@@ -39,10 +40,15 @@ cdef class Snapshot:
     ``p.grad`` and its address, and when ``uses_state`` the per-parameter
     dict ``state.get(p)`` and its ``"momentum_buffer"``.  ``data_ptr`` is the
     unbound method that gives a tensor's address (``torch.Tensor.data_ptr``).
+
+    A ``state`` with a ``version`` attribute promises that the attribute
+    changes whenever an entry of ``state`` is set or removed: while it is
+    unchanged every parameter still maps to the same per-parameter dict, so
+    check() need not look parameters up (hashing a tensor is a Python call).
     """
 
     cdef list params, grads, entries, bufs
-    cdef object state, data_ptr
+    cdef object state, data_ptr, version
     cdef bint uses_state, valid
     cdef uintptr_t* addresses  # per parameter: its address, then its grad's
     cdef Py_ssize_t n
@@ -54,6 +60,7 @@ cdef class Snapshot:
             raise MemoryError()
         self.params = list(params)
         self.state, self.data_ptr, self.uses_state = state, data_ptr, uses_state
+        self.version = getattr(state, "version", None) if uses_state else None
         self.grads, self.entries, self.bufs = [], [], []
         cdef Py_ssize_t i
         cdef PyObject* entry
@@ -89,6 +96,9 @@ cdef class Snapshot:
         if not self.valid or PyList_GET_SIZE(params) != self.n \
                 or state is not self.state or uses_state != self.uses_state:
             return CHANGED
+        cdef bint versioned = self.version is not None
+        if versioned and PyObject_GetAttr(state, VERSION) != self.version:
+            return CHANGED
         cdef Py_ssize_t i
         cdef PyObject* entry
         cdef PyObject* buf
@@ -101,17 +111,16 @@ cdef class Snapshot:
                         or self.address(p) != self.addresses[2 * i]:
                     return CHANGED
                 if self.uses_state:
-                    entry = PyDict_GetItemWithError(state, p)
-                    if entry == NULL:
-                        if <object>PyList_GET_ITEM(self.entries, i) is not None:
+                    if not versioned:
+                        entry = PyDict_GetItemWithError(state, p)
+                        if (<PyObject*>None if entry == NULL else entry) \
+                                != PyList_GET_ITEM(self.entries, i):
                             return CHANGED
-                    else:
-                        if entry != <PyObject*>PyList_GET_ITEM(self.entries, i):
-                            return CHANGED
+                    entry = PyList_GET_ITEM(self.entries, i)
+                    if entry != <PyObject*>None:
                         buf = PyDict_GetItemWithError(<object>entry, MOMENTUM_BUFFER)
-                        if buf == NULL:
-                            buf = <PyObject*>None
-                        if buf != <PyObject*>PyList_GET_ITEM(self.bufs, i):
+                        if (<PyObject*>None if buf == NULL else buf) \
+                                != PyList_GET_ITEM(self.bufs, i):
                             return CHANGED
                 if found == HOLDS:
                     g = PyObject_GetAttr(p, GRAD)

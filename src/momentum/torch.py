@@ -14,12 +14,14 @@ This module imports torch; ``import momentum`` does not import this module.
 """
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from momentum import foreach
 from momentum._torch_keys import CHANGED, GRADS, HOLDS, Snapshot
@@ -138,6 +140,40 @@ def _grad_views(params: list[torch.Tensor], grads: list[Any], active: list[int],
     return views
 
 
+class _State(defaultdict):
+    """``Optimizer.state`` that counts its changes in ``version``.
+
+    While ``version`` is unchanged every parameter maps to the same
+    per-parameter dict, so the step's check need not look parameters up
+    (hashing a tensor is a Python call, slow next to small kernels).  Every
+    method that sets or removes an entry counts, ``defaultdict``'s
+    insertion of a missing key included (it goes through ``__setitem__``).
+    """
+
+    __slots__ = ("version",)
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.version = 0
+
+
+def _counted(name: str) -> Callable[..., Any]:
+    """``defaultdict``'s method ``name``, counting a change first."""
+    method = getattr(defaultdict, name)
+
+    def counted(self: _State, *args: Any, **kwargs: Any) -> Any:
+        self.version += 1
+        return method(self, *args, **kwargs)
+
+    counted.__name__ = counted.__qualname__ = name
+    return counted
+
+
+for _name in ("__setitem__", "__delitem__", "__ior__", "clear", "pop", "popitem",
+              "setdefault", "update"):
+    setattr(_State, _name, _counted(_name))
+
+
 class _Flat:
     """A param group's arena and the torch tensors that alias its views."""
 
@@ -205,11 +241,13 @@ class SGD(torch.optim.Optimizer):
         self._batches: dict[int, _Batch] = {}
         self._flats: list[_Flat] = []
         super().__init__(params, defaults)
+        self.state = _State(dict, self.state)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Called by ``load_state_dict`` (which keeps the arenas) and on
         unpickling (Optimizer pickles no arena: the copy steps per tensor)."""
         super().__setstate__(state)
+        self.state = _State(dict, self.state)
         for group in self.param_groups:
             group.setdefault("nesterov", False)
             group.setdefault("maximize", False)
@@ -377,13 +415,26 @@ class SGD(torch.optim.Optimizer):
                     p.grad = flat.grad_home(i)
             flat.arena.zero_grad()
 
-    @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One SGD step over every param group; returns ``closure()``'s loss.
 
         Every tensor and hyperparameter is checked before any is written: a
         bad parameter raises TypeError or ValueError naming its index.
         """
+        # torch.optim.Optimizer wraps step() to run the step hooks inside a
+        # profiler range; that costs tens of µs, much next to small kernels,
+        # so the wrapper runs only when there is a hook or a profiler.
+        if (self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
+                or _global_optimizer_pre_hooks or _global_optimizer_post_hooks
+                or torch._C._autograd._profiler_enabled()):
+            return self._hooked_step(closure)
+        return self._step(closure)
+
+    step.hooked = True  # tells torch.optim.Optimizer not to wrap it
+
+    @torch.no_grad()
+    def _step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """step() itself, without hooks."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -402,3 +453,5 @@ class SGD(torch.optim.Optimizer):
                         batch.bufs if hyper["momentum"] != 0 else None,
                         first_step=batch.first, **hyper)
         return loss
+
+    _hooked_step = torch.optim.Optimizer.profile_hook_step(_step)
