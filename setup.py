@@ -106,6 +106,7 @@ MODULES = [
     "momentum._overlap",
     "momentum._probe",
     "momentum.foreach",
+    "momentum._torch_keys",
 ]
 
 # Each build configuration keeps its generated C and object files in its own

@@ -2,7 +2,7 @@
 
 Candidates: ours (per-tensor views), ours with ``flat=True`` (one arena),
 ``torch.optim.SGD(fused=True)`` and the default ``torch.optim.SGD`` (its
-per-tensor for-loop on CPU); momentum 0.9, weight decay 1e-4, float32, at 1
+per-tensor for-loop on CPU) with the bench's hyperparameters (TIMED["sgd"]), float32, at 1
 and 2 threads (``torch.set_num_threads`` and ``momentum.set_num_threads``).
 
 pytest-benchmark, one group per workload and thread count::
@@ -26,10 +26,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import momentum  # noqa: E402
+from momentum._bench.rules import TIMED  # noqa: E402
 from momentum._workloads import load_workload, workload_names  # noqa: E402
 from momentum.torch import SGD  # noqa: E402
 
-HYPER = dict(lr=1e-3, momentum=0.9, weight_decay=1e-4)
+HYPER = dict(TIMED["sgd"])
 CANDIDATES: dict[str, Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]] = {
     "momentum": lambda ps: SGD(ps, **HYPER),
     "momentum-flat": lambda ps: SGD(ps, **HYPER, flat=True),

@@ -380,3 +380,93 @@ def test_flat_param_replaced_while_another_has_no_grad():
         train(model, opt, loss, 2)
         results.append(flat_params(model))
     assert_same(*results, RTOL[torch.float64])
+
+
+def _edit_between_steps(flat: bool, edit: Callable) -> None:
+    """Train, let ``edit(model, opt)`` change the optimizer's inputs between
+    two steps (no zero_grad or backward in between), train on: ours (flat or
+    per tensor) ends where torch.optim.SGD does."""
+    results = []
+    for cls, extra in ((SGD, {"flat": flat}), (torch.optim.SGD, {})):
+        model = make_model(torch.float64)
+        opt = cls(model.parameters(), lr=0.1, momentum=0.9, **extra)
+        loss = make_loss(model, torch.float64)
+        train(model, opt, loss, 3)
+        edit(model, opt)
+        opt.step()
+        train(model, opt, loss, 2)
+        results.append(flat_params(model))
+    assert_same(*results, RTOL[torch.float64])
+    assert not torch.equal(results[0], flat_params(make_model(torch.float64)))
+
+
+def _set_buffer(model, opt):
+    opt.state[model[0].weight]["momentum_buffer"] = torch.full_like(model[0].weight, 0.25)
+
+
+def _replace_state_entry(model, opt):
+    opt.state[model[2].bias] = {"momentum_buffer": torch.full_like(model[2].bias, -0.5)}
+
+
+def _delete_state_entry(model, opt):
+    del opt.state[model[0].bias]  # its next step is a first step again
+
+
+def _replace_grad(model, opt):
+    model[0].weight.grad = torch.full_like(model[0].weight, 0.125)
+
+
+def _swap_grad_memory(model, opt):
+    grad = model[2].weight.grad
+    grad.data = torch.full_like(grad, -0.75)  # same grad tensor, new memory
+
+
+def _swap_param_memory(model, opt):
+    weight = model[2].weight
+    weight.data = weight.detach() + 0.5
+
+
+def _replace_whole_state(model, opt):
+    from collections import defaultdict
+    opt.state = defaultdict(dict, {p: {"momentum_buffer": st["momentum_buffer"] * 0.5}
+                                   for p, st in opt.state.items()})
+
+
+def _drop_grad(model, opt):
+    model[0].bias.grad = None  # skipped by this step
+
+
+@pytest.mark.parametrize("flat", [False, True])
+@pytest.mark.parametrize("edit", [_set_buffer, _replace_state_entry, _delete_state_entry,
+                                  _replace_grad, _swap_grad_memory, _swap_param_memory,
+                                  _replace_whole_state, _drop_grad], ids=lambda f: f.__name__.strip("_"))
+def test_edits_between_steps_are_not_stale(flat, edit):
+    _edit_between_steps(flat, edit)
+
+
+def test_step_hooks_and_profiler_see_every_step():
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.ones(3)
+    opt = SGD([p], lr=0.1, momentum=0.9)
+    calls = []
+
+    def pre(o, args, kwargs):
+        calls.append(("pre", o, p.detach().clone()))
+
+    def post(o, args, kwargs):
+        calls.append(("post", o, p.detach().clone()))
+
+    handles = [opt.register_step_pre_hook(pre), opt.register_step_post_hook(post),
+               register_optimizer_step_pre_hook(pre)]
+    opt.step()
+    for h in handles:
+        h.remove()
+    opt.step()  # no hook left: not seen
+    assert [(kind, o) for kind, o, _ in calls] == [("pre", opt), ("pre", opt), ("post", opt)]
+    assert torch.equal(calls[0][2], torch.ones(3))  # before the step
+    assert torch.allclose(calls[2][2], torch.full((3,), 0.9))  # after: 1 - 0.1 * 1
+    with torch.profiler.profile() as prof:
+        opt.step()
+    assert "Optimizer.step#SGD.step" in {e.name for e in prof.events()}

@@ -14,14 +14,17 @@ This module imports torch; ``import momentum`` does not import this module.
 """
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from momentum import foreach
+from momentum._torch_keys import CHANGED, GRADS, HOLDS, Snapshot
 from momentum.arena import Arena
 
 __all__ = ["SGD"]
@@ -89,26 +92,23 @@ def _hyperparameters(group: dict[str, Any]) -> dict[str, Any]:
 class _Batch:
     """One param group's arguments to ``foreach.sgd``, and what they show.
 
-    ``key`` lists the identity of every parameter and buffer tensor and the
-    address of every parameter's memory (``p.data = ...`` keeps the
-    parameter but moves its memory); ``grad_key`` the same of the gradients,
-    which a training loop usually replaces every step.  While both are
-    unchanged the views are current.  ``holds`` keeps the keyed tensors
-    alive, so that no identity or address in a key can be reused by another
-    tensor.  ``numpy`` maps ``id(tensor)`` to ``(tensor, address, view)`` for
+    ``snapshot`` records the identity of every parameter, gradient, state
+    entry and buffer and the address of every parameter's and gradient's
+    memory (``p.data = ...`` keeps the parameter but moves its memory); while
+    all hold the views are current.  Gradients alone differing is common (a
+    training loop usually replaces them every step) and cheaper to redo.
+    ``numpy`` maps ``id(tensor)`` to ``(tensor, address, view)`` for
     parameters and buffers, so the next batch converts only new ones.
     ``active`` lists the parameters that have a gradient; ``adopt`` the
     (parameter, buffer) pairs to enter into the state once every group has
     been checked.
     """
 
-    __slots__ = ("key", "grad_key", "holds", "numpy", "active",
+    __slots__ = ("snapshot", "numpy", "active",
                  "params", "grads", "bufs", "first", "adopt")
 
     def __init__(self) -> None:
-        self.key: list[int] | None = None
-        self.grad_key: list[int] | None = None
-        self.holds: tuple[Any, ...] = ()
+        self.snapshot: Snapshot | None = None
         self.numpy: dict[int, tuple[torch.Tensor, int, np.ndarray]] = {}
         self.active: list[int] = []
         self.params: list[np.ndarray] = []
@@ -140,16 +140,58 @@ def _grad_views(params: list[torch.Tensor], grads: list[Any], active: list[int],
     return views
 
 
+class _State(defaultdict):
+    """``Optimizer.state`` that counts its changes in ``version``.
+
+    While ``version`` is unchanged every parameter maps to the same
+    per-parameter dict, so the step's check need not look parameters up
+    (hashing a tensor is a Python call, slow next to small kernels).  Every
+    method that sets or removes an entry counts, ``defaultdict``'s
+    insertion of a missing key included (it goes through ``__setitem__``).
+    """
+
+    __slots__ = ("version",)
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.version = 0
+
+
+def _counted(name: str) -> Callable[..., Any]:
+    """``defaultdict``'s method ``name``, counting a change first."""
+    method = getattr(defaultdict, name)
+
+    def counted(self: _State, *args: Any, **kwargs: Any) -> Any:
+        self.version += 1
+        return method(self, *args, **kwargs)
+
+    counted.__name__ = counted.__qualname__ = name
+    return counted
+
+
+for _name in ("__setitem__", "__delitem__", "__ior__", "clear", "pop", "popitem",
+              "setdefault", "update"):
+    setattr(_State, _name, _counted(_name))
+
+
 class _Flat:
     """A param group's arena and the torch tensors that alias its views."""
 
-    __slots__ = ("arena", "params", "grads", "bufs")
+    __slots__ = ("arena", "params", "grads", "bufs", "grad_addresses")
 
     def __init__(self, arena: Arena) -> None:
         self.arena = arena
         self.params = [torch.from_numpy(v) for v in arena.param_views]
         self.grads = [torch.from_numpy(v) for v in arena.grad_views]
         self.bufs = [torch.from_numpy(v) for v in arena.buf_views]
+        self.grad_addresses = [g.data_ptr() for g in self.grads]
+
+    def grad_home(self, i: int) -> torch.Tensor:
+        """Gradient view ``i`` of the arena; a new one if the old one's memory
+        was swapped out (``p.grad.data = ...``): it then lies outside."""
+        if self.grads[i].data_ptr() != self.grad_addresses[i]:
+            self.grads[i] = torch.from_numpy(self.arena.grad_views[i])
+        return self.grads[i]
 
 
 class SGD(torch.optim.Optimizer):
@@ -199,11 +241,13 @@ class SGD(torch.optim.Optimizer):
         self._batches: dict[int, _Batch] = {}
         self._flats: list[_Flat] = []
         super().__init__(params, defaults)
+        self.state = _State(dict, self.state)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Called by ``load_state_dict`` (which keeps the arenas) and on
         unpickling (Optimizer pickles no arena: the copy steps per tensor)."""
         super().__setstate__(state)
+        self.state = _State(dict, self.state)
         for group in self.param_groups:
             group.setdefault("nesterov", False)
             group.setdefault("maximize", False)
@@ -222,48 +266,30 @@ class SGD(torch.optim.Optimizer):
         """The state-dict index of group ``gi``'s first parameter."""
         return sum(len(g["params"]) for g in self.param_groups[:gi])
 
-    def _key(self, group: dict[str, Any]
-             ) -> tuple[list[int] | None, list[int] | None, list[Any], Sequence[Any]]:
-        """The group's keys (see _Batch), gradients and buffers.  A key is
-        None if a tensor has no memory address, as a sparse one: the batch is
-        then rebuilt, which reports it."""
-        params = group["params"]
-        grads = [p.grad for p in params]
-        if group["momentum"] != 0:
-            get = self.state.get
-            bufs: Sequence[Any] = [get(p, _NO_STATE).get("momentum_buffer") for p in params]
-        else:
-            bufs = ()
-        try:
-            key = [*map(id, params), *map(id, bufs), *map(_data_ptr, params)]
-            grad_key = [*map(id, grads), *[g.data_ptr() for g in grads if g is not None]]
-        except RuntimeError:
-            key = grad_key = None
-        return key, grad_key, grads, bufs
-
     def _batch(self, gi: int, group: dict[str, Any], first_index: int) -> _Batch:
-        """This group's batch: the cached one while its keys hold, the cached
-        one with new gradient views if only gradients changed, else a new one."""
-        key, grad_key, grads, bufs = self._key(group)
+        """This group's batch: the cached one while its snapshot holds, the
+        cached one with new gradient views if only gradients changed, else a
+        new one."""
+        params = group["params"]
+        uses_state = group["momentum"] != 0
         batch = self._batches.get(gi)
-        if batch is not None and key is not None and batch.key == key:
-            if batch.grad_key == grad_key:
-                return batch
-            if not self.flat and batch.active == [i for i, g in enumerate(grads)
-                                                  if g is not None]:
-                batch.grads = _grad_views(group["params"], grads, batch.active,
-                                          gi, first_index)
-                batch.grad_key = grad_key
-                batch.holds = (batch.holds[0], grads, bufs)
-                return batch
-        if self.flat:
+        found = CHANGED if batch is None else batch.snapshot.check(params, self.state,
+                                                                   uses_state)
+        if found == HOLDS:
+            return batch
+        grads = [p.grad for p in params]
+        if found == GRADS and not self.flat and \
+                batch.active == [i for i, g in enumerate(grads) if g is not None]:
+            batch.grads = _grad_views(params, grads, batch.active, gi, first_index)
+        elif self.flat:
             batch = self._flat_batch(gi, group, first_index)
-            key, grad_key, grads, bufs = self._key(group)  # tensors were moved in
         else:
+            get = self.state.get
+            bufs = [get(p, _NO_STATE).get("momentum_buffer") for p in params] \
+                if uses_state else ()
             old = batch.numpy if batch is not None else {}
             batch = self._tensor_batch(gi, group, first_index, grads, bufs, old)
-        batch.key, batch.grad_key = key, grad_key
-        batch.holds = (list(group["params"]), grads, bufs)
+        batch.snapshot = Snapshot(params, self.state, _data_ptr, uses_state)
         self._batches[gi] = batch
         return batch
 
@@ -348,8 +374,9 @@ class SGD(torch.optim.Optimizer):
         runs: list[tuple[bool, bool, int]] = []  # (has grad, first step, tensor)
         for i, p in enumerate(group["params"]):
             place = (first_index + i, gi, i)
-            if p.grad is not None and p.grad is not flat.grads[i]:
-                self._move_grad(p, flat.grads[i], place)
+            home = flat.grad_home(i)
+            if p.grad is not None and p.grad is not home:
+                self._move_grad(p, home, place)
             buf = self.state.get(p, _NO_STATE).get("momentum_buffer") if uses_buf else None
             if buf is not None and buf is not flat.bufs[i]:
                 self._move_buf(p, buf, flat.bufs[i], place)
@@ -383,18 +410,31 @@ class SGD(torch.optim.Optimizer):
         for gi, group in enumerate(self.param_groups):
             self._batch(gi, group, self._first_index(gi))  # moves stray tensors in
             flat = self._flats[gi]
-            for p, home in zip(group["params"], flat.grads):
+            for i, p in enumerate(group["params"]):
                 if p.grad is None and p.requires_grad:
-                    p.grad = home
+                    p.grad = flat.grad_home(i)
             flat.arena.zero_grad()
 
-    @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One SGD step over every param group; returns ``closure()``'s loss.
 
         Every tensor and hyperparameter is checked before any is written: a
         bad parameter raises TypeError or ValueError naming its index.
         """
+        # torch.optim.Optimizer wraps step() to run the step hooks inside a
+        # profiler range; that costs tens of µs, much next to small kernels,
+        # so the wrapper runs only when there is a hook or a profiler.
+        if (self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
+                or _global_optimizer_pre_hooks or _global_optimizer_post_hooks
+                or torch._C._autograd._profiler_enabled()):
+            return self._hooked_step(closure)
+        return self._step(closure)
+
+    step.hooked = True  # tells torch.optim.Optimizer not to wrap it
+
+    @torch.no_grad()
+    def _step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """step() itself, without hooks."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -413,3 +453,5 @@ class SGD(torch.optim.Optimizer):
                         batch.bufs if hyper["momentum"] != 0 else None,
                         first_step=batch.first, **hyper)
         return loss
+
+    _hooked_step = torch.optim.Optimizer.profile_hook_step(_step)
