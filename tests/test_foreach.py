@@ -322,7 +322,7 @@ def test_within_triple_overlap_names_the_index():
 
 def test_exported_as_a_submodule():
     assert momentum.foreach is fe
-    assert set(fe.__all__) == {"update_buffer", "sgd", "heavy_ball"}
+    assert set(fe.__all__) == {"update_buffer", "sgd", "heavy_ball", "sgd_groups"}
 
 
 def test_repeated_calls_still_check_overlap():
@@ -376,3 +376,51 @@ def test_lists_changed_by_python_code_during_the_call_are_not_read():
         fe.sgd(*lists, lr=0.1, momentum=0.9, first_step=flags)
     for arrays, saved in zip((ps, gs, bs), before):
         assert_unchanged(arrays, saved)
+
+
+def test_sgd_groups_equal_one_sgd_call_per_group():
+    groups = [dict(lr=0.1, momentum=0.9, weight_decay=0.01, first_step=True),
+              dict(lr=0.05, momentum=0.0),
+              dict(lr=0.2, momentum=0.5, dampening=0.25, maximize=True,
+                   first_step=[True, False, True, False, True, False, True])]
+    ours, theirs = [], []
+    for k, hyper in enumerate(groups):
+        ps, gs, bs = triples(seed=k)
+        ours.append(dict(hyper, params=ps, grads=gs,
+                         bufs=bs if hyper["momentum"] else None))
+        expected = [copies(x) for x in (ps, gs, bs)]
+        first = hyper.get("first_step", False)
+        for i, (p, g, b) in enumerate(zip(*expected)):
+            h = {k: v for k, v in hyper.items() if k != "first_step"}
+            reference.sgd(p, g, b, first_step=first if isinstance(first, bool) else first[i], **h)
+        theirs.append(expected)
+    fe.sgd_groups(ours)
+    for group, expected in zip(ours, theirs):
+        for role, saved in zip(("params", "grads"), expected):
+            for a, b in zip(group[role], saved):
+                assert np.asarray(a).tobytes() == b.tobytes()
+
+
+def test_sgd_groups_check_every_group_before_writing():
+    g0 = dict(zip(("params", "grads", "bufs"), triples(seed=0)), lr=0.1, momentum=0.9)
+    g1 = dict(zip(("params", "grads", "bufs"), triples(seed=1)), lr=0.1, momentum=0.9)
+    g1["grads"] = list(g1["grads"])
+    g1["grads"][3] = g0["params"][3]            # aliases a param of group 0
+    before = [copies(g[r]) for g in (g0, g1) for r in ("params", "grads", "bufs")]
+    with pytest.raises(ValueError, match=re.escape(
+            "foreach.sgd_groups(): 'groups[0].params[3]' and 'groups[1].grads[3]' overlap")):
+        fe.sgd_groups([g0, g1])
+    after = [g[r] for g in (g0, g1) for r in ("params", "grads", "bufs")]
+    for arrays, saved in zip(after, before):
+        assert_unchanged(arrays, saved)
+
+
+@pytest.mark.parametrize("groups, error, fragment", [
+    ([dict(params=[], grads=[])], TypeError, "'groups[0]' has no 'lr'"),
+    ([dict(params=[], grads=[], lr=0.1, fused=True)], TypeError, "unknown keys ['fused']"),
+    ([dict(params=[], grads=[], lr=-1.0)], ValueError, "'lr' must be finite and >= 0, got -1.0 (in groups[0])"),
+    ([3], TypeError, "'groups[0]' must be a mapping, not int"),
+])
+def test_sgd_groups_bad_groups(groups, error, fragment):
+    with pytest.raises(error, match=re.escape(fragment)):
+        fe.sgd_groups(groups)

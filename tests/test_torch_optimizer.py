@@ -436,10 +436,16 @@ def _drop_grad(model, opt):
     model[0].bias.grad = None  # skipped by this step
 
 
+def _swap_buffer_memory(model, opt):
+    buf = opt.state[model[0].weight]["momentum_buffer"]
+    buf.data = torch.zeros_like(buf)  # same buffer tensor, new memory: a reset
+
+
 @pytest.mark.parametrize("flat", [False, True])
 @pytest.mark.parametrize("edit", [_set_buffer, _replace_state_entry, _delete_state_entry,
                                   _replace_grad, _swap_grad_memory, _swap_param_memory,
-                                  _replace_whole_state, _drop_grad], ids=lambda f: f.__name__.strip("_"))
+                                  _replace_whole_state, _drop_grad, _swap_buffer_memory],
+                         ids=lambda f: f.__name__.strip("_"))
 def test_edits_between_steps_are_not_stale(flat, edit):
     _edit_between_steps(flat, edit)
 
@@ -470,3 +476,66 @@ def test_step_hooks_and_profiler_see_every_step():
     with torch.profiler.profile() as prof:
         opt.step()
     assert "Optimizer.step#SGD.step" in {e.name for e in prof.events()}
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_param_relaid_at_the_same_address_is_refused_not_stepped_stale(flat):
+    # ``W.data = W.data.t()`` keeps W's address but not its layout: a cached
+    # view would step the transpose.  The step refuses it, as it refuses any
+    # non-contiguous parameter, and writes nothing.
+    w = torch.nn.Parameter(torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64))
+    opt = SGD([w], lr=0.1, momentum=0.9, flat=flat)
+    w.grad = torch.ones_like(w)
+    opt.step()
+    w.data = w.data.t()
+    w.grad = torch.tensor([[0.0, 1.0], [0.0, 0.0]], dtype=torch.float64)
+    before = w.detach().clone()
+    with pytest.raises(ValueError, match="not contiguous"):
+        opt.step()
+    assert torch.equal(w.detach(), before)
+
+
+def test_failed_step_writes_nothing_in_any_group_and_adopts_no_buffer():
+    # Group 1's bad gradient aliases group 0's parameter: the step must raise
+    # before group 0 is stepped, and must not keep the buffers it made.
+    def make():
+        a = torch.nn.Parameter(torch.ones(4, dtype=torch.float64))
+        b = torch.nn.Parameter(torch.ones(4, dtype=torch.float64))
+        return a, b
+
+    ours_a, ours_b = make()
+    opt = SGD([{"params": [ours_a]}, {"params": [ours_b], "lr": 0.2}],
+              lr=0.1, momentum=0.9, dampening=0.5)
+    ours_a.grad = torch.ones(4, dtype=torch.float64)
+    ours_b.grad = ours_a.data                 # overlaps group 0's parameter
+    with pytest.raises(ValueError, match="overlap"):
+        opt.step()
+    assert torch.equal(ours_a.detach(), torch.ones(4, dtype=torch.float64))
+    assert not opt.state                      # no half-made buffer kept
+    theirs_a, theirs_b = make()
+    ref = torch.optim.SGD([{"params": [theirs_a]}, {"params": [theirs_b], "lr": 0.2}],
+                          lr=0.1, momentum=0.9, dampening=0.5)
+    for _ in range(3):
+        for p in (ours_a, ours_b, theirs_a, theirs_b):
+            p.grad = torch.full((4,), 0.5, dtype=torch.float64)
+        opt.step()
+        ref.step()
+    assert torch.equal(ours_a.detach(), theirs_a.detach())
+    assert torch.equal(ours_b.detach(), theirs_b.detach())
+
+
+def test_constructor_takes_torchs_implementation_switches():
+    p = torch.nn.Parameter(torch.ones(3))
+    ours = SGD([p], lr=0.1, momentum=0.9, foreach=True, fused=None)
+    theirs = torch.optim.SGD([p], lr=0.1, momentum=0.9, foreach=True, fused=None)
+    assert ours.param_groups[0].keys() == theirs.param_groups[0].keys()
+    with pytest.raises(ValueError, match="differentiable=True"):
+        SGD([p], lr=0.1, differentiable=True)
+
+
+def test_flat_accepts_an_empty_param_group():
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = SGD([{"params": []}, {"params": [p]}], lr=0.1, flat=True)
+    p.grad = torch.ones(3)
+    opt.step()
+    assert torch.allclose(p.detach(), torch.full((3,), 0.9))

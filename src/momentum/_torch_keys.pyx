@@ -35,11 +35,14 @@ cdef object MOMENTUM_BUFFER = "momentum_buffer"
 cdef class Snapshot:
     """The tensors one param group's batch was built from, and their addresses.
 
-    ``Snapshot(params, state, data_ptr, uses_state)`` records, for every
-    parameter ``p`` of the list ``params``: ``p`` itself, ``p.data_ptr()``,
-    ``p.grad`` and its address, and when ``uses_state`` the per-parameter
-    dict ``state.get(p)`` and its ``"momentum_buffer"``.  ``data_ptr`` is the
-    unbound method that gives a tensor's address (``torch.Tensor.data_ptr``).
+    ``Snapshot(params, state, data_ptr, is_contiguous, uses_state)``
+    records, for every parameter ``p`` of the list ``params``: ``p`` itself,
+    ``p.data_ptr()``, ``p.grad`` and its address, and when ``uses_state`` the
+    per-parameter dict ``state.get(p)``, its ``"momentum_buffer"`` and that
+    buffer's address.  ``data_ptr`` and ``is_contiguous`` are the unbound
+    methods ``torch.Tensor.data_ptr`` and ``torch.Tensor.is_contiguous``:
+    ``p.data = p.data.t()`` keeps the address but not the layout, so check()
+    also asks each parameter whether it is still contiguous.
 
     A ``state`` with a ``version`` attribute promises that the attribute
     changes whenever an entry of ``state`` is set or removed: while it is
@@ -48,18 +51,20 @@ cdef class Snapshot:
     """
 
     cdef list params, grads, entries, bufs
-    cdef object state, data_ptr, version
+    cdef object state, data_ptr, is_contiguous, version
     cdef bint uses_state, valid
-    cdef uintptr_t* addresses  # per parameter: its address, then its grad's
+    cdef uintptr_t* addresses  # per parameter: its address, its grad's, its buffer's
     cdef Py_ssize_t n
 
-    def __cinit__(self, list params, object state, object data_ptr, bint uses_state):
+    def __cinit__(self, list params, object state, object data_ptr,
+                  object is_contiguous, bint uses_state):
         self.n = PyList_GET_SIZE(params)
-        self.addresses = <uintptr_t*>PyMem_Malloc(2 * max(self.n, 1) * sizeof(uintptr_t))
+        self.addresses = <uintptr_t*>PyMem_Malloc(3 * max(self.n, 1) * sizeof(uintptr_t))
         if self.addresses == NULL:
             raise MemoryError()
         self.params = list(params)
         self.state, self.data_ptr, self.uses_state = state, data_ptr, uses_state
+        self.is_contiguous = is_contiguous
         self.version = getattr(state, "version", None) if uses_state else None
         self.grads, self.entries, self.bufs = [], [], []
         cdef Py_ssize_t i
@@ -71,12 +76,13 @@ cdef class Snapshot:
                 p = self.params[i]
                 g = PyObject_GetAttr(p, GRAD)
                 self.grads.append(g)
-                self.addresses[2 * i] = self.address(p)
-                self.addresses[2 * i + 1] = 0 if g is None else self.address(g)
+                self.addresses[3 * i] = self.address(p)
+                self.addresses[3 * i + 1] = 0 if g is None else self.address(g)
                 entry = PyDict_GetItemWithError(state, p) if uses_state else NULL
                 self.entries.append(None if entry == NULL else <object>entry)
-                self.bufs.append(None if entry == NULL else
-                                 (<object>entry).get(MOMENTUM_BUFFER))
+                b = None if entry == NULL else (<object>entry).get(MOMENTUM_BUFFER)
+                self.bufs.append(b)
+                self.addresses[3 * i + 2] = 0 if b is None else self.address(b)
             self.valid = True
         except Exception:
             # A tensor without an address (sparse): never holds, so the
@@ -108,7 +114,8 @@ cdef class Snapshot:
             for i in range(self.n):
                 p = <object>PyList_GET_ITEM(params, i)
                 if p is not <object>PyList_GET_ITEM(self.params, i) \
-                        or self.address(p) != self.addresses[2 * i]:
+                        or self.address(p) != self.addresses[3 * i] \
+                        or PyObject_CallOneArg(self.is_contiguous, p) is not True:
                     return CHANGED
                 if self.uses_state:
                     if not versioned:
@@ -122,10 +129,13 @@ cdef class Snapshot:
                         if (<PyObject*>None if buf == NULL else buf) \
                                 != PyList_GET_ITEM(self.bufs, i):
                             return CHANGED
+                        if buf != NULL and <object>buf is not None and \
+                                self.address(<object>buf) != self.addresses[3 * i + 2]:
+                            return CHANGED
                 if found == HOLDS:
                     g = PyObject_GetAttr(p, GRAD)
                     if g is not <object>PyList_GET_ITEM(self.grads, i) or (
-                            g is not None and self.address(g) != self.addresses[2 * i + 1]):
+                            g is not None and self.address(g) != self.addresses[3 * i + 1]):
                         found = GRADS
         except Exception:
             return CHANGED  # the rebuild reports what is wrong

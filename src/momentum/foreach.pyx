@@ -27,11 +27,13 @@ from momentum._schedule cimport (
     NOGIL_MIN, Task, RULE_SGD, RULE_HEAVY_BALL, RULE_UPDATE_BUFFER,
     run_tasks, threads_for)
 
+from collections.abc import Mapping
+
 import numpy as np
 
 cnp.import_array()
 
-__all__ = ["update_buffer", "sgd", "heavy_ball"]
+__all__ = ["update_buffer", "sgd", "heavy_ball", "sgd_groups"]
 
 # Which sequence an array came from; indexes ROLE_NAMES.
 cdef enum:
@@ -47,6 +49,8 @@ cdef struct Batch:
     Span* scratch       # room for 3 * n, for sorting
     Py_ssize_t count
     size_t total
+    Py_ssize_t* starts  # triple index where each group starts; ngroups + 1
+    Py_ssize_t ngroups
 
 
 # ---------------------------------------------------------------- sequences
@@ -138,7 +142,8 @@ cdef int check_triple(Batch* b, Py_ssize_t i, object param, object grad,
     """
     cdef str pn = "param", gn = "grad", bn = "buf"
     if named:
-        pn, gn, bn = f"params[{i}]", f"grads[{i}]", f"bufs[{i}]"
+        pn, gn, bn = (array_name(b, ROLE_PARAMS, i), array_name(b, ROLE_GRADS, i),
+                      array_name(b, ROLE_BUFS, i))
     cdef Task* t = &b.tasks[i]
     cdef cnp.ndarray p = None, w
     cdef cnp.ndarray g = as_array(grad, func, gn)
@@ -174,16 +179,28 @@ cdef int check_triple(Batch* b, Py_ssize_t i, object param, object grad,
     return 0
 
 
-cdef str span_name(const Span* s):
-    return f"{ROLE_NAMES[s.role]}[{s.index}]"
+cdef str array_name(const Batch* b, int role, Py_ssize_t i):
+    """The name of the ``role`` array of triple ``i`` of the batch:
+    ``params[3]``, or with several groups ``groups[1].params[0]``."""
+    if b.ngroups == 1:
+        return f"{ROLE_NAMES[role]}[{i}]"
+    cdef Py_ssize_t k = 0
+    while b.starts[k + 1] <= i:
+        k += 1
+    return f"groups[{k}].{ROLE_NAMES[role]}[{i - b.starts[k]}]"
 
 
-cdef int overlap_error(const Span* s, const Span* t, str func) except -1:
+cdef str span_name(const Batch* b, const Span* s):
+    return array_name(b, s.role, s.index)
+
+
+cdef int overlap_error(const Batch* b, const Span* s, const Span* t,
+                       str func) except -1:
     """Raise check_disjoint's error for two overlapping spans, first index first."""
     if t.index < s.index:
         s, t = t, s
-    return check_disjoint(<cnp.ndarray>s.array, span_name(s),
-                          <cnp.ndarray>t.array, span_name(t), func)
+    return check_disjoint(<cnp.ndarray>s.array, span_name(b, s),
+                          <cnp.ndarray>t.array, span_name(b, t), func)
 
 
 cdef int check_apart(Batch* b, str func) except -1:
@@ -191,28 +208,26 @@ cdef int check_apart(Batch* b, str func) except -1:
     cdef const Span* s
     cdef const Span* t
     if find_overlap(b.spans, b.scratch, b.count, &s, &t):
-        overlap_error(s, t, func)
+        overlap_error(b, s, t, func)
     return 0
 
 
 # -------------------------------------------------------------------- batch
 
-cdef int run_batch(Task* template, object params, object grads, object bufs,
-                   object first_step, str func) except -1:
-    """Check every triple, then run them all; nothing is written on error.
-
-    ``template`` holds the checked rule and hyperparameters; ``params`` is
-    None for update_buffer, ``bufs`` None for sgd without momentum;
-    ``first_step`` is sgd's (False for the other rules).
-    """
-    cdef object ps = None, bs = None
+cdef tuple prepare_group(Task* template, object params, object grads,
+                         object bufs, object first_step, str func):
+    """One group's sequences as ``(params, grads, bufs, first_steps)`` tuples
+    of one length (``params`` None for update_buffer; ``bufs`` None when the
+    rule reads no buffer and none was given; ``first_steps`` None when
+    ``first_step`` is one flag, then set in ``template``)."""
+    cdef tuple ps = None, bs = None
     cdef str ref = "grads"
-    cdef object gs = as_items(grads, func, "grads")
-    cdef Py_ssize_t n = PySequence_Fast_GET_SIZE(gs), i = 0
+    cdef tuple gs = as_items(grads, func, "grads")
+    cdef Py_ssize_t n = len(gs)
     if params is not None:
         ref = "params"
         ps = as_items(params, func, "params")
-        n = PySequence_Fast_GET_SIZE(ps)
+        n = len(ps)
         check_length(gs, "grads", n, ref, func)
     if bufs is not None:
         bs = as_items(bufs, func, "bufs")
@@ -220,30 +235,50 @@ cdef int run_batch(Task* template, object params, object grads, object bufs,
     cdef tuple firsts = first_step_flags(first_step, n, ref, func)
     if firsts is None:
         template.sgd.first_step = first_step
+    return ps, gs, bs, firsts
+
+
+cdef int run_batch(const Task* templates, list groups, str func) except -1:
+    """Check every triple of every group, then run them all as one batch;
+    nothing is written on error.
+
+    ``groups[k]`` is what prepare_group made with ``templates[k]``, which
+    holds that group's checked rule and hyperparameters.
+    """
+    cdef Py_ssize_t ngroups = len(groups), k, j, i = 0, n = 0
+    for k in range(ngroups):
+        n += len(<tuple>(<tuple>groups[k])[1])
     cdef Batch b
     b.total = 0
     b.count = 0
+    b.ngroups = ngroups
     b.tasks = <Task*>PyMem_Malloc(max(n, 1) * sizeof(Task))
     b.spans = <Span*>PyMem_Malloc(max(6 * n, 1) * sizeof(Span))
+    b.starts = <Py_ssize_t*>PyMem_Malloc((ngroups + 1) * sizeof(Py_ssize_t))
     b.scratch = b.spans + 3 * n
+    cdef tuple ps, gs, bs, firsts
     cdef object param = None, buf = None
     try:
-        if b.tasks == NULL or b.spans == NULL:
+        if b.tasks == NULL or b.spans == NULL or b.starts == NULL:
             raise MemoryError()
-        try:
-            for i in range(n):
-                b.tasks[i] = template[0]
-                if firsts is not None:
-                    b.tasks[i].sgd.first_step = item(firsts, i)
-                if ps is not None:
-                    param = item(ps, i)
-                if bs is not None:
-                    buf = item(bs, i)
-                check_triple(&b, i, param, item(gs, i), buf, func, False)
-        except (TypeError, ValueError):
-            # Word the error with indexed names: the same checks fail again.
-            check_triple(&b, i, param, item(gs, i), buf, func, True)
-            raise
+        b.starts[0] = 0
+        for k in range(ngroups):
+            b.starts[k + 1] = b.starts[k] + len(<tuple>(<tuple>groups[k])[1])
+        for k in range(ngroups):
+            ps, gs, bs, firsts = groups[k]
+            try:
+                for j in range(len(gs)):
+                    i = b.starts[k] + j
+                    b.tasks[i] = templates[k]
+                    if firsts is not None:
+                        b.tasks[i].sgd.first_step = item(firsts, j)
+                    param = None if ps is None else item(ps, j)
+                    buf = None if bs is None else item(bs, j)
+                    check_triple(&b, i, param, item(gs, j), buf, func, False)
+            except (TypeError, ValueError):
+                # Word the error with indexed names: the same checks fail again.
+                check_triple(&b, i, param, item(gs, j), buf, func, True)
+                raise
         check_apart(&b, func)
         if b.total < NOGIL_MIN:
             run_tasks(b.tasks, n, b.total, 1)
@@ -255,7 +290,15 @@ cdef int run_batch(Task* template, object params, object grads, object bufs,
             Py_DECREF(<object>b.spans[i].array)
         PyMem_Free(b.tasks)
         PyMem_Free(b.spans)
+        PyMem_Free(b.starts)
     return 0
+
+
+cdef int run_group(Task* template, object params, object grads, object bufs,
+                   object first_step, str func) except -1:
+    """run_batch for one group."""
+    return run_batch(template, [prepare_group(template, params, grads, bufs,
+                                              first_step, func)], func)
 
 
 # --------------------------------------------------------------- the rules
@@ -274,7 +317,7 @@ def update_buffer(bufs, grads, *, momentum, dampening=0.0):
     cdef Task t
     update_buffer_hyperparameters(&t.sgd, momentum, dampening, func)
     t.rule = RULE_UPDATE_BUFFER
-    run_batch(&t, None, grads, as_items(bufs, func, "bufs"), False, func)
+    run_group(&t, None, grads, as_items(bufs, func, "bufs"), False, func)
 
 
 def sgd(params, grads, bufs, *, lr, momentum=0.0, dampening=0.0,
@@ -305,7 +348,7 @@ def sgd(params, grads, bufs, *, lr, momentum=0.0, dampening=0.0,
     if bufs is None and t.sgd.momentum != 0:
         raise TypeError(f"{func}(): 'bufs' is None but momentum is "
                         f"{t.sgd.momentum!r}; pass a sequence of buffers")
-    run_batch(&t, params, grads, bufs, first_step, func)
+    run_group(&t, params, grads, bufs, first_step, func)
 
 
 def heavy_ball(params, grads, bufs, *, lr, momentum, weight_decay=0.0,
@@ -331,4 +374,62 @@ def heavy_ball(params, grads, bufs, *, lr, momentum, weight_decay=0.0,
     if bufs is None:
         raise TypeError(f"{func}(): 'bufs' must be a sequence of arrays, "
                         f"not None")
-    run_batch(&t, params, grads, bufs, False, func)
+    run_group(&t, params, grads, bufs, False, func)
+
+
+_GROUP_KEYS = frozenset({"params", "grads", "bufs", "first_step", "lr", "momentum",
+                         "dampening", "weight_decay", "nesterov", "maximize"})
+
+
+def sgd_groups(groups):
+    """:func:`sgd` for several groups of triples, each with its own
+    hyperparameters (an optimizer's param groups), in one call.
+
+    Each group is a mapping with ``params``, ``grads``, ``bufs`` (may be
+    absent or None when ``momentum`` is 0) and :func:`sgd`'s keyword
+    arguments (``lr`` required, ``first_step`` one bool or one per tensor).
+    Every triple of every group is checked, and no written array may overlap
+    an array of another triple of any group, before any array is written;
+    then all groups run as one batch.  Arrays are named like
+    ``'groups[1].params[0]'``.  Raises TypeError or ValueError, writing
+    nothing.
+    """
+    cdef str func = "foreach.sgd_groups"
+    cdef tuple items = as_items(groups, func, "groups")
+    cdef Py_ssize_t k, ngroups = len(items)
+    cdef Task* templates = <Task*>PyMem_Malloc(max(ngroups, 1) * sizeof(Task))
+    if templates == NULL:
+        raise MemoryError()
+    cdef list prepared = []
+    try:
+        for k in range(ngroups):
+            prepared.append(prepare_sgd_group(&templates[k], items[k], k, func))
+        run_batch(templates, prepared, func)
+    finally:
+        PyMem_Free(templates)
+
+
+cdef tuple prepare_sgd_group(Task* template, object group, Py_ssize_t k, str func):
+    """Check group ``k``'s hyperparameters and sequences into ``template``."""
+    if not isinstance(group, Mapping):
+        raise TypeError(f"{func}(): 'groups[{k}]' must be a mapping, not "
+                        f"{type(group).__name__}")
+    unknown = group.keys() - _GROUP_KEYS
+    if unknown:
+        raise TypeError(f"{func}(): 'groups[{k}]' has unknown keys {sorted(unknown)}")
+    try:
+        sgd_hyperparameters(&template.sgd, group["lr"], group.get("momentum", 0.0),
+                            group.get("dampening", 0.0), group.get("weight_decay", 0.0),
+                            group.get("nesterov", False), group.get("maximize", False),
+                            False, func)
+        template.rule = RULE_SGD
+        bufs = group.get("bufs")
+        if bufs is None and template.sgd.momentum != 0:
+            raise TypeError(f"{func}(): 'bufs' is None but momentum is "
+                            f"{template.sgd.momentum!r}; pass a sequence of buffers")
+        return prepare_group(template, group["params"], group["grads"], bufs,
+                             group.get("first_step", False), func)
+    except KeyError as e:
+        raise TypeError(f"{func}(): 'groups[{k}]' has no {e.args[0]!r}") from None
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{e} (in groups[{k}])") from None

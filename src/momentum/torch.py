@@ -32,6 +32,7 @@ __all__ = ["SGD"]
 _DTYPES = (torch.float32, torch.float64)
 _NO_STATE = MappingProxyType({})
 _data_ptr = torch.Tensor.data_ptr
+_is_contiguous = torch.Tensor.is_contiguous
 
 
 # A parameter's place: (state-dict index, group index, index in the group).
@@ -109,7 +110,7 @@ class _Batch:
 
     def __init__(self) -> None:
         self.snapshot: Snapshot | None = None
-        self.numpy: dict[int, tuple[torch.Tensor, int, np.ndarray]] = {}
+        self.numpy: dict[int, tuple[torch.Tensor, tuple, np.ndarray]] = {}
         self.active: list[int] = []
         self.params: list[np.ndarray] = []
         self.grads: list[np.ndarray] = []
@@ -118,13 +119,15 @@ class _Batch:
         self.adopt: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def view(self, tensor: torch.Tensor, what: str, param: torch.Tensor, place: Place,
-             old: dict[int, tuple[torch.Tensor, int, np.ndarray]]) -> np.ndarray:
-        """The NumPy view of ``tensor``: the previous batch's if still valid,
-        else a checked new one."""
+             old: dict[int, tuple[torch.Tensor, tuple, np.ndarray]]) -> np.ndarray:
+        """The NumPy view of ``tensor``: the previous batch's if the tensor
+        still has its memory and layout (``p.data = p.data.t()`` keeps the
+        address), else a checked new one."""
         hit = old.get(id(tensor))
-        if hit is None or hit[0] is not tensor or hit[1] != tensor.data_ptr():
+        layout = (tensor.data_ptr(), tensor.shape, tensor.stride())
+        if hit is None or hit[0] is not tensor or hit[1] != layout:
             _check(tensor, what, param, place)
-            hit = (tensor, tensor.data_ptr(), tensor.detach().numpy())
+            hit = (tensor, layout, tensor.detach().numpy())
         self.numpy[id(tensor)] = hit
         return hit[2]
 
@@ -177,21 +180,31 @@ for _name in ("__setitem__", "__delitem__", "__ior__", "clear", "pop", "popitem"
 class _Flat:
     """A param group's arena and the torch tensors that alias its views."""
 
-    __slots__ = ("arena", "params", "grads", "bufs", "grad_addresses")
+    __slots__ = ("arena", "params", "grads", "bufs", "addresses")
 
     def __init__(self, arena: Arena) -> None:
         self.arena = arena
         self.params = [torch.from_numpy(v) for v in arena.param_views]
         self.grads = [torch.from_numpy(v) for v in arena.grad_views]
         self.bufs = [torch.from_numpy(v) for v in arena.buf_views]
-        self.grad_addresses = [g.data_ptr() for g in self.grads]
+        self.addresses = {id(t): t.data_ptr() for t in (*self.grads, *self.bufs)}
+
+    def _home(self, tensors: list[torch.Tensor], views: list[np.ndarray],
+              i: int) -> torch.Tensor:
+        """``tensors[i]``, an arena view; a new one if the old one's memory
+        was swapped out (``t.data = ...``): it then lies outside the arena."""
+        if tensors[i].data_ptr() != self.addresses[id(tensors[i])]:
+            tensors[i] = torch.from_numpy(views[i])
+            self.addresses[id(tensors[i])] = tensors[i].data_ptr()
+        return tensors[i]
 
     def grad_home(self, i: int) -> torch.Tensor:
-        """Gradient view ``i`` of the arena; a new one if the old one's memory
-        was swapped out (``p.grad.data = ...``): it then lies outside."""
-        if self.grads[i].data_ptr() != self.grad_addresses[i]:
-            self.grads[i] = torch.from_numpy(self.arena.grad_views[i])
-        return self.grads[i]
+        """Gradient view ``i`` of the arena (see _home)."""
+        return self._home(self.grads, self.arena.grad_views, i)
+
+    def buf_home(self, i: int) -> torch.Tensor:
+        """Momentum-buffer view ``i`` of the arena (see _home)."""
+        return self._home(self.bufs, self.arena.buf_views, i)
 
 
 class SGD(torch.optim.Optimizer):
@@ -223,7 +236,9 @@ class SGD(torch.optim.Optimizer):
     def __init__(self, params: Iterable[Any], lr: float | torch.Tensor = 1e-3,
                  momentum: float = 0, dampening: float = 0,
                  weight_decay: float | torch.Tensor = 0, nesterov: bool = False,
-                 *, maximize: bool = False, flat: bool = False) -> None:
+                 *, maximize: bool = False, foreach: bool | None = None,
+                 differentiable: bool = False, fused: bool | None = None,
+                 flat: bool = False) -> None:
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
         if lr < 0.0:
@@ -234,9 +249,16 @@ class SGD(torch.optim.Optimizer):
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        if differentiable:
+            raise ValueError("momentum.torch.SGD does not support differentiable=True; "
+                             "use torch.optim.SGD")
+        # foreach and fused are torch.optim.SGD's choice of implementation:
+        # accepted and kept in the groups, so that state dicts match
+        # torch's, but every step here is one fused multi-tensor call.
         defaults = {"lr": lr, "momentum": momentum, "dampening": dampening,
                     "weight_decay": weight_decay, "nesterov": nesterov,
-                    "maximize": maximize}
+                    "maximize": maximize, "foreach": foreach,
+                    "differentiable": differentiable, "fused": fused}
         self.flat = flat
         self._batches: dict[int, _Batch] = {}
         self._flats: list[_Flat] = []
@@ -289,13 +311,13 @@ class SGD(torch.optim.Optimizer):
                 if uses_state else ()
             old = batch.numpy if batch is not None else {}
             batch = self._tensor_batch(gi, group, first_index, grads, bufs, old)
-        batch.snapshot = Snapshot(params, self.state, _data_ptr, uses_state)
+        batch.snapshot = Snapshot(params, self.state, _data_ptr, _is_contiguous, uses_state)
         self._batches[gi] = batch
         return batch
 
     def _tensor_batch(self, gi: int, group: dict[str, Any], first_index: int,
                       grads: list[Any], bufs: Sequence[Any],
-                      old: dict[int, tuple[torch.Tensor, int, np.ndarray]]) -> _Batch:
+                      old: dict[int, tuple[torch.Tensor, tuple, np.ndarray]]) -> _Batch:
         """One triple of views per parameter that has a gradient."""
         batch = _Batch()
         params = group["params"]
@@ -328,7 +350,7 @@ class SGD(torch.optim.Optimizer):
                 raise TypeError(f"{_where(place)}: has dtype {p.dtype} but parameter "
                                 f"{first_index} has {params[0].dtype}; with "
                                 f"flat=True a param group holds one dtype")
-        dtype = np.float64 if params[0].dtype == torch.float64 else np.float32
+        dtype = np.float64 if params and params[0].dtype == torch.float64 else np.float32
         flat = _Flat(Arena([p.shape for p in params], dtype))
         for i, p in enumerate(params):
             flat.params[i].copy_(p.detach())
@@ -367,6 +389,7 @@ class SGD(torch.optim.Optimizer):
         """
         flat = self._flats[gi]
         if any(p.data_ptr() != home.data_ptr() or p.shape != home.shape
+               or not p.is_contiguous()
                for p, home in zip(group["params"], flat.params)) or \
                 len(group["params"]) != len(flat.params):
             flat = self._flats[gi] = self._flatten(gi, first_index, False)
@@ -378,8 +401,9 @@ class SGD(torch.optim.Optimizer):
             if p.grad is not None and p.grad is not home:
                 self._move_grad(p, home, place)
             buf = self.state.get(p, _NO_STATE).get("momentum_buffer") if uses_buf else None
-            if buf is not None and buf is not flat.bufs[i]:
-                self._move_buf(p, buf, flat.bufs[i], place)
+            home = flat.buf_home(i)
+            if buf is not None and buf is not home:
+                self._move_buf(p, buf, home, place)
             runs.append((p.grad is not None, uses_buf and buf is None, i))
         batch = _Batch()
         arena = flat.arena
@@ -439,19 +463,22 @@ class SGD(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        # One call for every group: all of it is checked (overlaps across
+        # groups too) before anything is written.  New buffers enter the
+        # state only once the call has filled them.
         work = []
         first_index = 0
         for gi, group in enumerate(self.param_groups):
             hyper = _hyperparameters(group)
-            foreach.sgd((), (), (), **hyper)  # checks them, writes nothing
-            work.append((hyper, self._batch(gi, group, first_index)))
+            batch = self._batch(gi, group, first_index)
+            work.append((batch, dict(hyper, params=batch.params, grads=batch.grads,
+                                     bufs=batch.bufs if hyper["momentum"] != 0 else None,
+                                     first_step=batch.first)))
             first_index += len(group["params"])
-        for hyper, batch in work:
+        foreach.sgd_groups([call for _, call in work])
+        for batch, _ in work:
             for p, buf in batch.adopt:
                 self.state[p]["momentum_buffer"] = buf
-            foreach.sgd(batch.params, batch.grads,
-                        batch.bufs if hyper["momentum"] != 0 else None,
-                        first_step=batch.first, **hyper)
         return loss
 
     _hooked_step = torch.optim.Optimizer.profile_hook_step(_step)
