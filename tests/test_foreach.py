@@ -424,3 +424,21 @@ def test_sgd_groups_check_every_group_before_writing():
 def test_sgd_groups_bad_groups(groups, error, fragment):
     with pytest.raises(error, match=re.escape(fragment)):
         fe.sgd_groups(groups)
+
+
+def test_sgd_groups_name_the_group_even_when_there_is_one():
+    ps, gs, bs = triples()
+    bs = list(bs)
+    bs[1] = np.zeros((5,), bs[1].dtype)
+    with pytest.raises(ValueError, match=re.escape("'groups[0].bufs[1]' has shape (5,)")):
+        fe.sgd_groups([dict(params=ps, grads=gs, bufs=bs, lr=0.1, momentum=0.9)])
+
+
+@pytest.mark.parametrize("call", [
+    lambda gs, bs: fe.sgd(None, gs, bs, lr=0.1),
+    lambda gs, bs: fe.heavy_ball(None, gs, bs, lr=0.1, momentum=0.9),
+    lambda gs, bs: fe.sgd_groups([dict(params=None, grads=gs, lr=0.1)]),
+])
+def test_params_none_is_refused_even_with_no_tensors(call):
+    with pytest.raises(TypeError, match="'params' must be a sequence"):
+        call([], [])

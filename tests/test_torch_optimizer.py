@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -478,21 +479,91 @@ def test_step_hooks_and_profiler_see_every_step():
     assert "Optimizer.step#SGD.step" in {e.name for e in prof.events()}
 
 
+def _transpose(t):
+    t.data = t.data.t()
+
+
+RELAID = {
+    "param": lambda w, opt: _transpose(w),
+    "grad": lambda w, opt: _transpose(w.grad),
+    "buffer": lambda w, opt: _transpose(opt.state[w]["momentum_buffer"]),
+}
+
+
 @pytest.mark.parametrize("flat", [False, True])
-def test_param_relaid_at_the_same_address_is_refused_not_stepped_stale(flat):
-    # ``W.data = W.data.t()`` keeps W's address but not its layout: a cached
+@pytest.mark.parametrize("which", RELAID)
+def test_tensor_relaid_at_the_same_address_is_refused_not_stepped_stale(flat, which):
+    # ``t.data = t.data.t()`` keeps t's address but not its layout: a cached
     # view would step the transpose.  The step refuses it, as it refuses any
-    # non-contiguous parameter, and writes nothing.
+    # non-contiguous tensor, and writes nothing.
     w = torch.nn.Parameter(torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64))
     opt = SGD([w], lr=0.1, momentum=0.9, flat=flat)
-    w.grad = torch.ones_like(w)
-    opt.step()
-    w.data = w.data.t()
     w.grad = torch.tensor([[0.0, 1.0], [0.0, 0.0]], dtype=torch.float64)
-    before = w.detach().clone()
+    opt.step()
+    opt.step()
+    RELAID[which](w, opt)
+    before = (w.detach().clone(), opt.state[w]["momentum_buffer"].clone())
     with pytest.raises(ValueError, match="not contiguous"):
         opt.step()
-    assert torch.equal(w.detach(), before)
+    assert torch.equal(w.detach(), before[0])
+    assert torch.equal(opt.state[w]["momentum_buffer"], before[1])
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_param_shrunk_at_the_same_address_steps_only_what_is_left(flat):
+    results = []
+    for cls, extra in ((SGD, {"flat": flat}), (torch.optim.SGD, {})):
+        storage = torch.arange(6, dtype=torch.float64)
+        a = torch.nn.Parameter(storage.clone())
+        opt = cls([a], lr=1.0, **extra)
+        a.grad = torch.ones(6, dtype=torch.float64)
+        opt.step()
+        a.data = a.data[:3]                  # same address, three elements
+        a.grad = torch.full((3,), 2.0, dtype=torch.float64)
+        opt.step()
+        results.append(a.detach().clone())
+    assert torch.equal(*results)
+
+
+def test_zero_grad_to_none_lets_the_old_gradients_go():
+    import weakref
+    p = torch.nn.Parameter(torch.ones(1000))
+    opt = SGD([p], lr=0.1, momentum=0.9)
+    p.grad = torch.ones(1000)
+    opt.step()
+    old = weakref.ref(p.grad)
+    opt.zero_grad(set_to_none=True)
+    assert old() is None                     # not held until the next step
+    p.grad = torch.full((1000,), 2.0)
+    opt.step()
+    ref = torch.nn.Parameter(torch.ones(1000))
+    ref_opt = torch.optim.SGD([ref], lr=0.1, momentum=0.9)
+    for g in (1.0, 2.0):
+        ref.grad = torch.full((1000,), g)
+        ref_opt.step()
+    assert torch.allclose(p.detach(), ref.detach(), rtol=0, atol=1e-6)
+
+
+def test_a_group_whose_params_became_a_tuple_still_steps():
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = SGD([p], lr=0.1)
+    p.grad = torch.ones(3)
+    opt.step()
+    opt.param_groups[0]["params"] = tuple(opt.param_groups[0]["params"])
+    opt.step()
+    assert torch.allclose(p.detach(), torch.full((3,), 0.8))
+
+
+def test_overlapping_tensors_are_named_by_parameter():
+    a, b, c = (torch.nn.Parameter(torch.ones(4)) for _ in range(3))
+    b.grad, c.grad = torch.ones(4), torch.ones(4)
+    c.data = b.data                          # parameters 1 and 2 share memory
+    opt = SGD([a, b, c], lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match=re.escape(
+            "SGD.step(): parameter 1 (param_groups[0]['params'][1]) and parameter 2 "
+            "(param_groups[0]['params'][2]) overlap in memory")):
+        opt.step()
+    assert torch.equal(b.detach(), torch.ones(4))
 
 
 def test_failed_step_writes_nothing_in_any_group_and_adopts_no_buffer():
@@ -531,6 +602,8 @@ def test_constructor_takes_torchs_implementation_switches():
     assert ours.param_groups[0].keys() == theirs.param_groups[0].keys()
     with pytest.raises(ValueError, match="differentiable=True"):
         SGD([p], lr=0.1, differentiable=True)
+    with pytest.raises(RuntimeError, match="cannot be `True` together"):
+        SGD([p], lr=0.1, fused=True, foreach=True)
 
 
 def test_flat_accepts_an_empty_param_group():

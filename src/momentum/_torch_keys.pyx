@@ -12,7 +12,7 @@ Every checked object is held by the snapshot, so no identity or address it
 compares can be reused by another object while it lives.
 """
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
-from cpython.long cimport PyLong_AsVoidPtr
+from cpython.long cimport PyLong_AsSsize_t, PyLong_AsVoidPtr
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
 from libc.stdint cimport uintptr_t
@@ -33,16 +33,17 @@ cdef object MOMENTUM_BUFFER = "momentum_buffer"
 
 
 cdef class Snapshot:
-    """The tensors one param group's batch was built from, and their addresses.
+    """The tensors one param group's batch was built from, and where they lie.
 
-    ``Snapshot(params, state, data_ptr, is_contiguous, uses_state)``
-    records, for every parameter ``p`` of the list ``params``: ``p`` itself,
-    ``p.data_ptr()``, ``p.grad`` and its address, and when ``uses_state`` the
-    per-parameter dict ``state.get(p)``, its ``"momentum_buffer"`` and that
-    buffer's address.  ``data_ptr`` and ``is_contiguous`` are the unbound
-    methods ``torch.Tensor.data_ptr`` and ``torch.Tensor.is_contiguous``:
-    ``p.data = p.data.t()`` keeps the address but not the layout, so check()
-    also asks each parameter whether it is still contiguous.
+    ``Snapshot(params, state, methods, uses_state)`` records, for every
+    parameter ``p`` of ``params``: ``p`` itself and its place, ``p.grad`` and
+    its place, and when ``uses_state`` the per-parameter dict
+    ``state.get(p)``, its ``"momentum_buffer"`` and that buffer's place.  A
+    tensor's place is its address and element count, and it must be
+    contiguous: ``t.data = ...`` can keep a tensor object but move its
+    memory, and ``t.data = t.data.t()`` or ``t.data = t.data[:k]`` keep even
+    the address.  ``methods`` are the unbound ``torch.Tensor.data_ptr``,
+    ``numel`` and ``is_contiguous``.
 
     A ``state`` with a ``version`` attribute promises that the attribute
     changes whenever an entry of ``state`` is set or removed: while it is
@@ -51,20 +52,21 @@ cdef class Snapshot:
     """
 
     cdef list params, grads, entries, bufs
-    cdef object state, data_ptr, is_contiguous, version
-    cdef bint uses_state, valid
-    cdef uintptr_t* addresses  # per parameter: its address, its grad's, its buffer's
+    cdef object state, data_ptr, numel, is_contiguous, version
+    cdef bint uses_state, valid, grads_forgotten
+    # Per parameter, the places of the parameter, its grad and its buffer:
+    # address then element count; (0, 0) for a missing tensor.
+    cdef uintptr_t* places
     cdef Py_ssize_t n
 
-    def __cinit__(self, list params, object state, object data_ptr,
-                  object is_contiguous, bint uses_state):
-        self.n = PyList_GET_SIZE(params)
-        self.addresses = <uintptr_t*>PyMem_Malloc(3 * max(self.n, 1) * sizeof(uintptr_t))
-        if self.addresses == NULL:
-            raise MemoryError()
+    def __cinit__(self, object params, object state, tuple methods, bint uses_state):
         self.params = list(params)
-        self.state, self.data_ptr, self.uses_state = state, data_ptr, uses_state
-        self.is_contiguous = is_contiguous
+        self.n = PyList_GET_SIZE(self.params)
+        self.places = <uintptr_t*>PyMem_Malloc(6 * max(self.n, 1) * sizeof(uintptr_t))
+        if self.places == NULL:
+            raise MemoryError()
+        self.data_ptr, self.numel, self.is_contiguous = methods
+        self.state, self.uses_state = state, uses_state
         self.version = getattr(state, "version", None) if uses_state else None
         self.grads, self.entries, self.bufs = [], [], []
         cdef Py_ssize_t i
@@ -75,14 +77,14 @@ cdef class Snapshot:
             for i in range(self.n):
                 p = self.params[i]
                 g = PyObject_GetAttr(p, GRAD)
-                self.grads.append(g)
-                self.addresses[3 * i] = self.address(p)
-                self.addresses[3 * i + 1] = 0 if g is None else self.address(g)
                 entry = PyDict_GetItemWithError(state, p) if uses_state else NULL
-                self.entries.append(None if entry == NULL else <object>entry)
                 b = None if entry == NULL else (<object>entry).get(MOMENTUM_BUFFER)
+                self.grads.append(g)
+                self.entries.append(None if entry == NULL else <object>entry)
                 self.bufs.append(b)
-                self.addresses[3 * i + 2] = 0 if b is None else self.address(b)
+                self.record(p, 6 * i)
+                self.record(g, 6 * i + 2)
+                self.record(b, 6 * i + 4)
             self.valid = True
         except Exception:
             # A tensor without an address (sparse): never holds, so the
@@ -90,16 +92,40 @@ cdef class Snapshot:
             self.valid = False
 
     def __dealloc__(self):
-        PyMem_Free(self.addresses)
+        PyMem_Free(self.places)
 
-    cdef inline uintptr_t address(self, object tensor) except? 0:
-        return <uintptr_t>PyLong_AsVoidPtr(PyObject_CallOneArg(self.data_ptr, tensor))
+    cdef int record(self, object tensor, Py_ssize_t k) except -1:
+        """Store ``tensor``'s place at ``places[k:k + 2]``."""
+        if tensor is None:
+            self.places[k] = self.places[k + 1] = 0
+        else:
+            self.places[k] = <uintptr_t>PyLong_AsVoidPtr(
+                PyObject_CallOneArg(self.data_ptr, tensor))
+            self.places[k + 1] = <uintptr_t>PyLong_AsSsize_t(
+                PyObject_CallOneArg(self.numel, tensor))
+        return 0
 
-    def check(self, list params, object state, bint uses_state) -> int:
+    cdef bint moved(self, object tensor, Py_ssize_t k) except -1:
+        """``tensor`` (not None) is no longer at the place ``places[k:k + 2]``,
+        or is no longer contiguous."""
+        return (<uintptr_t>PyLong_AsVoidPtr(PyObject_CallOneArg(self.data_ptr, tensor))
+                != self.places[k]
+                or <uintptr_t>PyLong_AsSsize_t(PyObject_CallOneArg(self.numel, tensor))
+                != self.places[k + 1]
+                or PyObject_CallOneArg(self.is_contiguous, tensor) is not True)
+
+    def forget_grads(self):
+        """Let go of the gradients (``zero_grad(set_to_none=True)`` freed
+        them); the next check() then reports at least GRADS."""
+        self.grads = [None] * self.n
+        self.grads_forgotten = True
+
+    def check(self, object params, object state, bint uses_state) -> int:
         """HOLDS if ``params`` and ``state`` show exactly the snapshot's
-        tensors at the snapshot's addresses, GRADS if only gradients differ,
+        tensors at the snapshot's places, GRADS if only gradients differ,
         else CHANGED."""
-        if not self.valid or PyList_GET_SIZE(params) != self.n \
+        if not self.valid or type(params) is not list \
+                or PyList_GET_SIZE(params) != self.n \
                 or state is not self.state or uses_state != self.uses_state:
             return CHANGED
         cdef bint versioned = self.version is not None
@@ -109,13 +135,11 @@ cdef class Snapshot:
         cdef PyObject* entry
         cdef PyObject* buf
         cdef object p, g
-        cdef int found = HOLDS
+        cdef int found = GRADS if self.grads_forgotten else HOLDS
         try:
             for i in range(self.n):
                 p = <object>PyList_GET_ITEM(params, i)
-                if p is not <object>PyList_GET_ITEM(self.params, i) \
-                        or self.address(p) != self.addresses[3 * i] \
-                        or PyObject_CallOneArg(self.is_contiguous, p) is not True:
+                if p is not <object>PyList_GET_ITEM(self.params, i) or self.moved(p, 6 * i):
                     return CHANGED
                 if self.uses_state:
                     if not versioned:
@@ -130,12 +154,12 @@ cdef class Snapshot:
                                 != PyList_GET_ITEM(self.bufs, i):
                             return CHANGED
                         if buf != NULL and <object>buf is not None and \
-                                self.address(<object>buf) != self.addresses[3 * i + 2]:
+                                self.moved(<object>buf, 6 * i + 4):
                             return CHANGED
                 if found == HOLDS:
                     g = PyObject_GetAttr(p, GRAD)
                     if g is not <object>PyList_GET_ITEM(self.grads, i) or (
-                            g is not None and self.address(g) != self.addresses[3 * i + 1]):
+                            g is not None and self.moved(g, 6 * i + 2)):
                         found = GRADS
         except Exception:
             return CHANGED  # the rebuild reports what is wrong

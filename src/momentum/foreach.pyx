@@ -49,8 +49,8 @@ cdef struct Batch:
     Span* scratch       # room for 3 * n, for sorting
     Py_ssize_t count
     size_t total
-    Py_ssize_t* starts  # triple index where each group starts; ngroups + 1
-    Py_ssize_t ngroups
+    Py_ssize_t* starts  # triple index where each group starts, and the end
+    bint grouped        # name arrays 'groups[k].params[j]' (sgd_groups)
 
 
 # ---------------------------------------------------------------- sequences
@@ -70,7 +70,8 @@ cdef tuple as_items(object obj, str func, str name):
     if (isinstance(obj, str) or PyObject_CheckBuffer(obj)
             or not PySequence_Check(obj)):
         raise TypeError(f"{func}(): '{name}' must be a sequence (list or "
-                        f"tuple) of arrays, not {type(obj).__name__}")
+                        f"tuple) of {'mappings' if name == 'groups' else 'arrays'}, "
+                        f"not {type(obj).__name__}")
     return tuple(obj)
 
 
@@ -182,7 +183,7 @@ cdef int check_triple(Batch* b, Py_ssize_t i, object param, object grad,
 cdef str array_name(const Batch* b, int role, Py_ssize_t i):
     """The name of the ``role`` array of triple ``i`` of the batch:
     ``params[3]``, or with several groups ``groups[1].params[0]``."""
-    if b.ngroups == 1:
+    if not b.grouped:
         return f"{ROLE_NAMES[role]}[{i}]"
     cdef Py_ssize_t k = 0
     while b.starts[k + 1] <= i:
@@ -238,7 +239,8 @@ cdef tuple prepare_group(Task* template, object params, object grads,
     return ps, gs, bs, firsts
 
 
-cdef int run_batch(const Task* templates, list groups, str func) except -1:
+cdef int run_batch(const Task* templates, list groups, bint grouped,
+                   str func) except -1:
     """Check every triple of every group, then run them all as one batch;
     nothing is written on error.
 
@@ -251,7 +253,7 @@ cdef int run_batch(const Task* templates, list groups, str func) except -1:
     cdef Batch b
     b.total = 0
     b.count = 0
-    b.ngroups = ngroups
+    b.grouped = grouped
     b.tasks = <Task*>PyMem_Malloc(max(n, 1) * sizeof(Task))
     b.spans = <Span*>PyMem_Malloc(max(6 * n, 1) * sizeof(Span))
     b.starts = <Py_ssize_t*>PyMem_Malloc((ngroups + 1) * sizeof(Py_ssize_t))
@@ -298,7 +300,7 @@ cdef int run_group(Task* template, object params, object grads, object bufs,
                    object first_step, str func) except -1:
     """run_batch for one group."""
     return run_batch(template, [prepare_group(template, params, grads, bufs,
-                                              first_step, func)], func)
+                                              first_step, func)], False, func)
 
 
 # --------------------------------------------------------------- the rules
@@ -348,7 +350,7 @@ def sgd(params, grads, bufs, *, lr, momentum=0.0, dampening=0.0,
     if bufs is None and t.sgd.momentum != 0:
         raise TypeError(f"{func}(): 'bufs' is None but momentum is "
                         f"{t.sgd.momentum!r}; pass a sequence of buffers")
-    run_group(&t, params, grads, bufs, first_step, func)
+    run_group(&t, as_items(params, func, "params"), grads, bufs, first_step, func)
 
 
 def heavy_ball(params, grads, bufs, *, lr, momentum, weight_decay=0.0,
@@ -374,7 +376,7 @@ def heavy_ball(params, grads, bufs, *, lr, momentum, weight_decay=0.0,
     if bufs is None:
         raise TypeError(f"{func}(): 'bufs' must be a sequence of arrays, "
                         f"not None")
-    run_group(&t, params, grads, bufs, False, func)
+    run_group(&t, as_items(params, func, "params"), grads, bufs, False, func)
 
 
 _GROUP_KEYS = frozenset({"params", "grads", "bufs", "first_step", "lr", "momentum",
@@ -404,7 +406,7 @@ def sgd_groups(groups):
     try:
         for k in range(ngroups):
             prepared.append(prepare_sgd_group(&templates[k], items[k], k, func))
-        run_batch(templates, prepared, func)
+        run_batch(templates, prepared, True, func)
     finally:
         PyMem_Free(templates)
 
@@ -427,7 +429,8 @@ cdef tuple prepare_sgd_group(Task* template, object group, Py_ssize_t k, str fun
         if bufs is None and template.sgd.momentum != 0:
             raise TypeError(f"{func}(): 'bufs' is None but momentum is "
                             f"{template.sgd.momentum!r}; pass a sequence of buffers")
-        return prepare_group(template, group["params"], group["grads"], bufs,
+        return prepare_group(template, as_items(group["params"], func, "params"),
+                             group["grads"], bufs,
                              group.get("first_step", False), func)
     except KeyError as e:
         raise TypeError(f"{func}(): 'groups[{k}]' has no {e.args[0]!r}") from None

@@ -14,6 +14,7 @@ This module imports torch; ``import momentum`` does not import this module.
 """
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from types import MappingProxyType
@@ -31,8 +32,10 @@ __all__ = ["SGD"]
 
 _DTYPES = (torch.float32, torch.float64)
 _NO_STATE = MappingProxyType({})
-_data_ptr = torch.Tensor.data_ptr
-_is_contiguous = torch.Tensor.is_contiguous
+# How foreach.sgd_groups names an array: 'groups[1].grads[0]'.
+_BATCH_ARRAY = re.compile(r"'groups\[(\d+)\]\.(params|grads|bufs)\[(\d+)\]'")
+# What a Snapshot asks of every tensor: where it lies, how long, contiguous?
+_PLACE = (torch.Tensor.data_ptr, torch.Tensor.numel, torch.Tensor.is_contiguous)
 
 
 # A parameter's place: (state-dict index, group index, index in the group).
@@ -192,8 +195,11 @@ class _Flat:
     def _home(self, tensors: list[torch.Tensor], views: list[np.ndarray],
               i: int) -> torch.Tensor:
         """``tensors[i]``, an arena view; a new one if the old one's memory
-        was swapped out (``t.data = ...``): it then lies outside the arena."""
-        if tensors[i].data_ptr() != self.addresses[id(tensors[i])]:
+        was swapped out or re-laid (``t.data = ...``): it then lies outside
+        the arena, or not as the view does."""
+        t = tensors[i]
+        if (t.data_ptr() != self.addresses[id(t)] or t.numel() != views[i].size
+                or not t.is_contiguous()):
             tensors[i] = torch.from_numpy(views[i])
             self.addresses[id(tensors[i])] = tensors[i].data_ptr()
         return tensors[i]
@@ -249,6 +255,8 @@ class SGD(torch.optim.Optimizer):
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        if fused and foreach:
+            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
         if differentiable:
             raise ValueError("momentum.torch.SGD does not support differentiable=True; "
                              "use torch.optim.SGD")
@@ -311,7 +319,7 @@ class SGD(torch.optim.Optimizer):
                 if uses_state else ()
             old = batch.numpy if batch is not None else {}
             batch = self._tensor_batch(gi, group, first_index, grads, bufs, old)
-        batch.snapshot = Snapshot(params, self.state, _data_ptr, _is_contiguous, uses_state)
+        batch.snapshot = Snapshot(params, self.state, _PLACE, uses_state)
         self._batches[gi] = batch
         return batch
 
@@ -430,6 +438,12 @@ class SGD(torch.optim.Optimizer):
         block in place (and point any gradient the user replaced back at it)."""
         if not self.flat:
             super().zero_grad(set_to_none)
+            if set_to_none:
+                # Let the old gradients go now, not at the next step: the
+                # backward pass in between would hold two sets.
+                for batch in self._batches.values():
+                    batch.grads = []
+                    batch.snapshot.forget_grads()
             return
         for gi, group in enumerate(self.param_groups):
             self._batch(gi, group, self._first_index(gi))  # moves stray tensors in
@@ -468,17 +482,40 @@ class SGD(torch.optim.Optimizer):
         # state only once the call has filled them.
         work = []
         first_index = 0
-        for gi, group in enumerate(self.param_groups):
-            hyper = _hyperparameters(group)
+        hypers = [_hyperparameters(group) for group in self.param_groups]
+        for hyper in hypers:
+            foreach.sgd((), (), (), **hyper)  # checks them, writes nothing
+        for gi, (group, hyper) in enumerate(zip(self.param_groups, hypers)):
             batch = self._batch(gi, group, first_index)
             work.append((batch, dict(hyper, params=batch.params, grads=batch.grads,
                                      bufs=batch.bufs if hyper["momentum"] != 0 else None,
                                      first_step=batch.first)))
             first_index += len(group["params"])
-        foreach.sgd_groups([call for _, call in work])
+        try:
+            foreach.sgd_groups([call for _, call in work])
+        except ValueError as error:
+            # Only an overlap gets past the checks above: name the tensors as
+            # the other errors here do, not by their place in the batch.
+            raise ValueError(self._name_tensors(str(error), [b for b, _ in work])) from None
         for batch, _ in work:
             for p, buf in batch.adopt:
                 self.state[p]["momentum_buffer"] = buf
         return loss
 
     _hooked_step = torch.optim.Optimizer.profile_hook_step(_step)
+
+    def _name_tensors(self, message: str, batches: list[_Batch]) -> str:
+        """``message`` from foreach.sgd_groups with each array named by its
+        parameter (in flat mode an array is a run of parameters: kept)."""
+        if self.flat:
+            return message
+        starts = [self._first_index(gi) for gi in range(len(batches))]
+
+        def name(match: re.Match) -> str:
+            gi, role, j = int(match[1]), match[2], int(match[3])
+            i = batches[gi].active[j]
+            whose = {"params": "", "grads": "the grad of ",
+                     "bufs": "the momentum_buffer of "}[role]
+            return f"{whose}parameter {starts[gi] + i} (param_groups[{gi}]['params'][{i}])"
+
+        return "SGD.step(): " + _BATCH_ARRAY.sub(name, message.split("(): ", 1)[-1])
