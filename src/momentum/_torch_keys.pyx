@@ -10,8 +10,13 @@ calls.  It only calls Python objects (attributes, ``dict`` look-ups and the
 
 Every checked object is held by the snapshot, so no identity or address it
 compares can be reused by another object while it lives.
+
+A training loop replaces every gradient each step; take_grads() checks the
+new ones and makes their NumPy views in the same C loop.
 """
+cimport numpy as cnp
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.ref cimport Py_INCREF
 from cpython.long cimport PyLong_AsSsize_t, PyLong_AsVoidPtr
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
@@ -27,7 +32,13 @@ HOLDS = 0    # everything as snapshot: the cached views are current
 GRADS = 1    # only gradients differ (other tensors or other memory)
 CHANGED = 2  # a parameter, its memory, a state entry or a buffer differs
 
+cnp.import_array()
+
 cdef object GRAD = "grad"
+cdef object IS_CPU = "is_cpu"
+cdef object LAYOUT = "layout"
+cdef object DTYPE = "dtype"
+cdef object SHAPE = "shape"
 cdef object VERSION = "version"
 cdef object MOMENTUM_BUFFER = "momentum_buffer"
 
@@ -42,8 +53,9 @@ cdef class Snapshot:
     tensor's place is its address and element count, and it must be
     contiguous: ``t.data = ...`` can keep a tensor object but move its
     memory, and ``t.data = t.data.t()`` or ``t.data = t.data[:k]`` keep even
-    the address.  ``methods`` are the unbound ``torch.Tensor.data_ptr``,
-    ``numel`` and ``is_contiguous``.
+    the address.  ``torch_facts`` are the unbound ``torch.Tensor.data_ptr``,
+    ``numel`` and ``is_contiguous``, ``torch.strided``, and a dict from each
+    torch dtype the kernels take to its NumPy type number.
 
     A ``state`` with a ``version`` attribute promises that the attribute
     changes whenever an entry of ``state`` is set or removed: while it is
@@ -51,24 +63,27 @@ cdef class Snapshot:
     check() need not look parameters up (hashing a tensor is a Python call).
     """
 
-    cdef list params, grads, entries, bufs
-    cdef object state, data_ptr, numel, is_contiguous, version
+    cdef list params, grads, entries, bufs, dtypes, shapes
+    cdef object state, data_ptr, numel, is_contiguous, strided, version
+    cdef dict typenums
     cdef bint uses_state, valid, grads_forgotten
+    cdef bytearray active   # per parameter: it had a gradient at the snapshot
     # Per parameter, the places of the parameter, its grad and its buffer:
     # address then element count; (0, 0) for a missing tensor.
     cdef uintptr_t* places
     cdef Py_ssize_t n
 
-    def __cinit__(self, object params, object state, tuple methods, bint uses_state):
+    def __cinit__(self, object params, object state, tuple torch_facts, bint uses_state):
         self.params = list(params)
         self.n = PyList_GET_SIZE(self.params)
         self.places = <uintptr_t*>PyMem_Malloc(6 * max(self.n, 1) * sizeof(uintptr_t))
         if self.places == NULL:
             raise MemoryError()
-        self.data_ptr, self.numel, self.is_contiguous = methods
+        self.data_ptr, self.numel, self.is_contiguous, self.strided, self.typenums = torch_facts
         self.state, self.uses_state = state, uses_state
         self.version = getattr(state, "version", None) if uses_state else None
-        self.grads, self.entries, self.bufs = [], [], []
+        self.grads, self.entries, self.bufs, self.dtypes, self.shapes = [], [], [], [], []
+        self.active = bytearray(self.n)
         cdef Py_ssize_t i
         cdef PyObject* entry
         try:
@@ -80,8 +95,11 @@ cdef class Snapshot:
                 entry = PyDict_GetItemWithError(state, p) if uses_state else NULL
                 b = None if entry == NULL else (<object>entry).get(MOMENTUM_BUFFER)
                 self.grads.append(g)
+                self.active[i] = g is not None
                 self.entries.append(None if entry == NULL else <object>entry)
                 self.bufs.append(b)
+                self.dtypes.append(PyObject_GetAttr(p, DTYPE))
+                self.shapes.append(PyObject_GetAttr(p, SHAPE))
                 self.record(p, 6 * i)
                 self.record(g, 6 * i + 2)
                 self.record(b, 6 * i + 4)
@@ -113,6 +131,47 @@ cdef class Snapshot:
                 or <uintptr_t>PyLong_AsSsize_t(PyObject_CallOneArg(self.numel, tensor))
                 != self.places[k + 1]
                 or PyObject_CallOneArg(self.is_contiguous, tensor) is not True)
+
+    def take_grads(self, list params):
+        """Read-only NumPy views of the new gradients of the parameters that
+        had one, which become the snapshot's; or None if a parameter gained
+        or lost its gradient, or a gradient is not a contiguous CPU tensor of
+        its parameter's dtype and shape: the snapshot is then spent and the
+        caller rebuilds, which reports what is wrong.  Call after check()
+        said GRADS."""
+        cdef list views = []
+        cdef Py_ssize_t i
+        cdef cnp.npy_intp length
+        cdef cnp.ndarray view
+        cdef object g, dtype
+        cdef void* address
+        for i in range(self.n):
+            g = PyObject_GetAttr(<object>PyList_GET_ITEM(params, i), GRAD)
+            if (g is None) == self.active[i]:
+                self.valid = False
+                return None
+            self.grads[i] = g
+            if g is None:
+                continue
+            dtype = <object>PyList_GET_ITEM(self.dtypes, i)
+            if (PyObject_GetAttr(g, IS_CPU) is not True
+                    or PyObject_GetAttr(g, LAYOUT) is not self.strided
+                    or PyObject_GetAttr(g, DTYPE) is not dtype
+                    or PyObject_GetAttr(g, SHAPE) != <object>PyList_GET_ITEM(self.shapes, i)
+                    or PyObject_CallOneArg(self.is_contiguous, g) is not True):
+                self.valid = False
+                return None
+            address = PyLong_AsVoidPtr(PyObject_CallOneArg(self.data_ptr, g))
+            length = <cnp.npy_intp>self.places[6 * i + 1]   # the parameter's
+            self.places[6 * i + 2] = <uintptr_t>address
+            self.places[6 * i + 3] = <uintptr_t>length
+            view = cnp.PyArray_SimpleNewFromData(1, &length, self.typenums[dtype], address)
+            Py_INCREF(g)
+            cnp.PyArray_SetBaseObject(view, g)     # the view keeps g alive
+            cnp.PyArray_CLEARFLAGS(view, cnp.NPY_ARRAY_WRITEABLE)
+            views.append(view)
+        self.grads_forgotten = False
+        return views
 
     def forget_grads(self):
         """Let go of the gradients (``zero_grad(set_to_none=True)`` freed

@@ -34,8 +34,11 @@ _DTYPES = (torch.float32, torch.float64)
 _NO_STATE = MappingProxyType({})
 # How foreach.sgd_groups names an array: 'groups[1].grads[0]'.
 _BATCH_ARRAY = re.compile(r"'groups\[(\d+)\]\.(params|grads|bufs)\[(\d+)\]'")
-# What a Snapshot asks of every tensor: where it lies, how long, contiguous?
-_PLACE = (torch.Tensor.data_ptr, torch.Tensor.numel, torch.Tensor.is_contiguous)
+# What a Snapshot needs of torch: how to ask a tensor where it lies, how
+# long it is and whether it is contiguous; the strided layout; dtype numbers.
+_TORCH_FACTS = (torch.Tensor.data_ptr, torch.Tensor.numel, torch.Tensor.is_contiguous,
+                torch.strided, {torch.float32: np.dtype(np.float32).num,
+                                torch.float64: np.dtype(np.float64).num})
 
 
 # A parameter's place: (state-dict index, group index, index in the group).
@@ -130,7 +133,7 @@ class _Batch:
         layout = (tensor.data_ptr(), tensor.shape, tensor.stride())
         if hit is None or hit[0] is not tensor or hit[1] != layout:
             _check(tensor, what, param, place)
-            hit = (tensor, layout, tensor.detach().numpy())
+            hit = (tensor, layout, tensor.detach().numpy().reshape(-1))
         self.numpy[id(tensor)] = hit
         return hit[2]
 
@@ -142,7 +145,7 @@ def _grad_views(params: list[torch.Tensor], grads: list[Any], active: list[int],
     for i in active:
         g = grads[i]
         _check(g, "its grad", params[i], (first_index + i, gi, i))
-        views.append(g.numpy())
+        views.append(g.numpy().reshape(-1))
     return views
 
 
@@ -307,11 +310,13 @@ class SGD(torch.optim.Optimizer):
                                                                    uses_state)
         if found == HOLDS:
             return batch
+        if found == GRADS and not self.flat:
+            views = batch.snapshot.take_grads(params)
+            if views is not None:
+                batch.grads = views
+                return batch
         grads = [p.grad for p in params]
-        if found == GRADS and not self.flat and \
-                batch.active == [i for i, g in enumerate(grads) if g is not None]:
-            batch.grads = _grad_views(params, grads, batch.active, gi, first_index)
-        elif self.flat:
+        if self.flat:
             batch = self._flat_batch(gi, group, first_index)
         else:
             get = self.state.get
@@ -319,7 +324,7 @@ class SGD(torch.optim.Optimizer):
                 if uses_state else ()
             old = batch.numpy if batch is not None else {}
             batch = self._tensor_batch(gi, group, first_index, grads, bufs, old)
-        batch.snapshot = Snapshot(params, self.state, _PLACE, uses_state)
+        batch.snapshot = Snapshot(params, self.state, _TORCH_FACTS, uses_state)
         self._batches[gi] = batch
         return batch
 
