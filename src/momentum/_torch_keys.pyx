@@ -132,46 +132,28 @@ cdef class Snapshot:
                 != self.places[k + 1]
                 or PyObject_CallOneArg(self.is_contiguous, tensor) is not True)
 
-    def take_grads(self, list params):
-        """Read-only NumPy views of the new gradients of the parameters that
-        had one, which become the snapshot's; or None if a parameter gained
-        or lost its gradient, or a gradient is not a contiguous CPU tensor of
-        its parameter's dtype and shape: the snapshot is then spent and the
-        caller rebuilds, which reports what is wrong.  Call after check()
-        said GRADS."""
-        cdef list views = []
-        cdef Py_ssize_t i
-        cdef cnp.npy_intp length
-        cdef cnp.ndarray view
-        cdef object g, dtype
-        cdef void* address
-        for i in range(self.n):
-            g = PyObject_GetAttr(<object>PyList_GET_ITEM(params, i), GRAD)
-            if (g is None) == self.active[i]:
-                self.valid = False
-                return None
-            self.grads[i] = g
-            if g is None:
-                continue
-            dtype = <object>PyList_GET_ITEM(self.dtypes, i)
-            if (PyObject_GetAttr(g, IS_CPU) is not True
-                    or PyObject_GetAttr(g, LAYOUT) is not self.strided
-                    or PyObject_GetAttr(g, DTYPE) is not dtype
-                    or PyObject_GetAttr(g, SHAPE) != <object>PyList_GET_ITEM(self.shapes, i)
-                    or PyObject_CallOneArg(self.is_contiguous, g) is not True):
-                self.valid = False
-                return None
-            address = PyLong_AsVoidPtr(PyObject_CallOneArg(self.data_ptr, g))
-            length = <cnp.npy_intp>self.places[6 * i + 1]   # the parameter's
-            self.places[6 * i + 2] = <uintptr_t>address
-            self.places[6 * i + 3] = <uintptr_t>length
-            view = cnp.PyArray_SimpleNewFromData(1, &length, self.typenums[dtype], address)
-            Py_INCREF(g)
-            cnp.PyArray_SetBaseObject(view, g)     # the view keeps g alive
-            cnp.PyArray_CLEARFLAGS(view, cnp.NPY_ARRAY_WRITEABLE)
-            views.append(view)
-        self.grads_forgotten = False
-        return views
+    cdef object grad_view(self, object g, Py_ssize_t i):
+        """A read-only NumPy view of ``g``, parameter ``i``'s new gradient,
+        recorded as the snapshot's; None if ``g`` is not a contiguous CPU
+        tensor of the parameter's dtype and shape."""
+        cdef object dtype = <object>PyList_GET_ITEM(self.dtypes, i)
+        if (PyObject_GetAttr(g, IS_CPU) is not True
+                or PyObject_GetAttr(g, LAYOUT) is not self.strided
+                or PyObject_GetAttr(g, DTYPE) is not dtype
+                or PyObject_GetAttr(g, SHAPE) != <object>PyList_GET_ITEM(self.shapes, i)
+                or PyObject_CallOneArg(self.is_contiguous, g) is not True):
+            return None
+        cdef void* address = PyLong_AsVoidPtr(PyObject_CallOneArg(self.data_ptr, g))
+        cdef cnp.npy_intp length = <cnp.npy_intp>self.places[6 * i + 1]  # the parameter's
+        cdef cnp.ndarray view = cnp.PyArray_SimpleNewFromData(
+            1, &length, self.typenums[dtype], address)
+        Py_INCREF(g)
+        cnp.PyArray_SetBaseObject(view, g)     # the view keeps g alive
+        cnp.PyArray_CLEARFLAGS(view, cnp.NPY_ARRAY_WRITEABLE)
+        self.grads[i] = g
+        self.places[6 * i + 2] = <uintptr_t>address
+        self.places[6 * i + 3] = <uintptr_t>length
+        return view
 
     def forget_grads(self):
         """Let go of the gradients (``zero_grad(set_to_none=True)`` freed
@@ -179,10 +161,26 @@ cdef class Snapshot:
         self.grads = [None] * self.n
         self.grads_forgotten = True
 
-    def check(self, object params, object state, bint uses_state) -> int:
+    def check(self, object params, object state, bint uses_state,
+              list views=None) -> int:
         """HOLDS if ``params`` and ``state`` show exactly the snapshot's
         tensors at the snapshot's places, GRADS if only gradients differ,
-        else CHANGED."""
+        else CHANGED (also when a parameter gained or lost its gradient).
+
+        ``views``, if given, are the caller's NumPy views of the gradients
+        of the parameters that have one, in order.  A GRADS answer then
+        means they were brought up to date in place: every new gradient
+        checked (a contiguous CPU tensor of its parameter's dtype and
+        shape; else CHANGED), viewed and recorded.  After CHANGED the
+        snapshot is spent: every later check says CHANGED.
+        """
+        cdef int found = self.compare(params, state, uses_state, views)
+        if found == CHANGED:
+            self.valid = False
+        return found
+
+    cdef int compare(self, object params, object state, bint uses_state,
+                     list views) except -1:
         if not self.valid or type(params) is not list \
                 or PyList_GET_SIZE(params) != self.n \
                 or state is not self.state or uses_state != self.uses_state:
@@ -190,11 +188,12 @@ cdef class Snapshot:
         cdef bint versioned = self.version is not None
         if versioned and PyObject_GetAttr(state, VERSION) != self.version:
             return CHANGED
-        cdef Py_ssize_t i
+        cdef Py_ssize_t i, k = 0
         cdef PyObject* entry
         cdef PyObject* buf
-        cdef object p, g
+        cdef object p, g, view
         cdef int found = GRADS if self.grads_forgotten else HOLDS
+        cdef list fresh = [] if views is not None else None
         try:
             for i in range(self.n):
                 p = <object>PyList_GET_ITEM(params, i)
@@ -215,11 +214,26 @@ cdef class Snapshot:
                         if buf != NULL and <object>buf is not None and \
                                 self.moved(<object>buf, 6 * i + 4):
                             return CHANGED
-                if found == HOLDS:
-                    g = PyObject_GetAttr(p, GRAD)
-                    if g is not <object>PyList_GET_ITEM(self.grads, i) or (
-                            g is not None and self.moved(g, 6 * i + 2)):
+                g = PyObject_GetAttr(p, GRAD)
+                if (g is None) == self.active[i]:
+                    return CHANGED
+                if g is None:
+                    continue
+                if found == HOLDS or fresh is not None:
+                    if g is <object>PyList_GET_ITEM(self.grads, i) and not self.moved(g, 6 * i + 2):
+                        if fresh is not None:
+                            fresh.append(views[k])
+                    else:
                         found = GRADS
+                        if fresh is not None:
+                            view = self.grad_view(g, i)
+                            if view is None:
+                                return CHANGED
+                            fresh.append(view)
+                k += 1
         except Exception:
             return CHANGED  # the rebuild reports what is wrong
+        if found == GRADS and fresh is not None:
+            views[:] = fresh
+            self.grads_forgotten = False
         return found

@@ -306,15 +306,12 @@ class SGD(torch.optim.Optimizer):
         params = group["params"]
         uses_state = group["momentum"] != 0
         batch = self._batches.get(gi)
-        found = CHANGED if batch is None else batch.snapshot.check(params, self.state,
-                                                                   uses_state)
-        if found == HOLDS:
+        # Per tensor, the check also brings batch.grads up to date when only
+        # gradients changed (the usual step after zero_grad and backward).
+        found = CHANGED if batch is None else batch.snapshot.check(
+            params, self.state, uses_state, None if self.flat else batch.grads)
+        if found == HOLDS or (found == GRADS and not self.flat):
             return batch
-        if found == GRADS and not self.flat:
-            views = batch.snapshot.take_grads(params)
-            if views is not None:
-                batch.grads = views
-                return batch
         grads = [p.grad for p in params]
         if self.flat:
             batch = self._flat_batch(gi, group, first_index)
