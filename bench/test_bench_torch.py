@@ -9,6 +9,9 @@ pytest-benchmark, one group per workload and thread count::
 
     PYTHONPATH=src python -m pytest bench/test_bench_torch.py --benchmark-group-by=group
 
+A second set of groups times the step of a training loop, after
+``zero_grad()`` and a backward pass have made new gradients.
+
 The candidates interleaved in one run, medians and ratios (the figures to
 quote on a shared machine)::
 
@@ -74,6 +77,51 @@ def test_step(benchmark, name, candidate, threads):
     benchmark.pedantic(opt.step, rounds=rounds, iterations=1, warmup_rounds=1)
 
 
+# A training loop's step: the gradients are new tensors made by backward
+# after zero_grad() (so a cached view of the old ones cannot be reused).
+LOOP_WORKLOADS = ["many-small", "resnet50"]
+
+
+def backward_of(opt: torch.optim.Optimizer) -> Callable[[], None]:
+    """zero_grad() then a backward pass that gives every parameter a new
+    gradient (of sum(p * w) for fixed random w)."""
+    params = [p for group in opt.param_groups for p in group["params"]]
+    gen = torch.Generator().manual_seed(1)
+    weights = [torch.randn(p.shape, generator=gen) * 1e-3 for p in params]
+
+    def run() -> None:
+        opt.zero_grad()
+        sum((p * w).sum() for p, w in zip(params, weights)).backward()
+    return run
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("candidate", list(CANDIDATES))
+@pytest.mark.parametrize("name", LOOP_WORKLOADS)
+def test_step_after_backward(benchmark, name, candidate, threads):
+    set_threads(threads)
+    opt = ready(candidate, name)
+    benchmark.group = f"{name} {threads} thread(s), after backward"
+    benchmark.pedantic(opt.step, setup=backward_of(opt), rounds=20, iterations=1,
+                       warmup_rounds=1)
+
+
+def interleaved_loop(name: str, threads: int, rounds: int) -> dict[str, float]:
+    """Median step time (s) of every candidate in a training loop (zero_grad,
+    backward, step; only step timed), candidates in turn round by round."""
+    set_threads(threads)
+    opts = {c: ready(c, name) for c in CANDIDATES}
+    backward = {c: backward_of(opt) for c, opt in opts.items()}
+    times: dict[str, list[float]] = {c: [] for c in CANDIDATES}
+    for _ in range(rounds):
+        for c, opt in opts.items():
+            backward[c]()
+            start = time.perf_counter()
+            opt.step()
+            times[c].append(time.perf_counter() - start)
+    return {c: statistics.median(t) for c, t in times.items()}
+
+
 def interleaved(name: str, threads: int, rounds: int) -> dict[str, float]:
     """Median step time (s) of every candidate, timed in turn round by round."""
     set_threads(threads)
@@ -92,14 +140,16 @@ def main(rounds: int) -> None:
           f"ratio = torch time / momentum time")
     print(f"{'workload':12} thr " + " ".join(f"{c:>15}" for c in CANDIDATES)
           + "  fused/ours loop/ours fused/flat")
-    for name in workload_names():
+    runs = [(name, "same grads", interleaved) for name in workload_names()]
+    runs += [(name, "after backward", interleaved_loop) for name in LOOP_WORKLOADS]
+    for name, how, timer in runs:
         for threads in (1, 2):
-            med = interleaved(name, threads, rounds)
+            med = timer(name, threads, rounds)
             print(f"{name:12} {threads:3} "
                   + " ".join(f"{med[c] * 1e3:15.3f}" for c in CANDIDATES)
                   + f"  {med['torch-fused'] / med['momentum']:10.2f}"
                   + f" {med['torch-for-loop'] / med['momentum']:9.2f}"
-                  + f" {med['torch-fused'] / med['momentum-flat']:10.2f}")
+                  + f" {med['torch-fused'] / med['momentum-flat']:10.2f}  {how}")
 
 
 if __name__ == "__main__":
