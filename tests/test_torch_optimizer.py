@@ -191,21 +191,6 @@ def test_zero_grad(set_to_none):
     assert_same(*results, RTOL[dtype])
 
 
-def test_replaced_param_data_is_not_stale():
-    dtype = torch.float64
-    results = []
-    for cls in (SGD, torch.optim.SGD):
-        model = make_model(dtype)
-        loss = make_loss(model, dtype)
-        opt = cls(model.parameters(), lr=0.1, momentum=0.9)
-        train(model, opt, loss, 3)
-        weight = model[0].weight
-        weight.data = torch.full_like(weight, 0.01)
-        train(model, opt, loss, 3)
-        results.append(flat_params(model))
-    assert_same(*results, RTOL[dtype])
-
-
 def test_new_grad_tensors_each_step_are_not_stale():
     """A gradient tensor freed and replaced by a new one (which CPython may
     put at the freed object's address) is read afresh."""
