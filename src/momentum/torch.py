@@ -1,8 +1,8 @@
 """``momentum.torch.SGD``: a drop-in ``torch.optim.SGD`` for CPU tensors.
 
-The step runs :func:`momentum.foreach.sgd` once per param group on NumPy views
-that share memory with the parameters, gradients and momentum buffers, so
-nothing is copied or converted.  State (``state[p]["momentum_buffer"]``) and
+The step runs :func:`momentum.foreach.sgd_groups` once, over every param
+group, on NumPy views that share memory with the parameters, gradients and
+momentum buffers, so nothing is copied or converted.  State (``state[p]["momentum_buffer"]``) and
 param groups are laid out as ``torch.optim.SGD``'s, so state dicts move
 between the two both ways.
 
@@ -97,18 +97,18 @@ def _hyperparameters(group: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Batch:
-    """One param group's arguments to ``foreach.sgd``, and what they show.
+    """One param group's arguments to ``foreach.sgd_groups``, and what they show.
 
-    ``snapshot`` records the identity of every parameter, gradient, state
-    entry and buffer and the address of every parameter's and gradient's
-    memory (``p.data = ...`` keeps the parameter but moves its memory); while
-    all hold the views are current.  Gradients alone differing is common (a
-    training loop usually replaces them every step) and cheaper to redo.
-    ``numpy`` maps ``id(tensor)`` to ``(tensor, address, view)`` for
+    ``snapshot`` (a :class:`momentum._torch_keys.Snapshot`) records the
+    identity of every parameter, gradient, state entry and buffer, and where
+    each tensor lies (address, length, contiguous); while all hold, the views
+    are current.  Gradients alone differing is common (a training loop makes
+    new ones every step): the snapshot's check then views the new ones
+    itself.  ``numpy`` maps ``id(tensor)`` to ``(tensor, layout, view)`` for
     parameters and buffers, so the next batch converts only new ones.
     ``active`` lists the parameters that have a gradient; ``adopt`` the
-    (parameter, buffer) pairs to enter into the state once every group has
-    been checked.
+    (parameter, buffer) pairs to enter into the state once the step has
+    filled them.
     """
 
     __slots__ = ("snapshot", "numpy", "active",
@@ -458,8 +458,10 @@ class SGD(torch.optim.Optimizer):
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One SGD step over every param group; returns ``closure()``'s loss.
 
-        Every tensor and hyperparameter is checked before any is written: a
-        bad parameter raises TypeError or ValueError naming its index.
+        Every tensor and hyperparameter of every group is checked before any
+        is written: a bad parameter raises TypeError or ValueError naming its
+        index.  (In flat mode, tensors found outside the arena may have been
+        copied back into it first; their values are unchanged.)
         """
         # torch.optim.Optimizer wraps step() to run the step hooks inside a
         # profiler range; that costs tens of µs, much next to small kernels,
