@@ -1,10 +1,11 @@
 # Running a batch of tasks: one thread runs them in order; several threads
-# each take an equal, contiguous share of the batch's elements.
+# take equal, contiguous shares of the batch's elements as they get free.
 #
 # The batch is treated as one long array made of its tasks laid end to end, so
 # a thousand small tensors and one huge tensor balance alike.  Shares begin on
-# a multiple of SPLIT_ALIGN elements inside a task so that two threads do not
-# write to the same cache line.  Every element sees the same arithmetic
+# a multiple of SPLIT_ALIGN elements inside a task, so that where a task's
+# data starts on a cache line (as large NumPy and Arena arrays do) two
+# threads never write the same line.  Every element sees the same arithmetic
 # whatever the split, so results do not depend on the thread count.
 import importlib
 import operator
@@ -233,14 +234,16 @@ cdef size_t _task_at(const Task* tasks, size_t ntasks, size_t pos) noexcept nogi
 
 
 cdef size_t _split_point(const Task* tasks, size_t ntasks, size_t total,
-                         size_t share, int nthreads) noexcept nogil:
-    """Where share number ``share`` of ``nthreads`` begins, cache-line aligned."""
+                         size_t share, size_t shares) noexcept nogil:
+    """Where share number ``share`` of ``shares`` equal ones begins, aligned
+    to SPLIT_ALIGN elements inside its task."""
     cdef size_t pos, i, local
     if share == 0:
         return 0
-    if share >= <size_t>nthreads:
+    if share >= shares:
         return total
-    pos = total // <size_t>nthreads * share + total % <size_t>nthreads * share // <size_t>nthreads
+    # total * share / shares, without overflowing
+    pos = total // shares * share + total % shares * share // shares
     i = _task_at(tasks, ntasks, pos)
     local = (pos - tasks[i].offset + SPLIT_ALIGN - 1) // SPLIT_ALIGN * SPLIT_ALIGN
     if local > tasks[i].n:
