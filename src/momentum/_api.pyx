@@ -11,22 +11,15 @@ from momentum._checks cimport (
     as_array, check_buf, check_pair, heavy_ball_hyperparameters,
     sgd_hyperparameters, update_buffer_hyperparameters)
 from momentum._schedule cimport (
-    NOGIL_MIN, Task, RULE_SGD, RULE_HEAVY_BALL, RULE_UPDATE_BUFFER, run_tasks,
-    threads_for)
+    Task, RULE_SGD, RULE_HEAVY_BALL, RULE_UPDATE_BUFFER, run_checked)
 
 cnp.import_array()
 
 cdef void run_one(Task* task, cnp.ndarray written) noexcept:
-    """Run a checked task, without the GIL when it is big enough."""
+    """Run a checked task over every element of ``written``."""
     task.n = <size_t>cnp.PyArray_SIZE(written)
     task.offset = 0
-    cdef int nthreads
-    if task.n < NOGIL_MIN:
-        run_tasks(task, 1, task.n, 1)
-    else:
-        with nogil:
-            nthreads = threads_for(task.n)
-            run_tasks(task, 1, task.n, nthreads)
+    run_checked(task, 1, task.n)
 
 
 def update_buffer(buf, grad, *, momentum, dampening=0.0):

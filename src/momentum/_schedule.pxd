@@ -1,5 +1,5 @@
-# A batch of kernel calls ("tasks") and the one routine that runs a batch,
-# split evenly over the thread pool.  The single-array API runs a batch of
+# A batch of kernel calls ("tasks") and the one routine that runs a checked
+# batch, split evenly over the thread pool.  The single-array API runs a batch of
 # one; momentum.foreach runs a whole model's batch in one parallel region.
 from libc.stddef cimport size_t
 from momentum._kernels cimport sgd_hyper, heavy_ball_hyper
@@ -13,11 +13,6 @@ cdef enum DType:
     DTYPE_FLOAT32
     DTYPE_FLOAT64
 
-# Below this many elements in a call the GIL is kept: releasing it costs more
-# than the arithmetic, and no other thread could do much in that time.
-cdef enum:
-    NOGIL_MIN = 1 << 12
-
 cdef struct Task:
     Rule rule
     DType dtype
@@ -29,6 +24,4 @@ cdef struct Task:
     sgd_hyper sgd         # update_buffer reads momentum and dampening here
     heavy_ball_hyper heavy_ball
 
-cdef int threads_for(size_t total) noexcept nogil
-cdef void run_tasks(const Task* tasks, size_t ntasks, size_t total,
-                    int nthreads) noexcept nogil
+cdef void run_checked(const Task* tasks, size_t ntasks, size_t total) noexcept

@@ -1,13 +1,14 @@
 # The rules over sequences of arrays: every triple is checked (with the
 # checks of momentum._checks), then the arrays of different triples are shown
 # not to overlap, and only then is the whole batch run as ONE call to
-# run_tasks, with the GIL released once.
+# run_checked, with the GIL released once.
 #
 # What a tensor costs here is the point of the module, so the success path
-# calls no Python code per tensor: the sequences are read in place, each
-# triple becomes a Task in one malloc'd array, and the argument names that
-# carry an index ('params[3]') are formatted only after a check has failed,
-# by running that triple's checks again with those names.
+# calls no Python code per tensor: the sequences are taken as tuples (a list
+# is copied, pointers only), each triple becomes a Task in one malloc'd
+# array, and the argument names that carry an index ('params[3]') are
+# formatted only after a check has failed, by running that triple's checks
+# again with those names.
 cimport numpy as cnp
 from cpython.buffer cimport PyObject_CheckBuffer
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
@@ -24,8 +25,7 @@ from momentum._checks cimport (
     sgd_hyperparameters, update_buffer_hyperparameters)
 from momentum._overlap cimport Span, find_overlap
 from momentum._schedule cimport (
-    NOGIL_MIN, Task, RULE_SGD, RULE_HEAVY_BALL, RULE_UPDATE_BUFFER,
-    run_tasks, threads_for)
+    Task, RULE_SGD, RULE_HEAVY_BALL, RULE_UPDATE_BUFFER, run_checked)
 
 from collections.abc import Mapping
 
@@ -247,25 +247,28 @@ cdef int run_batch(const Task* templates, list groups, bint grouped,
     ``groups[k]`` is what prepare_group made with ``templates[k]``, which
     holds that group's checked rule and hyperparameters.
     """
-    cdef Py_ssize_t ngroups = len(groups), k, j, i = 0, n = 0
-    for k in range(ngroups):
-        n += len(<tuple>(<tuple>groups[k])[1])
+    cdef Py_ssize_t ngroups = len(groups), k, j, i = 0, n
     cdef Batch b
     b.total = 0
     b.count = 0
     b.grouped = grouped
-    b.tasks = <Task*>PyMem_Malloc(max(n, 1) * sizeof(Task))
-    b.spans = <Span*>PyMem_Malloc(max(6 * n, 1) * sizeof(Span))
+    b.tasks = NULL
+    b.spans = NULL
     b.starts = <Py_ssize_t*>PyMem_Malloc((ngroups + 1) * sizeof(Py_ssize_t))
-    b.scratch = b.spans + 3 * n
     cdef tuple ps, gs, bs, firsts
     cdef object param = None, buf = None
     try:
-        if b.tasks == NULL or b.spans == NULL or b.starts == NULL:
+        if b.starts == NULL:
             raise MemoryError()
         b.starts[0] = 0
         for k in range(ngroups):
             b.starts[k + 1] = b.starts[k] + len(<tuple>(<tuple>groups[k])[1])
+        n = b.starts[ngroups]
+        b.tasks = <Task*>PyMem_Malloc(max(n, 1) * sizeof(Task))
+        b.spans = <Span*>PyMem_Malloc(max(6 * n, 1) * sizeof(Span))
+        if b.tasks == NULL or b.spans == NULL:
+            raise MemoryError()
+        b.scratch = b.spans + 3 * n
         for k in range(ngroups):
             ps, gs, bs, firsts = groups[k]
             try:
@@ -282,11 +285,7 @@ cdef int run_batch(const Task* templates, list groups, bint grouped,
                 check_triple(&b, i, param, item(gs, j), buf, func, True)
                 raise
         check_apart(&b, func)
-        if b.total < NOGIL_MIN:
-            run_tasks(b.tasks, n, b.total, 1)
-        else:
-            with nogil:
-                run_tasks(b.tasks, n, b.total, threads_for(b.total))
+        run_checked(b.tasks, n, b.total)
     finally:
         for i in range(b.count):
             Py_DECREF(<object>b.spans[i].array)
