@@ -3,6 +3,8 @@ thread count, the count can be set (and limited by threadpoolctl), and
 concurrent calls from Python threads are correct."""
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import threading
 import time
@@ -132,3 +134,27 @@ def test_concurrent_calls_from_python_threads(rng):
         for _ in range(steps):
             reference_step(rule, ref, CASES[rule])
         assert_same_arrays(rule, mine, ref)
+
+
+def _threads_after(env_value: str, code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter with MOMENTUM_NUM_THREADS=env_value."""
+    env = dict(os.environ, MOMENTUM_NUM_THREADS=env_value)
+    return subprocess.run([sys.executable, "-c", "import momentum\n" + code],
+                          env=env, capture_output=True, text=True)
+
+
+@pytest.mark.skipif(not _schedule.BUILD["openmp"], reason="built without OpenMP")
+def test_environment_sets_the_count_and_set_num_threads_0_returns_to_it():
+    result = _threads_after("3", "print(momentum.get_num_threads())\n"
+                                 "momentum.set_num_threads(2)\n"
+                                 "print(momentum.get_num_threads())\n"
+                                 "momentum.set_num_threads(0)\n"
+                                 "print(momentum.get_num_threads())")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["3", "2", "3"]
+
+
+def test_environment_with_a_bad_count_fails_loudly():
+    result = _threads_after("many", "")
+    assert result.returncode != 0
+    assert "MOMENTUM_NUM_THREADS must be a whole number >= 0, got 'many'" in result.stderr

@@ -100,6 +100,7 @@ cdef size_t SPLIT_ALIGN = 16
 # More threads than this is a mistake, not a machine.
 MAX_THREADS = 1 << 16
 cdef int _requested_threads = 0   # 0: follow OpenMP (OMP_NUM_THREADS, threadpoolctl)
+cdef int _environment_threads = 0  # MOMENTUM_NUM_THREADS; set_num_threads(0) returns to it
 
 OPENMP = bool(MOMENTUM_OPENMP)
 # How this extension was compiled, for show_config().
@@ -126,7 +127,7 @@ def set_num_threads(n):
                         f"not {type(n).__name__}") from None
     if not 0 <= n <= MAX_THREADS:
         raise ValueError(f"set_num_threads(): 'n' must be in [0, {MAX_THREADS}], got {n}")
-    _requested_threads = n
+    _requested_threads = n if n else _environment_threads
 
 
 def get_num_threads():
@@ -291,6 +292,7 @@ cdef void run_tasks(const Task* tasks, size_t ntasks, size_t total,
 
 def _init_from_environment():
     """Honour MOMENTUM_NUM_THREADS and MOMENTUM_ISA, read once at import."""
+    global _environment_threads
     value = os.environ.get("MOMENTUM_NUM_THREADS", "").strip()
     if value:
         try:
@@ -298,6 +300,7 @@ def _init_from_environment():
         except ValueError:
             raise ValueError(f"MOMENTUM_NUM_THREADS must be a whole number "
                              f">= 0, got {value!r}") from None
+        _environment_threads = _requested_threads
     isa = os.environ.get("MOMENTUM_ISA", "").strip()
     isas = available_isas()
     if isa and isa not in isas:
