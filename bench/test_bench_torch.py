@@ -28,7 +28,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import momentum  # noqa: E402
+from momentum._bench.peers import set_threads  # noqa: E402
 from momentum._bench.rules import TIMED  # noqa: E402
 from momentum._workloads import load_workload, workload_names  # noqa: E402
 from momentum.torch import SGD  # noqa: E402
@@ -59,11 +59,6 @@ def ready(candidate: str, name: str) -> torch.optim.Optimizer:
     opt = CANDIDATES[candidate](make_params(name))
     opt.step()
     return opt
-
-
-def set_threads(n: int) -> None:
-    torch.set_num_threads(n)
-    momentum.set_num_threads(n)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -106,29 +101,19 @@ def test_step_after_backward(benchmark, name, candidate, threads):
                        warmup_rounds=1)
 
 
-def interleaved_loop(name: str, threads: int, rounds: int) -> dict[str, float]:
-    """Median step time (s) of every candidate in a training loop (zero_grad,
-    backward, step; only step timed), candidates in turn round by round."""
+def interleaved(name: str, threads: int, rounds: int,
+                after_backward: bool = False) -> dict[str, float]:
+    """Median step time (s) of every candidate, timed in turn round by round;
+    with ``after_backward``, each step follows zero_grad() and a backward
+    pass (not timed), as in a training loop."""
     set_threads(threads)
     opts = {c: ready(c, name) for c in CANDIDATES}
-    backward = {c: backward_of(opt) for c, opt in opts.items()}
+    before = {c: backward_of(opt) if after_backward else (lambda: None)
+              for c, opt in opts.items()}
     times: dict[str, list[float]] = {c: [] for c in CANDIDATES}
     for _ in range(rounds):
         for c, opt in opts.items():
-            backward[c]()
-            start = time.perf_counter()
-            opt.step()
-            times[c].append(time.perf_counter() - start)
-    return {c: statistics.median(t) for c, t in times.items()}
-
-
-def interleaved(name: str, threads: int, rounds: int) -> dict[str, float]:
-    """Median step time (s) of every candidate, timed in turn round by round."""
-    set_threads(threads)
-    opts = {c: ready(c, name) for c in CANDIDATES}
-    times: dict[str, list[float]] = {c: [] for c in CANDIDATES}
-    for _ in range(rounds):
-        for c, opt in opts.items():
+            before[c]()
             start = time.perf_counter()
             opt.step()
             times[c].append(time.perf_counter() - start)
@@ -140,11 +125,12 @@ def main(rounds: int) -> None:
           f"ratio = torch time / momentum time")
     print(f"{'workload':12} thr " + " ".join(f"{c:>15}" for c in CANDIDATES)
           + "  fused/ours loop/ours fused/flat")
-    runs = [(name, "same grads", interleaved) for name in workload_names()]
-    runs += [(name, "after backward", interleaved_loop) for name in LOOP_WORKLOADS]
-    for name, how, timer in runs:
+    runs = [(name, False) for name in workload_names()]
+    runs += [(name, True) for name in LOOP_WORKLOADS]
+    for name, after_backward in runs:
+        how = "after backward" if after_backward else "same grads"
         for threads in (1, 2):
-            med = timer(name, threads, rounds)
+            med = interleaved(name, threads, rounds, after_backward)
             print(f"{name:12} {threads:3} "
                   + " ".join(f"{med[c] * 1e3:15.3f}" for c in CANDIDATES)
                   + f"  {med['torch-fused'] / med['momentum']:10.2f}"

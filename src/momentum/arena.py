@@ -106,8 +106,7 @@ class Arena:
 
         ``bufs = momentum * bufs + (1 - dampening) * grads``
         """
-        _api.update_buffer(self.bufs, self.grads, momentum=momentum,
-                                  dampening=dampening)
+        _api.update_buffer(self.bufs, self.grads, momentum=momentum, dampening=dampening)
 
     def sgd(self, **hyper) -> None:
         """:func:`momentum.sgd` on the whole arena in one call.

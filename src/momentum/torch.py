@@ -312,10 +312,10 @@ class SGD(torch.optim.Optimizer):
             params, self.state, uses_state, None if self.flat else batch.grads)
         if found == HOLDS or (found == GRADS and not self.flat):
             return batch
-        grads = [p.grad for p in params]
         if self.flat:
             batch = self._flat_batch(gi, group, first_index)
         else:
+            grads = [p.grad for p in params]
             get = self.state.get
             bufs = [get(p, _NO_STATE).get("momentum_buffer") for p in params] \
                 if uses_state else ()
