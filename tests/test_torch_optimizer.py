@@ -597,3 +597,67 @@ def test_flat_accepts_an_empty_param_group():
     p.grad = torch.ones(3)
     opt.step()
     assert torch.allclose(p.detach(), torch.full((3,), 0.9))
+
+
+def _count_full_path_calls(monkeypatch) -> list[int]:
+    """Count the steps that go through foreach.sgd_groups (the full path)."""
+    import momentum.foreach
+    calls = [0]
+    full_path = momentum.foreach.sgd_groups
+
+    def counted(groups):
+        calls[0] += 1
+        return full_path(groups)
+    monkeypatch.setattr(momentum.foreach, "sgd_groups", counted)
+    return calls
+
+
+def test_warm_steps_run_from_the_snapshot_and_match_torch(monkeypatch):
+    # After the first steps (which make and adopt the buffers), a training
+    # loop's steps -- new gradients from backward, or the same ones -- run
+    # from the addresses the snapshot checked, not through foreach.
+    calls = _count_full_path_calls(monkeypatch)
+    results = []
+    for cls in (SGD, torch.optim.SGD):
+        model = make_model(torch.float64)
+        groups = [{"params": list(model[0].parameters())},
+                  {"params": list(model[2].parameters()), "lr": 0.02, "nesterov": True}]
+        opt = cls(groups, lr=0.05, momentum=0.9, weight_decay=1e-3)
+        loss = make_loss(model, torch.float64)
+        train(model, opt, loss, 2)
+        calls[0] = 0
+        train(model, opt, loss, 5)           # new gradients each step
+        opt.step()                           # the same gradients again
+        results.append(flat_params(model))
+        if cls is SGD:
+            assert calls[0] == 0
+    assert_same(*results, RTOL[torch.float64])
+
+
+BAD_NEW_GRADS = {
+    "float64": (lambda p: torch.ones(4, 4, dtype=torch.float64), TypeError,
+                r"parameter 1 .*grad has dtype torch.float64"),
+    "sparse": (lambda p: torch.ones(4, 4).to_sparse(), ValueError, r"parameter 1 .*sparse"),
+    "transposed": (lambda p: torch.arange(16.0).reshape(4, 4).t(), ValueError,
+                   r"parameter 1 .*not contiguous"),
+    "aliases parameter 0": (lambda p: p.data, ValueError, "overlap in memory"),
+}
+
+
+@pytest.mark.parametrize("bad", BAD_NEW_GRADS)
+def test_bad_new_grad_after_warm_steps_is_refused_and_writes_nothing(bad):
+    make_grad, error, match = BAD_NEW_GRADS[bad]
+    a, b = (torch.nn.Parameter(torch.ones(4, 4)) for _ in range(2))
+    b.grad_dtype = None  # else torch itself refuses the float64 grad
+    opt = SGD([{"params": [a]}, {"params": [b], "lr": 0.2}], lr=0.1, momentum=0.9)
+    for _ in range(3):
+        a.grad, b.grad = torch.ones(4, 4), torch.ones(4, 4)
+        opt.step()
+    before = [t.detach().clone() for t in (a, b, opt.state[a]["momentum_buffer"],
+                                           opt.state[b]["momentum_buffer"])]
+    a.grad, b.grad = torch.ones(4, 4), make_grad(a)
+    with pytest.raises(error, match=match):
+        opt.step()
+    after = [a, b, opt.state[a]["momentum_buffer"], opt.state[b]["momentum_buffer"]]
+    for old, new in zip(before, after):
+        assert torch.equal(old, new.detach())

@@ -1,26 +1,32 @@
-"""What a cached batch of ``momentum.torch.SGD`` was built from, re-checked in C.
+"""What a cached batch of ``momentum.torch.SGD`` was built from, re-checked in C,
+and the step run straight from it.
 
-The optimizer caches, per param group, the NumPy views (or arena slices) it
-hands to the kernels.  They stay valid while every parameter, gradient and
-momentum buffer is the same tensor object with the same memory address.
-Checking that in a Python loop costs about 1 µs per parameter, more than the
-kernel on small tensors; this loop does the same checks with direct C-API
-calls.  It only calls Python objects (attributes, ``dict`` look-ups and the
-``data_ptr`` method it is given), so torch is not a build dependency.
+The optimizer caches, per param group, the batch it hands to the kernels.  It
+stays valid while every parameter, gradient and momentum buffer is the same
+tensor object with the same memory address.  Checking that in a Python loop
+costs about 1 µs per parameter, more than the kernel on small tensors; this
+loop does the same checks with direct C-API calls.  It only calls Python
+objects (attributes, ``dict`` look-ups and the tensor methods it is given),
+so torch is not a build dependency.
 
 Every checked object is held by the snapshot, so no identity or address it
 compares can be reused by another object while it lives.
 
-A training loop replaces every gradient each step; take_grads() checks the
-new ones and makes their NumPy views in the same C loop.
+A training loop replaces every gradient each step: check() can take the new
+ones (checked and recorded), and run_groups() then steps every group from
+the recorded addresses, with no NumPy view and no per-tensor Python call.
 """
-cimport numpy as cnp
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
-from cpython.ref cimport Py_INCREF
 from cpython.long cimport PyLong_AsSsize_t, PyLong_AsVoidPtr
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
+from libc.stddef cimport size_t
 from libc.stdint cimport uintptr_t
+
+from momentum._checks cimport sgd_hyperparameters
+from momentum._overlap cimport Span, find_overlap
+from momentum._schedule cimport (
+    DType, DTYPE_FLOAT32, DTYPE_FLOAT64, RULE_SGD, Task, run_checked)
 
 cdef extern from "Python.h":
     object PyObject_CallOneArg(object, object)
@@ -32,7 +38,9 @@ HOLDS = 0    # everything as snapshot: the cached views are current
 GRADS = 1    # only gradients differ (other tensors or other memory)
 CHANGED = 2  # a parameter, its memory, a state entry or a buffer differs
 
-cnp.import_array()
+# A parameter's dtype, as the kernels' DType, or NOT_KERNEL_DTYPE.
+cdef enum:
+    NOT_KERNEL_DTYPE = 255
 
 cdef object GRAD = "grad"
 cdef object IS_CPU = "is_cpu"
@@ -41,12 +49,13 @@ cdef object DTYPE = "dtype"
 cdef object SHAPE = "shape"
 cdef object VERSION = "version"
 cdef object MOMENTUM_BUFFER = "momentum_buffer"
+cdef str STEP = "SGD.step"
 
 
 cdef class Snapshot:
     """The tensors one param group's batch was built from, and where they lie.
 
-    ``Snapshot(params, state, methods, uses_state)`` records, for every
+    ``Snapshot(params, state, torch_facts, uses_state)`` records, for every
     parameter ``p`` of ``params``: ``p`` itself and its place, ``p.grad`` and
     its place, and when ``uses_state`` the per-parameter dict
     ``state.get(p)``, its ``"momentum_buffer"`` and that buffer's place.  A
@@ -54,8 +63,8 @@ cdef class Snapshot:
     contiguous: ``t.data = ...`` can keep a tensor object but move its
     memory, and ``t.data = t.data.t()`` or ``t.data = t.data[:k]`` keep even
     the address.  ``torch_facts`` are the unbound ``torch.Tensor.data_ptr``,
-    ``numel`` and ``is_contiguous``, ``torch.strided``, and a dict from each
-    torch dtype the kernels take to its NumPy type number.
+    ``numel`` and ``is_contiguous``, ``torch.strided``, and the torch dtypes
+    of the kernels' float32 and float64.
 
     A ``state`` with a ``version`` attribute promises that the attribute
     changes whenever an entry of ``state`` is set or removed: while it is
@@ -65,9 +74,13 @@ cdef class Snapshot:
 
     cdef list params, grads, entries, bufs, dtypes, shapes
     cdef object state, data_ptr, numel, is_contiguous, strided, version
-    cdef dict typenums
     cdef bint uses_state, valid, grads_forgotten
     cdef bytearray active   # per parameter: it had a gradient at the snapshot
+    cdef bytearray kinds    # per parameter: its DType, or NOT_KERNEL_DTYPE
+    cdef Py_ssize_t nactive
+    # Every active parameter has a kernel dtype and, if the group uses
+    # state, a buffer: run_groups() can step it without the first-step path.
+    cdef bint ready
     # Per parameter, the places of the parameter, its grad and its buffer:
     # address then element count; (0, 0) for a missing tensor.
     cdef uintptr_t* places
@@ -79,11 +92,14 @@ cdef class Snapshot:
         self.places = <uintptr_t*>PyMem_Malloc(6 * max(self.n, 1) * sizeof(uintptr_t))
         if self.places == NULL:
             raise MemoryError()
-        self.data_ptr, self.numel, self.is_contiguous, self.strided, self.typenums = torch_facts
+        cdef tuple floats
+        self.data_ptr, self.numel, self.is_contiguous, self.strided, floats = torch_facts
         self.state, self.uses_state = state, uses_state
         self.version = getattr(state, "version", None) if uses_state else None
         self.grads, self.entries, self.bufs, self.dtypes, self.shapes = [], [], [], [], []
         self.active = bytearray(self.n)
+        self.kinds = bytearray(self.n)
+        self.ready = True
         cdef Py_ssize_t i
         cdef PyObject* entry
         try:
@@ -100,6 +116,13 @@ cdef class Snapshot:
                 self.bufs.append(b)
                 self.dtypes.append(PyObject_GetAttr(p, DTYPE))
                 self.shapes.append(PyObject_GetAttr(p, SHAPE))
+                self.kinds[i] = (DTYPE_FLOAT32 if self.dtypes[i] is floats[0] else
+                                 DTYPE_FLOAT64 if self.dtypes[i] is floats[1] else
+                                 NOT_KERNEL_DTYPE)
+                if g is not None:
+                    self.nactive += 1
+                    self.ready &= (self.kinds[i] != NOT_KERNEL_DTYPE
+                                   and (b is not None or not uses_state))
                 self.record(p, 6 * i)
                 self.record(g, 6 * i + 2)
                 self.record(b, 6 * i + 4)
@@ -132,28 +155,19 @@ cdef class Snapshot:
                 != self.places[k + 1]
                 or PyObject_CallOneArg(self.is_contiguous, tensor) is not True)
 
-    cdef object grad_view(self, object g, Py_ssize_t i):
-        """A read-only NumPy view of ``g``, parameter ``i``'s new gradient,
-        recorded as the snapshot's; None if ``g`` is not a contiguous CPU
-        tensor of the parameter's dtype and shape."""
-        cdef object dtype = <object>PyList_GET_ITEM(self.dtypes, i)
+    cdef bint take_grad(self, object g, Py_ssize_t i) except -1:
+        """Record ``g``, parameter ``i``'s new gradient, as the snapshot's;
+        False (nothing recorded) unless ``g`` is a contiguous CPU tensor of
+        the parameter's dtype and shape."""
         if (PyObject_GetAttr(g, IS_CPU) is not True
                 or PyObject_GetAttr(g, LAYOUT) is not self.strided
-                or PyObject_GetAttr(g, DTYPE) is not dtype
+                or PyObject_GetAttr(g, DTYPE) is not <object>PyList_GET_ITEM(self.dtypes, i)
                 or PyObject_GetAttr(g, SHAPE) != <object>PyList_GET_ITEM(self.shapes, i)
                 or PyObject_CallOneArg(self.is_contiguous, g) is not True):
-            return None
-        cdef void* address = PyLong_AsVoidPtr(PyObject_CallOneArg(self.data_ptr, g))
-        cdef cnp.npy_intp length = <cnp.npy_intp>self.places[6 * i + 1]  # the parameter's
-        cdef cnp.ndarray view = cnp.PyArray_SimpleNewFromData(
-            1, &length, self.typenums[dtype], address)
-        Py_INCREF(g)
-        cnp.PyArray_SetBaseObject(view, g)     # the view keeps g alive
-        cnp.PyArray_CLEARFLAGS(view, cnp.NPY_ARRAY_WRITEABLE)
+            return False
         self.grads[i] = g
-        self.places[6 * i + 2] = <uintptr_t>address
-        self.places[6 * i + 3] = <uintptr_t>length
-        return view
+        self.record(g, 6 * i + 2)
+        return True
 
     def forget_grads(self):
         """Let go of the gradients (``zero_grad(set_to_none=True)`` freed
@@ -162,25 +176,23 @@ cdef class Snapshot:
         self.grads_forgotten = True
 
     def check(self, object params, object state, bint uses_state,
-              list views=None) -> int:
+              bint take_grads=False) -> int:
         """HOLDS if ``params`` and ``state`` show exactly the snapshot's
         tensors at the snapshot's places, GRADS if only gradients differ,
         else CHANGED (also when a parameter gained or lost its gradient).
 
-        ``views``, if given, are the caller's NumPy views of the gradients
-        of the parameters that have one, in order.  A GRADS answer then
-        means they were brought up to date in place: every new gradient
-        checked (a contiguous CPU tensor of its parameter's dtype and
-        shape; else CHANGED), viewed and recorded.  After CHANGED the
-        snapshot is spent: every later check says CHANGED.
+        With ``take_grads``, a GRADS answer means the snapshot now records
+        the new gradients: every one checked (a contiguous CPU tensor of its
+        parameter's dtype and shape; else CHANGED) and its place recorded.
+        After CHANGED the snapshot is spent: every later check says CHANGED.
         """
-        cdef int found = self.compare(params, state, uses_state, views)
+        cdef int found = self.compare(params, state, uses_state, take_grads)
         if found == CHANGED:
             self.valid = False
         return found
 
     cdef int compare(self, object params, object state, bint uses_state,
-                     list views) except -1:
+                     bint take_grads) except -1:
         if not self.valid or type(params) is not list \
                 or PyList_GET_SIZE(params) != self.n \
                 or state is not self.state or uses_state != self.uses_state:
@@ -188,12 +200,11 @@ cdef class Snapshot:
         cdef bint versioned = self.version is not None
         if versioned and PyObject_GetAttr(state, VERSION) != self.version:
             return CHANGED
-        cdef Py_ssize_t i, k = 0
+        cdef Py_ssize_t i
         cdef PyObject* entry
         cdef PyObject* buf
-        cdef object p, g, view
+        cdef object p, g
         cdef int found = GRADS if self.grads_forgotten else HOLDS
-        cdef list fresh = [] if views is not None else None
         try:
             for i in range(self.n):
                 p = <object>PyList_GET_ITEM(params, i)
@@ -217,23 +228,101 @@ cdef class Snapshot:
                 g = PyObject_GetAttr(p, GRAD)
                 if (g is None) == self.active[i]:
                     return CHANGED
-                if g is None:
+                if g is None or (found == GRADS and not take_grads):
                     continue
-                if found == HOLDS or fresh is not None:
-                    if g is <object>PyList_GET_ITEM(self.grads, i) and not self.moved(g, 6 * i + 2):
-                        if fresh is not None:
-                            fresh.append(views[k])
-                    else:
-                        found = GRADS
-                        if fresh is not None:
-                            view = self.grad_view(g, i)
-                            if view is None:
-                                return CHANGED
-                            fresh.append(view)
-                k += 1
+                if g is not <object>PyList_GET_ITEM(self.grads, i) or self.moved(g, 6 * i + 2):
+                    found = GRADS
+                    if take_grads and not self.take_grad(g, i):
+                        return CHANGED
         except Exception:
             return CHANGED  # the rebuild reports what is wrong
-        if found == GRADS and fresh is not None:
-            views[:] = fresh
+        if found == GRADS and take_grads:
             self.grads_forgotten = False
         return found
+
+
+def run_groups(list snapshots, list hypers) -> bool:
+    """Step every group from its snapshot, all as one batch: False (nothing
+    written) if one is not ``ready`` or a written tensor overlaps a tensor of
+    another parameter, so that the caller's full path decides and words
+    the error.
+
+    ``snapshots[k]`` must have just passed check() (HOLDS, or GRADS with
+    ``take_grads``); ``hypers[k]`` is the dict of ``foreach.sgd``'s
+    hyperparameters for that group.  Raises as ``foreach.sgd`` does for a
+    bad hyperparameter, before anything is written.
+    """
+    cdef Py_ssize_t k, ngroups = len(snapshots), ntasks = 0
+    if len(hypers) != ngroups:
+        raise ValueError("one hyperparameter dict per snapshot")
+    cdef Snapshot s
+    for s in snapshots:
+        if not s.ready:
+            return False
+        ntasks += s.nactive
+    cdef Task* templates = <Task*>PyMem_Malloc(max(ngroups, 1) * sizeof(Task))
+    cdef Task* tasks = <Task*>PyMem_Malloc(max(ntasks, 1) * sizeof(Task))
+    cdef Span* spans = <Span*>PyMem_Malloc(max(6 * ntasks, 1) * sizeof(Span))
+    try:
+        if templates == NULL or tasks == NULL or spans == NULL:
+            raise MemoryError()
+        for k in range(ngroups):
+            h = hypers[k]
+            sgd_hyperparameters(&templates[k].sgd, h["lr"], h["momentum"], h["dampening"],
+                                h["weight_decay"], h["nesterov"], h["maximize"], False, STEP)
+            templates[k].rule = RULE_SGD
+            if (templates[k].sgd.momentum != 0) != (<Snapshot>snapshots[k]).uses_state:
+                return False
+        return run_tasks_of(snapshots, templates, tasks, spans, ntasks)
+    finally:
+        PyMem_Free(templates)
+        PyMem_Free(tasks)
+        PyMem_Free(spans)
+
+
+cdef bint run_tasks_of(list snapshots, const Task* templates, Task* tasks,
+                       Span* spans, Py_ssize_t ntasks) except -1:
+    """run_groups() once its hyperparameters are checked into ``templates``."""
+    cdef Py_ssize_t k, i, j = 0, count = 0
+    cdef size_t total = 0, nbytes
+    cdef Snapshot s
+    cdef Task* t
+    cdef const Span* first
+    cdef const Span* second
+    for k in range(len(snapshots)):
+        s = <Snapshot>snapshots[k]
+        for i in range(s.n):
+            if not s.active[i]:
+                continue
+            t = &tasks[j]
+            t[0] = templates[k]
+            t.dtype = <DType>s.kinds[i]
+            t.param = <char*>s.places[6 * i]
+            t.grad = <const char*>s.places[6 * i + 2]
+            t.buf = <char*>s.places[6 * i + 4] if s.uses_state else NULL
+            t.n = s.places[6 * i + 1]
+            t.offset = total
+            total += t.n
+            nbytes = t.n * (4 if t.dtype == DTYPE_FLOAT32 else 8)
+            if nbytes:
+                add_span(&spans[count], <size_t>t.param, nbytes, j, 0, True)
+                add_span(&spans[count + 1], <size_t>t.grad, nbytes, j, 1, False)
+                count += 2
+                if t.buf != NULL:
+                    add_span(&spans[count], <size_t>t.buf, nbytes, j, 2, True)
+                    count += 1
+            j += 1
+    if find_overlap(spans, spans + 3 * ntasks, count, &first, &second):
+        return False
+    run_checked(tasks, ntasks, total)
+    return True
+
+
+cdef inline void add_span(Span* s, size_t lo, size_t nbytes, Py_ssize_t index,
+                          int role, bint written) noexcept:
+    s.lo = lo
+    s.hi = lo + nbytes
+    s.array = NULL
+    s.index = index
+    s.role = role
+    s.written = written

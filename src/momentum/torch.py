@@ -25,7 +25,7 @@ import torch
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from momentum import foreach
-from momentum._torch_keys import CHANGED, GRADS, HOLDS, Snapshot
+from momentum._torch_keys import GRADS, HOLDS, Snapshot, run_groups
 from momentum.arena import Arena
 
 __all__ = ["SGD"]
@@ -35,10 +35,10 @@ _NO_STATE = MappingProxyType({})
 # How foreach.sgd_groups names an array: 'groups[1].grads[0]'.
 _BATCH_ARRAY = re.compile(r"'groups\[(\d+)\]\.(params|grads|bufs)\[(\d+)\]'")
 # What a Snapshot needs of torch: how to ask a tensor where it lies, how
-# long it is and whether it is contiguous; the strided layout; dtype numbers.
+# long it is and whether it is contiguous; the strided layout; the dtypes
+# of the kernels' float32 and float64.
 _TORCH_FACTS = (torch.Tensor.data_ptr, torch.Tensor.numel, torch.Tensor.is_contiguous,
-                torch.strided, {torch.float32: np.dtype(np.float32).num,
-                                torch.float64: np.dtype(np.float64).num})
+                torch.strided, (torch.float32, torch.float64))
 
 
 # A parameter's place: (state-dict index, group index, index in the group).
@@ -101,10 +101,11 @@ class _Batch:
 
     ``snapshot`` (a :class:`momentum._torch_keys.Snapshot`) records the
     identity of every parameter, gradient, state entry and buffer, and where
-    each tensor lies (address, length, contiguous); while all hold, the views
-    are current.  Gradients alone differing is common (a training loop makes
-    new ones every step): the snapshot's check then views the new ones
-    itself.  ``numpy`` maps ``id(tensor)`` to ``(tensor, layout, view)`` for
+    each tensor lies (address, length, contiguous); while all hold, the
+    batch is current.  Gradients alone differing is common (a training loop
+    makes new ones every step): the snapshot then records the new ones and
+    the step runs from its addresses (run_groups), not from these views.
+    ``numpy`` maps ``id(tensor)`` to ``(tensor, layout, view)`` for
     parameters and buffers, so the next batch converts only new ones.
     ``active`` lists the parameters that have a gradient; ``adopt`` the
     (parameter, buffer) pairs to enter into the state once the step has
@@ -299,19 +300,25 @@ class SGD(torch.optim.Optimizer):
         """The state-dict index of group ``gi``'s first parameter."""
         return sum(len(g["params"]) for g in self.param_groups[:gi])
 
-    def _batch(self, gi: int, group: dict[str, Any], first_index: int) -> _Batch:
-        """This group's batch: the cached one while its snapshot holds, the
-        cached one with new gradient views if only gradients changed, else a
-        new one."""
+    def _current(self, gi: int, group: dict[str, Any]) -> _Batch | None:
+        """This group's cached batch if its snapshot still holds, else None.
+
+        Per tensor (not flat), new gradients do not spoil it: the snapshot
+        checks and records them, for run_groups; the batch's NumPy views
+        (for foreach) are then out of date.
+        """
+        batch = self._batches.get(gi)
+        if batch is None:
+            return None
+        found = batch.snapshot.check(group["params"], self.state, group["momentum"] != 0,
+                                     not self.flat)
+        return batch if found == HOLDS or (found == GRADS and not self.flat) else None
+
+    def _rebuild(self, gi: int, group: dict[str, Any], first_index: int) -> _Batch:
+        """A new batch (and snapshot) for group ``gi``."""
         params = group["params"]
         uses_state = group["momentum"] != 0
-        batch = self._batches.get(gi)
-        # Per tensor, the check also brings batch.grads up to date when only
-        # gradients changed (the usual step after zero_grad and backward).
-        found = CHANGED if batch is None else batch.snapshot.check(
-            params, self.state, uses_state, None if self.flat else batch.grads)
-        if found == HOLDS or (found == GRADS and not self.flat):
-            return batch
+        old = self._batches.get(gi)
         if self.flat:
             batch = self._flat_batch(gi, group, first_index)
         else:
@@ -319,8 +326,8 @@ class SGD(torch.optim.Optimizer):
             get = self.state.get
             bufs = [get(p, _NO_STATE).get("momentum_buffer") for p in params] \
                 if uses_state else ()
-            old = batch.numpy if batch is not None else {}
-            batch = self._tensor_batch(gi, group, first_index, grads, bufs, old)
+            batch = self._tensor_batch(gi, group, first_index, grads, bufs,
+                                       old.numpy if old is not None else {})
         batch.snapshot = Snapshot(params, self.state, _TORCH_FACTS, uses_state)
         self._batches[gi] = batch
         return batch
@@ -448,7 +455,8 @@ class SGD(torch.optim.Optimizer):
                     batch.snapshot.forget_grads()
             return
         for gi, group in enumerate(self.param_groups):
-            self._batch(gi, group, self._first_index(gi))  # moves stray tensors in
+            if self._current(gi, group) is None:
+                self._rebuild(gi, group, self._first_index(gi))  # moves stray tensors in
             flat = self._flats[gi]
             for i, p in enumerate(group["params"]):
                 if p.grad is None and p.requires_grad:
@@ -481,16 +489,24 @@ class SGD(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        hypers = [_hyperparameters(group) for group in self.param_groups]
+        for hyper in hypers:
+            foreach.sgd((), (), (), **hyper)  # checks them, writes nothing
+        current = [self._current(gi, group) for gi, group in enumerate(self.param_groups)]
+        # Per tensor, a step whose tensors all passed their snapshots' checks
+        # runs from the recorded addresses; else (a first step, an edit, an
+        # overlap to report) every group goes through foreach.
+        if (not self.flat and None not in current
+                and run_groups([batch.snapshot for batch in current], hypers)):
+            return loss
         # One call for every group: all of it is checked (overlaps across
         # groups too) before anything is written.  New buffers enter the
         # state only once the call has filled them.
         work = []
         first_index = 0
-        hypers = [_hyperparameters(group) for group in self.param_groups]
-        for hyper in hypers:
-            foreach.sgd((), (), (), **hyper)  # checks them, writes nothing
         for gi, (group, hyper) in enumerate(zip(self.param_groups, hypers)):
-            batch = self._batch(gi, group, first_index)
+            batch = current[gi] if self.flat and current[gi] is not None \
+                else self._rebuild(gi, group, first_index)
             work.append((batch, dict(hyper, params=batch.params, grads=batch.grads,
                                      bufs=batch.bufs if hyper["momentum"] != 0 else None,
                                      first_step=batch.first)))
@@ -504,6 +520,8 @@ class SGD(torch.optim.Optimizer):
         for batch, _ in work:
             for p, buf in batch.adopt:
                 self.state[p]["momentum_buffer"] = buf
+            if not self.flat:
+                batch.grads = []  # later steps run from the snapshot: hold no old gradients
         return loss
 
     _hooked_step = torch.optim.Optimizer.profile_hook_step(_step)
