@@ -661,3 +661,100 @@ def test_bad_new_grad_after_warm_steps_is_refused_and_writes_nothing(bad):
     after = [a, b, opt.state[a]["momentum_buffer"], opt.state[b]["momentum_buffer"]]
     for old, new in zip(before, after):
         assert torch.equal(old, new.detach())
+
+
+def _as_complex64(t):
+    t.data = t.data.view(torch.complex64)     # same address, same length
+
+
+def _as_other_shape(t):
+    t.data = t.data.view(1, 4)                # same address, length and dtype
+
+
+def _to_freed_memory_of_another_dtype(t):
+    n = t.numel()
+    t.data = torch.empty(0)                   # frees the old memory...
+    t.data = torch.full((n,), 3, dtype=torch.complex64)  # ...which this may reuse
+
+
+# (A parameter's data must stay floating point or complex: torch refuses int64.)
+REVIEWED = {
+    "as complex64": (_as_complex64, "torch.complex64"),
+    "to freed memory of another dtype": (_to_freed_memory_of_another_dtype, "torch.complex64"),
+}
+WHICH = ["param", "grad", "buffer"]
+
+
+def _warm(flat: bool) -> tuple[torch.nn.Parameter, SGD]:
+    w = torch.nn.Parameter(torch.arange(4.0, dtype=torch.float64))
+    opt = SGD([w], lr=0.1, momentum=0.9, flat=flat)
+    for _ in range(3):
+        if w.grad is None or not flat:
+            w.grad = torch.ones(4, dtype=torch.float64)
+        opt.step()
+    return w, opt
+
+
+def _tensors(w: torch.nn.Parameter, opt: SGD) -> dict[str, torch.Tensor]:
+    return {"param": w, "grad": w.grad, "buffer": opt.state[w]["momentum_buffer"]}
+
+
+@pytest.mark.parametrize("flat", [False, True])
+@pytest.mark.parametrize("which", WHICH)
+@pytest.mark.parametrize("how", REVIEWED)
+def test_tensor_viewed_as_another_dtype_at_the_same_address_is_refused(flat, which, how):
+    # Between steps a tensor may come to lie at its old address with another
+    # dtype: the step refuses it, writing nothing, rather than read the
+    # memory as the old dtype.
+    relay, match = REVIEWED[how]
+    w, opt = _warm(flat)
+    relay(_tensors(w, opt)[which])
+    kept = {name: t.detach().clone() for name, t in _tensors(w, opt).items()}
+    with pytest.raises(TypeError, match=match):
+        opt.step()
+    for name, t in _tensors(w, opt).items():
+        assert torch.equal(t.detach(), kept[name]), name
+
+
+@pytest.mark.parametrize("flat", [False, True])
+@pytest.mark.parametrize("which", WHICH)
+def test_tensor_viewed_as_another_shape_in_place_is_stepped_as_its_memory_lies(flat, which):
+    # A contiguous view of the same memory with the same length (the shape is
+    # not checked each step, see Snapshot.moved): stepped element for
+    # element, as the same tensors not re-viewed are.
+    results = []
+    for relay in (lambda t: None, _as_other_shape):
+        w, opt = _warm(flat)
+        relay(_tensors(w, opt)[which])
+        opt.step()
+        results.append({name: t.detach().reshape(-1).clone()
+                        for name, t in _tensors(w, opt).items()})
+    for name in WHICH:
+        assert torch.equal(results[0][name], results[1][name]), name
+
+
+def test_lazily_negated_new_grad_is_refused():
+    w = torch.nn.Parameter(torch.ones(4))
+    opt = SGD([w], lr=0.1, momentum=0.9)
+    for _ in range(2):
+        w.grad = torch.ones(4)
+        opt.step()
+    before = w.detach().clone()
+    w.grad = torch._neg_view(torch.ones(4))   # reads as -1, holds +1 in memory
+    with pytest.raises(ValueError, match="negated"):
+        opt.step()
+    assert torch.equal(w.detach(), before)
+
+
+def test_nesterov_is_ignored_when_momentum_is_set_to_zero_later():
+    results = []
+    for cls in (SGD, torch.optim.SGD):
+        w = torch.nn.Parameter(torch.ones(4, dtype=torch.float64))
+        opt = cls([w], lr=0.1, momentum=0.9, nesterov=True)
+        for step in range(4):
+            if step == 2:
+                opt.param_groups[0]["momentum"] = 0.0
+            w.grad = torch.full((4,), float(step + 1), dtype=torch.float64)
+            opt.step()
+        results.append(w.detach().clone())
+    assert_same(*results, RTOL[torch.float64])

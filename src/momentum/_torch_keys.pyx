@@ -59,11 +59,11 @@ cdef class Snapshot:
     parameter ``p`` of ``params``: ``p`` itself and its place, ``p.grad`` and
     its place, and when ``uses_state`` the per-parameter dict
     ``state.get(p)``, its ``"momentum_buffer"`` and that buffer's place.  A
-    tensor's place is its address and element count, and it must be
-    contiguous: ``t.data = ...`` can keep a tensor object but move its
-    memory, and ``t.data = t.data.t()`` or ``t.data = t.data[:k]`` keep even
-    the address.  ``torch_facts`` are the unbound ``torch.Tensor.data_ptr``,
-    ``numel`` and ``is_contiguous``, ``torch.strided``, and the torch dtypes
+    tensor's place is its address and element count; each step a tensor
+    must still lie there, contiguous and with its parameter's dtype (see
+    moved()).
+    ``torch_facts`` are the unbound ``torch.Tensor.data_ptr``, ``numel``,
+    ``is_contiguous`` and ``is_neg``, ``torch.strided``, and the torch dtypes
     of the kernels' float32 and float64.
 
     A ``state`` with a ``version`` attribute promises that the attribute
@@ -73,7 +73,7 @@ cdef class Snapshot:
     """
 
     cdef list params, grads, entries, bufs, dtypes, shapes
-    cdef object state, data_ptr, numel, is_contiguous, strided, version
+    cdef object state, data_ptr, numel, is_contiguous, is_neg, strided, version
     cdef bint uses_state, valid, grads_forgotten
     cdef bytearray active   # per parameter: it had a gradient at the snapshot
     cdef bytearray kinds    # per parameter: its DType, or NOT_KERNEL_DTYPE
@@ -93,7 +93,8 @@ cdef class Snapshot:
         if self.places == NULL:
             raise MemoryError()
         cdef tuple floats
-        self.data_ptr, self.numel, self.is_contiguous, self.strided, floats = torch_facts
+        (self.data_ptr, self.numel, self.is_contiguous, self.is_neg, self.strided,
+         floats) = torch_facts
         self.state, self.uses_state = state, uses_state
         self.version = getattr(state, "version", None) if uses_state else None
         self.grads, self.entries, self.bufs, self.dtypes, self.shapes = [], [], [], [], []
@@ -146,24 +147,37 @@ cdef class Snapshot:
                 PyObject_CallOneArg(self.numel, tensor))
         return 0
 
-    cdef bint moved(self, object tensor, Py_ssize_t k) except -1:
-        """``tensor`` (not None) is no longer at the place ``places[k:k + 2]``,
-        or is no longer contiguous."""
+    cdef bint moved(self, object tensor, Py_ssize_t i, Py_ssize_t k) except -1:
+        """``tensor`` (not None; parameter ``i`` or its grad or buffer) no
+        longer lies at the place ``places[k:k + 2]`` with parameter ``i``'s
+        dtype, or is no longer contiguous.
+
+        The address alone is not enough: ``t.data = ...`` can put other
+        memory (freed and reused) or another view of the same memory
+        (``t.data.t()``, ``t.data[:k]``, ``t.data.view(torch.int64)``) at
+        the same address.  The shape is not compared (a Python call as
+        dear as all the others): a tensor re-viewed in place to another
+        shape of the same length is stepped as its memory lies, element
+        for element, where torch.optim.SGD would refuse the shapes.
+        """
         return (<uintptr_t>PyLong_AsVoidPtr(PyObject_CallOneArg(self.data_ptr, tensor))
                 != self.places[k]
                 or <uintptr_t>PyLong_AsSsize_t(PyObject_CallOneArg(self.numel, tensor))
                 != self.places[k + 1]
+                or PyObject_GetAttr(tensor, DTYPE) is not <object>PyList_GET_ITEM(self.dtypes, i)
                 or PyObject_CallOneArg(self.is_contiguous, tensor) is not True)
 
     cdef bint take_grad(self, object g, Py_ssize_t i) except -1:
         """Record ``g``, parameter ``i``'s new gradient, as the snapshot's;
         False (nothing recorded) unless ``g`` is a contiguous CPU tensor of
-        the parameter's dtype and shape."""
+        the parameter's dtype and shape whose memory holds its values (no
+        lazy negation)."""
         if (PyObject_GetAttr(g, IS_CPU) is not True
                 or PyObject_GetAttr(g, LAYOUT) is not self.strided
                 or PyObject_GetAttr(g, DTYPE) is not <object>PyList_GET_ITEM(self.dtypes, i)
                 or PyObject_GetAttr(g, SHAPE) != <object>PyList_GET_ITEM(self.shapes, i)
-                or PyObject_CallOneArg(self.is_contiguous, g) is not True):
+                or PyObject_CallOneArg(self.is_contiguous, g) is not True
+                or PyObject_CallOneArg(self.is_neg, g) is not False):
             return False
         self.grads[i] = g
         self.record(g, 6 * i + 2)
@@ -182,8 +196,8 @@ cdef class Snapshot:
         else CHANGED (also when a parameter gained or lost its gradient).
 
         With ``take_grads``, a GRADS answer means the snapshot now records
-        the new gradients: every one checked (a contiguous CPU tensor of its
-        parameter's dtype and shape; else CHANGED) and its place recorded.
+        the new gradients: every one checked (as take_grad() does; else
+        CHANGED) and its place recorded, whatever the caller then runs.
         After CHANGED the snapshot is spent: every later check says CHANGED.
         """
         cdef int found = self.compare(params, state, uses_state, take_grads)
@@ -208,7 +222,7 @@ cdef class Snapshot:
         try:
             for i in range(self.n):
                 p = <object>PyList_GET_ITEM(params, i)
-                if p is not <object>PyList_GET_ITEM(self.params, i) or self.moved(p, 6 * i):
+                if p is not <object>PyList_GET_ITEM(self.params, i) or self.moved(p, i, 6 * i):
                     return CHANGED
                 if self.uses_state:
                     if not versioned:
@@ -223,14 +237,14 @@ cdef class Snapshot:
                                 != PyList_GET_ITEM(self.bufs, i):
                             return CHANGED
                         if buf != NULL and <object>buf is not None and \
-                                self.moved(<object>buf, 6 * i + 4):
+                                self.moved(<object>buf, i, 6 * i + 4):
                             return CHANGED
                 g = PyObject_GetAttr(p, GRAD)
                 if (g is None) == self.active[i]:
                     return CHANGED
                 if g is None or (found == GRADS and not take_grads):
                     continue
-                if g is not <object>PyList_GET_ITEM(self.grads, i) or self.moved(g, 6 * i + 2):
+                if g is not <object>PyList_GET_ITEM(self.grads, i) or self.moved(g, i, 6 * i + 2):
                     found = GRADS
                     if take_grads and not self.take_grad(g, i):
                         return CHANGED

@@ -35,10 +35,10 @@ _NO_STATE = MappingProxyType({})
 # How foreach.sgd_groups names an array: 'groups[1].grads[0]'.
 _BATCH_ARRAY = re.compile(r"'groups\[(\d+)\]\.(params|grads|bufs)\[(\d+)\]'")
 # What a Snapshot needs of torch: how to ask a tensor where it lies, how
-# long it is and whether it is contiguous; the strided layout; the dtypes
-# of the kernels' float32 and float64.
+# long it is, whether it is contiguous and whether it is lazily negated;
+# the strided layout; the dtypes of the kernels' float32 and float64.
 _TORCH_FACTS = (torch.Tensor.data_ptr, torch.Tensor.numel, torch.Tensor.is_contiguous,
-                torch.strided, (torch.float32, torch.float64))
+                torch.Tensor.is_neg, torch.strided, (torch.float32, torch.float64))
 
 
 # A parameter's place: (state-dict index, group index, index in the group).
@@ -60,7 +60,7 @@ def _check(tensor: torch.Tensor, what: str, param: torch.Tensor, place: Place) -
     """
     if (tensor.is_cpu and tensor.layout == torch.strided and tensor.dtype == param.dtype
             and tensor.dtype in _DTYPES and tensor.shape == param.shape
-            and tensor.is_contiguous()):
+            and tensor.is_contiguous() and not tensor.is_neg()):
         return  # the common case, decided without formatting a message
     where = _where(place)
     if tensor.device.type != "cpu":
@@ -78,8 +78,11 @@ def _check(tensor: torch.Tensor, what: str, param: torch.Tensor, place: Place) -
     if tensor.shape != param.shape:
         raise ValueError(f"{where}: {what} has shape {tuple(tensor.shape)} but "
                          f"the parameter has shape {tuple(param.shape)}")
-    raise ValueError(f"{where}: {what} is not contiguous; call "
-                     f".contiguous() on it before the step")
+    if not tensor.is_contiguous():
+        raise ValueError(f"{where}: {what} is not contiguous; call "
+                         f".contiguous() on it before the step")
+    raise ValueError(f"{where}: {what} is a lazily negated view; call "
+                     f".resolve_neg() on it before the step")
 
 
 def _scalar(value: Any) -> float:
@@ -93,7 +96,10 @@ def _hyperparameters(group: dict[str, Any]) -> dict[str, Any]:
     return {"lr": _scalar(group["lr"]), "momentum": group["momentum"],
             "dampening": group["dampening"],
             "weight_decay": _scalar(group["weight_decay"]),
-            "nesterov": group["nesterov"], "maximize": group["maximize"]}
+            # torch.optim.SGD ignores nesterov without momentum (a group
+            # edited after the constructor's check may have both)
+            "nesterov": group["nesterov"] and group["momentum"] != 0,
+            "maximize": group["maximize"]}
 
 
 class _Batch:
@@ -128,10 +134,10 @@ class _Batch:
     def view(self, tensor: torch.Tensor, what: str, param: torch.Tensor, place: Place,
              old: dict[int, tuple[torch.Tensor, tuple, np.ndarray]]) -> np.ndarray:
         """The NumPy view of ``tensor``: the previous batch's if the tensor
-        still has its memory and layout (``p.data = p.data.t()`` keeps the
-        address), else a checked new one."""
+        still has its memory and layout (``p.data = p.data.t()`` or
+        ``p.data = p.data.view(dtype)`` keep the address), else a checked new one."""
         hit = old.get(id(tensor))
-        layout = (tensor.data_ptr(), tensor.shape, tensor.stride())
+        layout = (tensor.data_ptr(), tensor.dtype, tensor.shape, tensor.stride())
         if hit is None or hit[0] is not tensor or hit[1] != layout:
             _check(tensor, what, param, place)
             hit = (tensor, layout, tensor.detach().numpy().reshape(-1))
@@ -187,10 +193,11 @@ for _name in ("__setitem__", "__delitem__", "__ior__", "clear", "pop", "popitem"
 class _Flat:
     """A param group's arena and the torch tensors that alias its views."""
 
-    __slots__ = ("arena", "params", "grads", "bufs", "addresses")
+    __slots__ = ("arena", "dtype", "params", "grads", "bufs", "addresses")
 
     def __init__(self, arena: Arena) -> None:
         self.arena = arena
+        self.dtype = torch.float64 if arena.dtype == np.float64 else torch.float32
         self.params = [torch.from_numpy(v) for v in arena.param_views]
         self.grads = [torch.from_numpy(v) for v in arena.grad_views]
         self.bufs = [torch.from_numpy(v) for v in arena.buf_views]
@@ -202,8 +209,8 @@ class _Flat:
         was swapped out or re-laid (``t.data = ...``): it then lies outside
         the arena, or not as the view does."""
         t = tensors[i]
-        if (t.data_ptr() != self.addresses[id(t)] or t.numel() != views[i].size
-                or not t.is_contiguous()):
+        if (t.data_ptr() != self.addresses[id(t)] or t.shape != views[i].shape
+                or t.dtype != self.dtype or not t.is_contiguous()):
             tensors[i] = torch.from_numpy(views[i])
             self.addresses[id(tensors[i])] = tensors[i].data_ptr()
         return tensors[i]
@@ -406,7 +413,7 @@ class SGD(torch.optim.Optimizer):
         """
         flat = self._flats[gi]
         if any(p.data_ptr() != home.data_ptr() or p.shape != home.shape
-               or not p.is_contiguous()
+               or p.dtype != home.dtype or not p.is_contiguous()
                for p, home in zip(group["params"], flat.params)) or \
                 len(group["params"]) != len(flat.params):
             flat = self._flats[gi] = self._flatten(gi, first_index, False)
