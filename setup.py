@@ -106,6 +106,7 @@ MODULES = [
     "momentum._overlap",
     "momentum._probe",
     "momentum.foreach",
+    "momentum._tensor_facts",
     "momentum._torch_keys",
 ]
 

@@ -24,12 +24,12 @@ from libc.stddef cimport size_t
 from libc.stdint cimport uintptr_t
 
 from momentum._checks cimport sgd_hyperparameters
+from momentum._tensor_facts cimport Fact
 from momentum._overlap cimport Span, find_overlap
 from momentum._schedule cimport (
     DType, DTYPE_FLOAT32, DTYPE_FLOAT64, RULE_SGD, Task, run_checked)
 
 cdef extern from "Python.h":
-    object PyObject_CallOneArg(object, object)
     object PyObject_GetAttr(object, object)
     PyObject* PyDict_GetItemWithError(object, object) except? NULL
 
@@ -42,29 +42,37 @@ CHANGED = 2  # a parameter, its memory, a state entry or a buffer differs
 cdef enum:
     NOT_KERNEL_DTYPE = 255
 
-cdef object GRAD = "grad"
-cdef object IS_CPU = "is_cpu"
-cdef object LAYOUT = "layout"
-cdef object DTYPE = "dtype"
-cdef object SHAPE = "shape"
 cdef object VERSION = "version"
 cdef object MOMENTUM_BUFFER = "momentum_buffer"
 cdef str STEP = "SGD.step"
+
+# What the checks ask of torch, set once by know_torch().
+cdef Fact DATA_PTR, NUMEL, IS_CONTIGUOUS, IS_NEG, GRAD, DTYPE, SHAPE, IS_CPU, LAYOUT
+cdef object STRIDED, FLOAT32, FLOAT64
+
+
+def know_torch(tensor_type, strided, float32, float64):
+    """Tell this module torch's tensor type, strided layout and the dtypes of
+    the kernels' float32 and float64 (it does not import torch itself)."""
+    global DATA_PTR, NUMEL, IS_CONTIGUOUS, IS_NEG, GRAD, DTYPE, SHAPE, IS_CPU, LAYOUT
+    global STRIDED, FLOAT32, FLOAT64
+    DATA_PTR, NUMEL, IS_CONTIGUOUS, IS_NEG, GRAD, DTYPE, SHAPE, IS_CPU, LAYOUT = (
+        Fact(getattr(tensor_type, name)) for name in
+        ("data_ptr", "numel", "is_contiguous", "is_neg", "grad", "dtype", "shape",
+         "is_cpu", "layout"))
+    STRIDED, FLOAT32, FLOAT64 = strided, float32, float64
 
 
 cdef class Snapshot:
     """The tensors one param group's batch was built from, and where they lie.
 
-    ``Snapshot(params, state, torch_facts, uses_state)`` records, for every
+    ``Snapshot(params, state, uses_state)`` records, for every
     parameter ``p`` of ``params``: ``p`` itself and its place, ``p.grad`` and
     its place, and when ``uses_state`` the per-parameter dict
     ``state.get(p)``, its ``"momentum_buffer"`` and that buffer's place.  A
     tensor's place is its address and element count; each step a tensor
     must still lie there, contiguous and with its parameter's dtype (see
-    moved()).
-    ``torch_facts`` are the unbound ``torch.Tensor.data_ptr``, ``numel``,
-    ``is_contiguous`` and ``is_neg``, ``torch.strided``, and the torch dtypes
-    of the kernels' float32 and float64.
+    moved()).  Call know_torch() first.
 
     A ``state`` with a ``version`` attribute promises that the attribute
     changes whenever an entry of ``state`` is set or removed: while it is
@@ -73,7 +81,7 @@ cdef class Snapshot:
     """
 
     cdef list params, grads, entries, bufs, dtypes, shapes
-    cdef object state, data_ptr, numel, is_contiguous, is_neg, strided, version
+    cdef object state, version
     cdef bint uses_state, valid, grads_forgotten
     cdef bytearray active   # per parameter: it had a gradient at the snapshot
     cdef bytearray kinds    # per parameter: its DType, or NOT_KERNEL_DTYPE
@@ -86,15 +94,14 @@ cdef class Snapshot:
     cdef uintptr_t* places
     cdef Py_ssize_t n
 
-    def __cinit__(self, object params, object state, tuple torch_facts, bint uses_state):
+    def __cinit__(self, object params, object state, bint uses_state):
         self.params = list(params)
         self.n = PyList_GET_SIZE(self.params)
         self.places = <uintptr_t*>PyMem_Malloc(6 * max(self.n, 1) * sizeof(uintptr_t))
         if self.places == NULL:
             raise MemoryError()
-        cdef tuple floats
-        (self.data_ptr, self.numel, self.is_contiguous, self.is_neg, self.strided,
-         floats) = torch_facts
+        if DATA_PTR is None:
+            raise RuntimeError("call know_torch() first")
         self.state, self.uses_state = state, uses_state
         self.version = getattr(state, "version", None) if uses_state else None
         self.grads, self.entries, self.bufs, self.dtypes, self.shapes = [], [], [], [], []
@@ -108,17 +115,17 @@ cdef class Snapshot:
                 raise TypeError("state is not a dict")
             for i in range(self.n):
                 p = self.params[i]
-                g = PyObject_GetAttr(p, GRAD)
+                g = GRAD.of(p)
                 entry = PyDict_GetItemWithError(state, p) if uses_state else NULL
                 b = None if entry == NULL else (<object>entry).get(MOMENTUM_BUFFER)
                 self.grads.append(g)
                 self.active[i] = g is not None
                 self.entries.append(None if entry == NULL else <object>entry)
                 self.bufs.append(b)
-                self.dtypes.append(PyObject_GetAttr(p, DTYPE))
-                self.shapes.append(PyObject_GetAttr(p, SHAPE))
-                self.kinds[i] = (DTYPE_FLOAT32 if self.dtypes[i] is floats[0] else
-                                 DTYPE_FLOAT64 if self.dtypes[i] is floats[1] else
+                self.dtypes.append(DTYPE.of(p))
+                self.shapes.append(SHAPE.of(p))
+                self.kinds[i] = (DTYPE_FLOAT32 if self.dtypes[i] is FLOAT32 else
+                                 DTYPE_FLOAT64 if self.dtypes[i] is FLOAT64 else
                                  NOT_KERNEL_DTYPE)
                 if g is not None:
                     self.nactive += 1
@@ -141,10 +148,8 @@ cdef class Snapshot:
         if tensor is None:
             self.places[k] = self.places[k + 1] = 0
         else:
-            self.places[k] = <uintptr_t>PyLong_AsVoidPtr(
-                PyObject_CallOneArg(self.data_ptr, tensor))
-            self.places[k + 1] = <uintptr_t>PyLong_AsSsize_t(
-                PyObject_CallOneArg(self.numel, tensor))
+            self.places[k] = <uintptr_t>PyLong_AsVoidPtr(DATA_PTR.of(tensor))
+            self.places[k + 1] = <uintptr_t>PyLong_AsSsize_t(NUMEL.of(tensor))
         return 0
 
     cdef bint moved(self, object tensor, Py_ssize_t i, Py_ssize_t k) except -1:
@@ -160,24 +165,22 @@ cdef class Snapshot:
         shape of the same length is stepped as its memory lies, element
         for element, where torch.optim.SGD would refuse the shapes.
         """
-        return (<uintptr_t>PyLong_AsVoidPtr(PyObject_CallOneArg(self.data_ptr, tensor))
-                != self.places[k]
-                or <uintptr_t>PyLong_AsSsize_t(PyObject_CallOneArg(self.numel, tensor))
-                != self.places[k + 1]
-                or PyObject_GetAttr(tensor, DTYPE) is not <object>PyList_GET_ITEM(self.dtypes, i)
-                or PyObject_CallOneArg(self.is_contiguous, tensor) is not True)
+        return (<uintptr_t>PyLong_AsVoidPtr(DATA_PTR.of(tensor)) != self.places[k]
+                or <uintptr_t>PyLong_AsSsize_t(NUMEL.of(tensor)) != self.places[k + 1]
+                or DTYPE.of(tensor) is not <object>PyList_GET_ITEM(self.dtypes, i)
+                or IS_CONTIGUOUS.of(tensor) is not True)
 
     cdef bint take_grad(self, object g, Py_ssize_t i) except -1:
         """Record ``g``, parameter ``i``'s new gradient, as the snapshot's;
         False (nothing recorded) unless ``g`` is a contiguous CPU tensor of
         the parameter's dtype and shape whose memory holds its values (no
         lazy negation)."""
-        if (PyObject_GetAttr(g, IS_CPU) is not True
-                or PyObject_GetAttr(g, LAYOUT) is not self.strided
-                or PyObject_GetAttr(g, DTYPE) is not <object>PyList_GET_ITEM(self.dtypes, i)
-                or PyObject_GetAttr(g, SHAPE) != <object>PyList_GET_ITEM(self.shapes, i)
-                or PyObject_CallOneArg(self.is_contiguous, g) is not True
-                or PyObject_CallOneArg(self.is_neg, g) is not False):
+        if (IS_CPU.of(g) is not True
+                or LAYOUT.of(g) is not STRIDED
+                or DTYPE.of(g) is not <object>PyList_GET_ITEM(self.dtypes, i)
+                or SHAPE.of(g) != <object>PyList_GET_ITEM(self.shapes, i)
+                or IS_CONTIGUOUS.of(g) is not True
+                or IS_NEG.of(g) is not False):
             return False
         self.grads[i] = g
         self.record(g, 6 * i + 2)
@@ -239,7 +242,7 @@ cdef class Snapshot:
                         if buf != NULL and <object>buf is not None and \
                                 self.moved(<object>buf, i, 6 * i + 4):
                             return CHANGED
-                g = PyObject_GetAttr(p, GRAD)
+                g = GRAD.of(p)
                 if (g is None) == self.active[i]:
                     return CHANGED
                 if g is None or (found == GRADS and not take_grads):

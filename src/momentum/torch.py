@@ -25,7 +25,7 @@ import torch
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from momentum import foreach
-from momentum._torch_keys import GRADS, HOLDS, Snapshot, run_groups
+from momentum._torch_keys import GRADS, HOLDS, Snapshot, know_torch, run_groups
 from momentum.arena import Arena
 
 __all__ = ["SGD"]
@@ -34,11 +34,7 @@ _DTYPES = (torch.float32, torch.float64)
 _NO_STATE = MappingProxyType({})
 # How foreach.sgd_groups names an array: 'groups[1].grads[0]'.
 _BATCH_ARRAY = re.compile(r"'groups\[(\d+)\]\.(params|grads|bufs)\[(\d+)\]'")
-# What a Snapshot needs of torch: how to ask a tensor where it lies, how
-# long it is, whether it is contiguous and whether it is lazily negated;
-# the strided layout; the dtypes of the kernels' float32 and float64.
-_TORCH_FACTS = (torch.Tensor.data_ptr, torch.Tensor.numel, torch.Tensor.is_contiguous,
-                torch.Tensor.is_neg, torch.strided, (torch.float32, torch.float64))
+know_torch(torch.Tensor, torch.strided, torch.float32, torch.float64)
 
 
 # A parameter's place: (state-dict index, group index, index in the group).
@@ -335,7 +331,7 @@ class SGD(torch.optim.Optimizer):
                 if uses_state else ()
             batch = self._tensor_batch(gi, group, first_index, grads, bufs,
                                        old.numpy if old is not None else {})
-        batch.snapshot = Snapshot(params, self.state, _TORCH_FACTS, uses_state)
+        batch.snapshot = Snapshot(params, self.state, uses_state)
         self._batches[gi] = batch
         return batch
 
