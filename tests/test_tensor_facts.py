@@ -54,3 +54,19 @@ def test_a_descriptor_of_another_form_is_called_through_python():
     fact = Fact(torch._C.TensorBase.__len__)  # a slot wrapper, not a method descriptor
     assert not fact.direct
     assert fact(torch.ones(5, 2)) == 5
+
+
+def test_python_properties_and_functions_are_called_through_python():
+    class Tensor(torch.Tensor):
+        @property
+        def doubled(self):
+            return 2 * self.numel()
+
+        def tripled(self):
+            return 3 * self.numel()
+
+    t = torch.ones(5).as_subclass(Tensor)
+    for name, expected in (("doubled", 10), ("tripled", 15)):
+        fact = Fact(getattr(Tensor, name))
+        assert not fact.direct
+        assert fact(t) == expected

@@ -758,3 +758,62 @@ def test_nesterov_is_ignored_when_momentum_is_set_to_zero_later():
             opt.step()
         results.append(w.detach().clone())
     assert_same(*results, RTOL[torch.float64])
+
+
+class _Reports64(torch.nn.Parameter):
+    """A parameter whose __torch_function__ says float64 of float32 memory."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        with torch._C.DisableTorchFunctionSubclass():
+            out = func(*args, **(kwargs or {}))
+        return torch.float64 if out is torch.float32 else out
+
+
+class _Plain(torch.Tensor):
+    """A tensor subclass with nothing changed."""
+
+
+def test_tensor_subclasses_take_the_full_path_every_step(monkeypatch):
+    # A subclass's answers (dtype, address...) may come from Python code, so
+    # its tensors never run from a snapshot: every step takes the full path,
+    # which reads their memory through NumPy.
+    calls = _count_full_path_calls(monkeypatch)
+    results = []
+    for cls in (SGD, torch.optim.SGD):
+        p = torch.nn.Parameter(torch.ones(4))
+        opt = cls([p], lr=0.5, momentum=0.9)
+        for step in range(4):
+            p.grad = torch.full((4,), step + 1.0).as_subclass(_Plain)
+            opt.step()
+        results.append(p.detach().clone())
+    assert calls[0] == 4
+    torch.testing.assert_close(*results, rtol=1e-6, atol=0)
+
+
+def test_subclass_that_misreports_its_dtype_is_refused_not_misread():
+    # float32 memory that says float64: reading it as float64 would run past
+    # its end.  The step refuses the mismatch it sees, writing nothing.
+    p = _Reports64(torch.ones(4))
+    opt = SGD([p], lr=0.5, momentum=0.9)
+    p.grad = _Reports64(torch.ones(4), requires_grad=False)
+    with pytest.raises(TypeError, match="momentum_buffer has dtype torch.float32 but "
+                                        "the parameter has dtype torch.float64"):
+        opt.step()
+    assert torch.equal(p.detach().as_subclass(torch.Tensor), torch.ones(4))
+    assert not opt.state
+
+
+def test_gradient_without_memory_is_a_type_error_after_warm_steps():
+    two_tensor = pytest.importorskip("torch.testing._internal.two_tensor")
+    p = torch.nn.Parameter(torch.ones(4))
+    opt = SGD([p], lr=0.1, momentum=0.9)
+    for _ in range(2):
+        p.grad = torch.ones(4)
+        opt.step()
+    before = (p.detach().clone(), opt.state[p]["momentum_buffer"].clone())
+    p.grad = two_tensor.TwoTensor(torch.ones(4), torch.ones(4))  # data_ptr() == 0
+    with pytest.raises(TypeError, match=r"parameter 0 .*its grad \(TwoTensor\) has no memory"):
+        opt.step()
+    assert torch.equal(p.detach(), before[0])
+    assert torch.equal(opt.state[p]["momentum_buffer"], before[1])

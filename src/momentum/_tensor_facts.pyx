@@ -8,7 +8,7 @@ attribute look-up, bound method or argument parsing in between (10-20 ns of
 the 40-60 ns a call through Python costs).  The same type check as the
 descriptor's is made each call, so an object of another type raises
 TypeError, never reaches torch's function.  A descriptor of another form
-(torch may change them) is called through Python, as before.
+(torch may change them, or define one in Python) is called through Python.
 
 Torch is not a build dependency: the descriptors are passed in.
 """
@@ -55,8 +55,12 @@ cdef class Fact:
 
     def __cinit__(self, object descr):
         self.descr = descr
-        self.name = descr.__name__
-        self.owner = descr.__objclass__
+        # A Python property or function (torch could define one in Python)
+        # has no __objclass__: it is called through Python, as attributes are.
+        self.name = getattr(descr, "__name__", None) or descr.fget.__name__
+        self.owner = getattr(descr, "__objclass__", None)
+        if self.owner is not None and not isinstance(self.owner, type):
+            raise TypeError(f"{descr!r} belongs to no type")
         self.kind = THROUGH_PYTHON
         cdef int flags
         if type(descr) is <type>&PyMethodDescr_Type:
@@ -73,7 +77,7 @@ cdef class Fact:
             self.kind = GETTER
 
     cdef object of(self, object tensor):
-        if not PyObject_TypeCheck(tensor, <PyTypeObject*>self.owner):
+        if self.owner is not None and not PyObject_TypeCheck(tensor, <PyTypeObject*>self.owner):
             raise TypeError(f"{self.name} of a {type(tensor).__name__}, not a tensor")
         if self.kind == NO_ARGS:
             return (<NoArgsFunction>self.fn)(tensor, NULL)
@@ -81,9 +85,9 @@ cdef class Fact:
             return (<Getter>self.fn)(tensor, self.closure)
         if self.kind == ARGS_KWARGS:
             return (<KeywordsFunction>self.fn)(tensor, NO_ARGUMENTS, NULL)
-        if type(self.descr) is <type>&PyGetSetDescr_Type:
-            return PyObject_GetAttr(tensor, self.name)
-        return PyObject_CallOneArg(self.descr, tensor)
+        if callable(self.descr):
+            return PyObject_CallOneArg(self.descr, tensor)
+        return PyObject_GetAttr(tensor, self.name)
 
     def __call__(self, tensor):
         """``self.of(tensor)``, for tests."""

@@ -49,18 +49,31 @@ cdef str STEP = "SGD.step"
 # What the checks ask of torch, set once by know_torch().
 cdef Fact DATA_PTR, NUMEL, IS_CONTIGUOUS, IS_NEG, GRAD, DTYPE, SHAPE, IS_CPU, LAYOUT
 cdef object STRIDED, FLOAT32, FLOAT64
+cdef object PLAIN_TENSOR, PLAIN_PARAMETER, PLAIN_BUFFER
 
 
-def know_torch(tensor_type, strided, float32, float64):
-    """Tell this module torch's tensor type, strided layout and the dtypes of
-    the kernels' float32 and float64 (it does not import torch itself)."""
+def know_torch(tensor_type, strided, float32, float64, plain_types):
+    """Tell this module torch's tensor type, strided layout, the dtypes of
+    the kernels' float32 and float64, and the three tensor types (Tensor,
+    Parameter, Buffer) whose answers no Python code can change (it does not
+    import torch itself)."""
     global DATA_PTR, NUMEL, IS_CONTIGUOUS, IS_NEG, GRAD, DTYPE, SHAPE, IS_CPU, LAYOUT
-    global STRIDED, FLOAT32, FLOAT64
+    global STRIDED, FLOAT32, FLOAT64, PLAIN_TENSOR, PLAIN_PARAMETER, PLAIN_BUFFER
     DATA_PTR, NUMEL, IS_CONTIGUOUS, IS_NEG, GRAD, DTYPE, SHAPE, IS_CPU, LAYOUT = (
         Fact(getattr(tensor_type, name)) for name in
         ("data_ptr", "numel", "is_contiguous", "is_neg", "grad", "dtype", "shape",
          "is_cpu", "layout"))
     STRIDED, FLOAT32, FLOAT64 = strided, float32, float64
+    PLAIN_TENSOR, PLAIN_PARAMETER, PLAIN_BUFFER = plain_types
+
+
+cdef inline bint plain(object tensor):
+    """``tensor`` is exactly a Tensor, Parameter or Buffer: no subclass whose
+    ``__torch_function__`` or Python attributes could answer the checks with
+    something other than what lies in memory (a subclass's tensors always
+    take the optimizer's full path, which reads them through NumPy)."""
+    cdef object kind = type(tensor)
+    return kind is PLAIN_TENSOR or kind is PLAIN_PARAMETER or kind is PLAIN_BUFFER
 
 
 cdef class Snapshot:
@@ -118,6 +131,8 @@ cdef class Snapshot:
                 g = GRAD.of(p)
                 entry = PyDict_GetItemWithError(state, p) if uses_state else NULL
                 b = None if entry == NULL else (<object>entry).get(MOMENTUM_BUFFER)
+                if not (plain(p) and (g is None or plain(g)) and (b is None or plain(b))):
+                    raise TypeError("a tensor subclass")
                 self.grads.append(g)
                 self.active[i] = g is not None
                 self.entries.append(None if entry == NULL else <object>entry)
@@ -163,9 +178,12 @@ cdef class Snapshot:
         the same address.  The shape is not compared (a Python call as
         dear as all the others): a tensor re-viewed in place to another
         shape of the same length is stepped as its memory lies, element
-        for element, where torch.optim.SGD would refuse the shapes.
+        for element, where torch.optim.SGD would refuse the shapes.  Nor is
+        the negative bit: only torch's private ``torch._neg_view`` can lay
+        a lazily negated view at a tensor's own address.
         """
-        return (<uintptr_t>PyLong_AsVoidPtr(DATA_PTR.of(tensor)) != self.places[k]
+        return (not plain(tensor)
+                or <uintptr_t>PyLong_AsVoidPtr(DATA_PTR.of(tensor)) != self.places[k]
                 or <uintptr_t>PyLong_AsSsize_t(NUMEL.of(tensor)) != self.places[k + 1]
                 or DTYPE.of(tensor) is not <object>PyList_GET_ITEM(self.dtypes, i)
                 or IS_CONTIGUOUS.of(tensor) is not True)
@@ -173,17 +191,23 @@ cdef class Snapshot:
     cdef bint take_grad(self, object g, Py_ssize_t i) except -1:
         """Record ``g``, parameter ``i``'s new gradient, as the snapshot's;
         False (nothing recorded) unless ``g`` is a contiguous CPU tensor of
-        the parameter's dtype and shape whose memory holds its values (no
-        lazy negation)."""
-        if (IS_CPU.of(g) is not True
+        the parameter's dtype and shape whose memory holds its values (a
+        plain tensor with memory, not lazily negated)."""
+        if (not plain(g)
+                or IS_CPU.of(g) is not True
                 or LAYOUT.of(g) is not STRIDED
                 or DTYPE.of(g) is not <object>PyList_GET_ITEM(self.dtypes, i)
                 or SHAPE.of(g) != <object>PyList_GET_ITEM(self.shapes, i)
                 or IS_CONTIGUOUS.of(g) is not True
                 or IS_NEG.of(g) is not False):
             return False
+        cdef uintptr_t address = <uintptr_t>PyLong_AsVoidPtr(DATA_PTR.of(g))
+        cdef uintptr_t length = <uintptr_t>PyLong_AsSsize_t(NUMEL.of(g))
+        if address == 0 and length != 0:
+            return False    # no memory behind it (a meta or fake tensor)
         self.grads[i] = g
-        self.record(g, 6 * i + 2)
+        self.places[6 * i + 2] = address
+        self.places[6 * i + 3] = length
         return True
 
     def forget_grads(self):

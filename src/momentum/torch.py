@@ -34,7 +34,8 @@ _DTYPES = (torch.float32, torch.float64)
 _NO_STATE = MappingProxyType({})
 # How foreach.sgd_groups names an array: 'groups[1].grads[0]'.
 _BATCH_ARRAY = re.compile(r"'groups\[(\d+)\]\.(params|grads|bufs)\[(\d+)\]'")
-know_torch(torch.Tensor, torch.strided, torch.float32, torch.float64)
+know_torch(torch.Tensor, torch.strided, torch.float32, torch.float64,
+           (torch.Tensor, torch.nn.Parameter, torch.nn.Buffer))
 
 
 # A parameter's place: (state-dict index, group index, index in the group).
@@ -79,6 +80,17 @@ def _check(tensor: torch.Tensor, what: str, param: torch.Tensor, place: Place) -
                          f".contiguous() on it before the step")
     raise ValueError(f"{where}: {what} is a lazily negated view; call "
                      f".resolve_neg() on it before the step")
+
+
+def _numpy(tensor: torch.Tensor, what: str, place: Place) -> np.ndarray:
+    """A flat NumPy view of ``tensor`` (checked by _check); TypeError naming
+    the parameter for a tensor subclass without memory of its own (a wrapper
+    or fake tensor), which NumPy cannot view."""
+    try:
+        return tensor.detach().numpy().reshape(-1)
+    except RuntimeError as error:
+        raise TypeError(f"{_where(place)}: {what} ({type(tensor).__name__}) has no "
+                        f"memory to step in place ({error}); use torch.optim.SGD") from None
 
 
 def _scalar(value: Any) -> float:
@@ -136,7 +148,7 @@ class _Batch:
         layout = (tensor.data_ptr(), tensor.dtype, tensor.shape, tensor.stride())
         if hit is None or hit[0] is not tensor or hit[1] != layout:
             _check(tensor, what, param, place)
-            hit = (tensor, layout, tensor.detach().numpy().reshape(-1))
+            hit = (tensor, layout, _numpy(tensor, what, place))
         self.numpy[id(tensor)] = hit
         return hit[2]
 
@@ -148,7 +160,7 @@ def _grad_views(params: list[torch.Tensor], grads: list[Any], active: list[int],
     for i in active:
         g = grads[i]
         _check(g, "its grad", params[i], (first_index + i, gi, i))
-        views.append(g.numpy().reshape(-1))
+        views.append(_numpy(g, "its grad", (first_index + i, gi, i)))
     return views
 
 
