@@ -3,14 +3,16 @@ and the step run straight from it.
 
 The optimizer caches, per param group, the batch it hands to the kernels.  It
 stays valid while every parameter, gradient and momentum buffer is the same
-tensor object with the same memory address.  Checking that in a Python loop
-costs about 1 µs per parameter, more than the kernel on small tensors; this
-loop does the same checks with direct C-API calls.  It only calls Python
-objects (attributes, ``dict`` look-ups and the tensor methods it is given),
-so torch is not a build dependency.
+plain tensor object, lying at the same address with the same length, dtype
+and contiguity.  Checking that in a Python loop costs about 1 µs per
+parameter, more than the kernel on small tensors; this loop asks torch
+through the C functions behind its tensor descriptors
+(:mod:`momentum._tensor_facts`), which know_torch() hands over, so torch is
+not a build dependency.
 
-Every checked object is held by the snapshot, so no identity or address it
-compares can be reused by another object while it lives.
+Every checked object is held by the snapshot, so no identity it compares can
+be reused by another object while it lives.  Memory can be (``t.data = ...``
+frees it), which is why a tensor's layout is compared as well as its address.
 
 A training loop replaces every gradient each step: check() can take the new
 ones (checked and recorded), and run_groups() then steps every group from
@@ -34,7 +36,7 @@ cdef extern from "Python.h":
     PyObject* PyDict_GetItemWithError(object, object) except? NULL
 
 # What check() found, the least a caller must rebuild.
-HOLDS = 0    # everything as snapshot: the cached views are current
+HOLDS = 0    # everything as snapshot: the cached batch is current
 GRADS = 1    # only gradients differ (other tensors or other memory)
 CHANGED = 2  # a parameter, its memory, a state entry or a buffer differs
 

@@ -1,10 +1,13 @@
 """``momentum.torch.SGD``: a drop-in ``torch.optim.SGD`` for CPU tensors.
 
-The step runs :func:`momentum.foreach.sgd_groups` once, over every param
-group, on NumPy views that share memory with the parameters, gradients and
-momentum buffers, so nothing is copied or converted.  State (``state[p]["momentum_buffer"]``) and
-param groups are laid out as ``torch.optim.SGD``'s, so state dicts move
-between the two both ways.
+A step is one batch of kernel calls over every param group, in place on the
+memory of the parameters, gradients and momentum buffers, so nothing is
+copied or converted.  A first step, or one after any edit, runs
+:func:`momentum.foreach.sgd_groups` on NumPy views of the tensors (which
+checks everything and words the errors); later steps run from what the
+group's snapshot (:mod:`momentum._torch_keys`) re-checks each step.  State
+(``state[p]["momentum_buffer"]``) and param groups are laid out as
+``torch.optim.SGD``'s, so state dicts move between the two both ways.
 
 With ``flat=True`` each param group lives in a :class:`momentum.Arena`: its
 parameters, gradients and buffers are views into three contiguous blocks and a
