@@ -85,10 +85,12 @@ def _check(tensor: torch.Tensor, what: str, param: torch.Tensor, place: Place) -
                      f".resolve_neg() on it before the step")
 
 
-def _numpy(tensor: torch.Tensor, what: str, place: Place) -> np.ndarray:
-    """A flat NumPy view of ``tensor`` (checked by _check); TypeError naming
-    the parameter for a tensor subclass without memory of its own (a wrapper
-    or fake tensor), which NumPy cannot view."""
+def _checked_view(tensor: torch.Tensor, what: str, param: torch.Tensor,
+                  place: Place) -> np.ndarray:
+    """A flat NumPy view of ``tensor``, after _check; TypeError naming the
+    parameter for a tensor subclass without memory of its own (a wrapper or
+    fake tensor), which NumPy cannot view."""
+    _check(tensor, what, param, place)
     try:
         return tensor.detach().numpy().reshape(-1)
     except RuntimeError as error:
@@ -118,7 +120,7 @@ class _Batch:
 
     ``snapshot`` (a :class:`momentum._torch_keys.Snapshot`) records the
     identity of every parameter, gradient, state entry and buffer, and where
-    each tensor lies (address, length, contiguous); while all hold, the
+    each tensor lies (address, length, dtype, contiguous); while all hold, the
     batch is current.  Gradients alone differing is common (a training loop
     makes new ones every step): the snapshot then records the new ones and
     the step runs from its addresses (run_groups), not from these views.
@@ -150,8 +152,7 @@ class _Batch:
         hit = old.get(id(tensor))
         layout = (tensor.data_ptr(), tensor.dtype, tensor.shape, tensor.stride())
         if hit is None or hit[0] is not tensor or hit[1] != layout:
-            _check(tensor, what, param, place)
-            hit = (tensor, layout, _numpy(tensor, what, place))
+            hit = (tensor, layout, _checked_view(tensor, what, param, place))
         self.numpy[id(tensor)] = hit
         return hit[2]
 
@@ -159,12 +160,8 @@ class _Batch:
 def _grad_views(params: list[torch.Tensor], grads: list[Any], active: list[int],
                 gi: int, first_index: int) -> list[np.ndarray]:
     """Checked NumPy views of the gradients of the parameters in ``active``."""
-    views = []
-    for i in active:
-        g = grads[i]
-        _check(g, "its grad", params[i], (first_index + i, gi, i))
-        views.append(_numpy(g, "its grad", (first_index + i, gi, i)))
-    return views
+    return [_checked_view(grads[i], "its grad", params[i], (first_index + i, gi, i))
+            for i in active]
 
 
 class _State(defaultdict):
@@ -201,6 +198,15 @@ for _name in ("__setitem__", "__delitem__", "__ior__", "clear", "pop", "popitem"
     setattr(_State, _name, _counted(_name))
 
 
+def _lies_at(tensor: torch.Tensor, address: int, shape: Sequence[int],
+             dtype: torch.dtype) -> bool:
+    """``tensor`` views exactly the memory at ``address`` as ``shape`` and
+    ``dtype``, contiguous: ``t.data = ...`` can change any of them while the
+    tensor object stays."""
+    return (tensor.data_ptr() == address and tensor.shape == shape
+            and tensor.dtype == dtype and tensor.is_contiguous())
+
+
 class _Flat:
     """A param group's arena and the torch tensors that alias its views."""
 
@@ -220,8 +226,7 @@ class _Flat:
         was swapped out or re-laid (``t.data = ...``): it then lies outside
         the arena, or not as the view does."""
         t = tensors[i]
-        if (t.data_ptr() != self.addresses[id(t)] or t.shape != views[i].shape
-                or t.dtype != self.dtype or not t.is_contiguous()):
+        if not _lies_at(t, self.addresses[id(t)], views[i].shape, self.dtype):
             tensors[i] = torch.from_numpy(views[i])
             self.addresses[id(tensors[i])] = tensors[i].data_ptr()
         return tensors[i]
@@ -423,8 +428,7 @@ class SGD(torch.optim.Optimizer):
         gradient the user set, a buffer from a loaded state dict.
         """
         flat = self._flats[gi]
-        if any(p.data_ptr() != home.data_ptr() or p.shape != home.shape
-               or p.dtype != home.dtype or not p.is_contiguous()
+        if any(not _lies_at(p, home.data_ptr(), home.shape, home.dtype)
                for p, home in zip(group["params"], flat.params)) or \
                 len(group["params"]) != len(flat.params):
             flat = self._flats[gi] = self._flatten(gi, first_index, False)
