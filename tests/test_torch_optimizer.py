@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import itertools
 import re
 import subprocess
 import sys
@@ -13,17 +12,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from momentum.torch import SGD  # noqa: E402
-from torch_helpers import assert_same, flat_params, make_data, make_model, mse  # noqa: E402
+from torch_helpers import (  # noqa: E402
+    assert_same, flat_params, make_data, make_model, mse, sgd_flag_combinations)
 
 STEPS = 100
-# Every flag combination torch.optim.SGD accepts (nesterov needs momentum and
-# no dampening).
-FLAGS = [
-    dict(momentum=m, dampening=d, nesterov=n, weight_decay=wd, maximize=mx)
-    for m, d, n, wd, mx in itertools.product(
-        [0.0, 0.9], [0.0, 0.1], [False, True], [0.0, 1e-2], [False, True])
-    if not n or (m > 0 and d == 0)
-]
+FLAGS = sgd_flag_combinations(momentum=0.9, dampening=0.1)
 # float64: both sides round every operation to 53 bits; PyTorch's vectorised
 # add may fuse a multiply-add where we round twice, a relative 1e-16 per step
 # that stays far below 1e-10 after 100 steps.

@@ -3,7 +3,6 @@ bound, as PyTorch fuses multiply-adds) and Keras's SGD momentum closed form
 (bitwise)."""
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import numpy as np
@@ -13,6 +12,8 @@ import momentum
 from conftest import assert_bitwise_equal
 
 torch = pytest.importorskip("torch")
+
+from torch_helpers import sgd_flag_combinations  # noqa: E402
 
 STEPS = 50
 N = 10_007   # vector body plus a remainder on every SIMD width
@@ -47,15 +48,9 @@ def assert_near(actual: np.ndarray, expected: np.ndarray, ulps: float) -> None:
 
 
 def torch_cases() -> list[dict[str, Any]]:
-    """Every flag combination torch.optim.SGD accepts."""
-    cases = []
-    for m, d, nesterov, wd, maximize in itertools.product(
-            [0.0, MOMENTUM], [0.0, 0.3], [False, True], [0.0, 1e-2], [False, True]):
-        if nesterov and (m == 0 or d != 0):
-            continue
-        cases.append(dict(lr=LR, momentum=m, dampening=d, nesterov=nesterov,
-                          weight_decay=wd, maximize=maximize))
-    return cases
+    """Every flag combination torch.optim.SGD accepts, at learning rate LR."""
+    return [dict(lr=LR, **flags)
+            for flags in sgd_flag_combinations(momentum=MOMENTUM, dampening=0.3)]
 
 
 def hyper_id(h: dict[str, Any]) -> str:

@@ -1,7 +1,21 @@
 """Shared by the torch tests: a small fixed network, fixed data, comparisons."""
 from __future__ import annotations
 
+import itertools
+from typing import Any
+
 import torch
+
+
+def sgd_flag_combinations(momentum: float, dampening: float) -> list[dict[str, Any]]:
+    """Every flag combination torch.optim.SGD accepts, with momentum 0 or
+    ``momentum`` and dampening 0 or ``dampening`` (nesterov needs momentum
+    and no dampening)."""
+    return [dict(momentum=m, dampening=d, nesterov=n, weight_decay=wd, maximize=mx)
+            for m, d, n, wd, mx in itertools.product(
+                [0.0, momentum], [0.0, dampening], [False, True], [0.0, 1e-2],
+                [False, True])
+            if not n or (m > 0 and d == 0)]
 
 
 def make_model(dtype: torch.dtype) -> torch.nn.Module:
