@@ -2,14 +2,14 @@
 
 Run: ``PYTHONPATH=src python -m pytest bench/test_bench_foreach.py
 --benchmark-group-by=group``.  Each workload (shipped parameter shapes of a
-real model) is a group; every candidate does the same SGD step (momentum
-0.9, weight decay 1e-4, float32) and reports GB/s in ``extra_info`` from the
-5 array-elements it moves per element.
+real model) is a group; the candidates are those of ``python -m momentum
+bench``'s model table (``momentum._bench.workloads``): the same sgd step
+(TIMED["sgd"], float32) on the same arrays, each reporting GB/s in
+``extra_info``.
 """
 from __future__ import annotations
 
 import functools
-import math
 import timeit
 
 import numpy as np
@@ -17,89 +17,56 @@ import pytest
 
 import momentum
 import momentum.foreach as fe
-from momentum import reference
+from momentum._bench import workloads
+from momentum._bench.peers import OUR_TORCH_MODES, TORCH_MODES, Step
+from momentum._bench.rules import ELEMENTS_MOVED, TIMED
 from momentum._workloads import load_workload, workload_names
 
-HYPER = dict(lr=1e-3, momentum=0.9, weight_decay=1e-4)
-DTYPE = np.float32
-BYTES_PER_ELEMENT = 5 * np.dtype(DTYPE).itemsize
+CANDIDATES = [workloads.BASELINE, "momentum.Arena.sgd (1 call)",
+              "momentum.sgd, Python loop", "reference, Python loop",
+              *OUR_TORCH_MODES, *TORCH_MODES]
+BYTES_PER_ELEMENT = ELEMENTS_MOVED["sgd"] * np.dtype(np.float32).itemsize
 
 
 @functools.lru_cache(maxsize=1)
-def model(name: str) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    """params, grads, bufs of workload ``name`` (one workload held at a time)."""
-    rng = np.random.default_rng(0)
-    shapes = load_workload(name)["shapes"]
-    params = [rng.standard_normal(s, dtype=DTYPE) for s in shapes]
-    grads = [rng.standard_normal(s, dtype=DTYPE) * DTYPE(1e-3) for s in shapes]
-    bufs = [np.zeros(s, DTYPE) for s in shapes]
-    return params, grads, bufs
+def candidates(name: str) -> tuple[dict[str, Step], dict[str, str]]:
+    """Every candidate's step over workload ``name``, and the missing ones
+    (one workload held at a time: the tests run workload by workload)."""
+    return workloads.steps(workloads.arena(load_workload(name)["shapes"]))
 
 
-def run(benchmark, name: str, step) -> None:
-    """Time ``step``, grouped by workload, and record its bandwidth."""
+# "candidate" first: pytest varies the top parametrization fastest, so the
+# tests run workload by workload and candidates() builds each one once.
+@pytest.mark.parametrize("candidate", CANDIDATES)
+@pytest.mark.parametrize("name", workload_names())
+def test_step(benchmark, name, candidate):
+    steps, missing = candidates(name)
+    if candidate in missing:
+        pytest.skip(f"{candidate}: {missing[candidate]}")
+    step = steps[candidate]
     total = load_workload(name)["total_elements"]
     benchmark.group = name
-    step()  # warm up: first-touch pages, PyTorch's buffer allocation
+    step()  # warm up: first-touch pages, an optimizer's first step
     rounds = max(3, min(100, int(5e8 // total)))
     benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=0)
-    seconds = benchmark.stats.stats.median
     benchmark.extra_info["tensors"] = len(load_workload(name)["shapes"])
     benchmark.extra_info["elements"] = total
-    benchmark.extra_info["GB/s"] = round(total * BYTES_PER_ELEMENT / seconds / 1e9, 2)
-
-
-WORKLOADS = pytest.mark.parametrize("name", workload_names())
-
-
-@WORKLOADS
-def test_foreach_sgd(benchmark, name):
-    params, grads, bufs = model(name)
-    run(benchmark, name, lambda: fe.sgd(params, grads, bufs, **HYPER))
-
-
-@WORKLOADS
-def test_arena_sgd(benchmark, name):
-    arena = momentum.Arena(load_workload(name)["shapes"], dtype=DTYPE)
-    arena.params[...] = 1
-    arena.grads[...] = 1e-3
-    run(benchmark, name, lambda: arena.sgd(**HYPER))
-
-
-@WORKLOADS
-@pytest.mark.parametrize("single", [momentum, reference], ids=["api_loop", "numpy_loop"])
-def test_loop(benchmark, name, single):
-    params, grads, bufs = model(name)
-
-    def step():
-        for p, g, b in zip(params, grads, bufs):
-            single.sgd(p, g, b, **HYPER)
-    run(benchmark, name, step)
-
-
-@WORKLOADS
-@pytest.mark.parametrize("fused", [True, False], ids=["torch_fused", "torch_forloop"])
-def test_torch_sgd(benchmark, name, fused):
-    torch = pytest.importorskip("torch")
-    params, grads, _ = model(name)
-    tensors = [torch.from_numpy(p.copy()) for p in params]
-    for t, g in zip(tensors, grads):
-        t.grad = torch.from_numpy(g)
-    opt = torch.optim.SGD(tensors, **HYPER, fused=fused, foreach=False)
-    benchmark.extra_info["torch_threads"] = torch.get_num_threads()
-    run(benchmark, name, opt.step)
-    assert math.isfinite(float(tensors[0].flatten()[0]))
+    benchmark.extra_info["GB/s"] = round(
+        total * BYTES_PER_ELEMENT / benchmark.stats.stats.median / 1e9, 2)
 
 
 def test_foreach_overhead_per_tensor(benchmark):
     """1,000 tensors of 16 elements; extra_info has the ns per tensor beyond
     one kernel call on the same 16,000 elements laid flat."""
     tensors, size = 1000, 16
-    params, grads, bufs = ([np.ones(size, DTYPE) for _ in range(tensors)] for _ in range(3))
-    flat = [np.ones(tensors * size, DTYPE) for _ in range(3)]
+    params, grads, bufs = ([np.ones(size, np.float32) for _ in range(tensors)]
+                           for _ in range(3))
+    flat = [np.ones(tensors * size, np.float32) for _ in range(3)]
+    hyper = TIMED["sgd"]
     benchmark.group = "overhead"
-    benchmark(fe.sgd, params, grads, bufs, **HYPER)
-    kernel = min(timeit.repeat(lambda: momentum.sgd(*flat, **HYPER), number=1000, repeat=5)) / 1000
+    benchmark(fe.sgd, params, grads, bufs, **hyper)
+    kernel = min(timeit.repeat(lambda: momentum.sgd(*flat, **hyper),
+                               number=1000, repeat=5)) / 1000
     foreach = benchmark.stats.stats.min
     benchmark.extra_info["kernel_us"] = round(kernel * 1e6, 2)
     benchmark.extra_info["ns_per_tensor"] = round((foreach - kernel) / tensors * 1e9, 1)

@@ -19,7 +19,6 @@ quote on a shared machine)::
 """
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from momentum._bench import timing  # noqa: E402
 from momentum._bench.peers import set_threads  # noqa: E402
 from momentum._bench.rules import TIMED  # noqa: E402
 from momentum._workloads import load_workload, workload_names  # noqa: E402
@@ -101,23 +101,31 @@ def test_step_after_backward(benchmark, name, candidate, threads):
                        warmup_rounds=1)
 
 
+def timed_after(before: Callable[[], None], step: Callable[[], object]) -> timing.Runner:
+    """A runner of ``step`` that first runs ``before`` untimed, each call."""
+    def run(k: int) -> float:
+        seconds = 0.0
+        for _ in range(k):
+            before()
+            start = time.perf_counter()
+            step()
+            seconds += time.perf_counter() - start
+        return seconds
+    return run
+
+
 def interleaved(name: str, threads: int, rounds: int,
                 after_backward: bool = False) -> dict[str, float]:
-    """Median step time (s) of every candidate, timed in turn round by round;
-    with ``after_backward``, each step follows zero_grad() and a backward
-    pass (not timed), as in a training loop."""
+    """Median step time (s) of every candidate, one step per sample, timed
+    in turn round by round; with ``after_backward``, each step follows
+    zero_grad() and a backward pass (not timed), as in a training loop."""
     set_threads(threads)
     opts = {c: ready(c, name) for c in CANDIDATES}
-    before = {c: backward_of(opt) if after_backward else (lambda: None)
-              for c, opt in opts.items()}
-    times: dict[str, list[float]] = {c: [] for c in CANDIDATES}
-    for _ in range(rounds):
-        for c, opt in opts.items():
-            before[c]()
-            start = time.perf_counter()
-            opt.step()
-            times[c].append(time.perf_counter() - start)
-    return {c: statistics.median(t) for c, t in times.items()}
+    runners = {c: timed_after(backward_of(opt), opt.step) if after_backward
+               else timing.loop(opt.step) for c, opt in opts.items()}
+    # A target of 0 s: one step per sample (a step is milliseconds).
+    timings = timing.interleaved(runners, rounds, target=0.0)
+    return {c: t.median for c, t in timings.items()}
 
 
 def main(rounds: int) -> None:

@@ -23,7 +23,7 @@ import momentum
 from momentum import _probe
 from momentum._bench import machine, report, workloads
 from momentum._bench.peers import (C_LOOP, TORCH_MODES, Step, ours, peers, set_threads,
-                                   torch_sgd)
+                                   torch_steps)
 from momentum._bench.report import size
 from momentum._bench.rules import DTYPES, ELEMENTS_MOVED, RULES, arrays, check_rules
 from momentum._bench.timing import Runner, Timing, interleaved, loop
@@ -140,12 +140,8 @@ def call_overhead(plan: Plan) -> dict:
     set_threads(plan.threads[0])
     data = arrays(OVERHEAD_N, np.float32)
     steps = ours("sgd", *data)
-    missing = {}
-    for mode in TORCH_MODES:
-        try:
-            steps[f"{mode} step"] = torch_sgd(mode, [data[0]], [data[1]], [data[2]])
-        except ImportError:
-            missing[mode] = "not installed"
+    torch_modes, missing = torch_steps(TORCH_MODES, [data[0]], [data[1]], [data[2]])
+    steps.update({f"{mode} step": step for mode, step in torch_modes.items()})
     timings = timed(steps, plan)
     return {"n": OVERHEAD_N, "dtype": "float32", "threads": plan.threads[0], "missing": missing,
             "results": {k: {**t.as_dict(), "median_us": t.median * 1e6}
@@ -199,7 +195,9 @@ def make_plan(opts: argparse.Namespace) -> Plan:
     most = momentum.get_num_threads()
     threads = [opts.threads] if opts.threads else sorted({1, most})
     sizes = QUICK_SIZES if opts.quick else SIZES
-    names = workloads.WORKLOADS[:1] if opts.quick else workloads.WORKLOADS
+    names = workloads.by_size()
+    if opts.quick:
+        names = names[:1]
     if opts.sizes:
         sizes = [int(s) for s in opts.sizes.split(",")]
     if opts.workloads is not None:

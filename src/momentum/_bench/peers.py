@@ -96,8 +96,10 @@ def _numba(rule: str, param: np.ndarray, grad: np.ndarray, buf: np.ndarray) -> S
 def _numexpr(rule: str, param: np.ndarray, grad: np.ndarray, buf: np.ndarray) -> Step:
     import numexpr
     dtype = param.dtype.type
-    names = {"param": param, "grad": grad, "buf": buf, "keep": dtype(1.0)}
-    names.update({k: dtype(v) for k, v in TIMED[rule].items()})
+    hyper = TIMED[rule]
+    names = {"param": param, "grad": grad, "buf": buf,
+             "keep": dtype(1 - hyper.get("dampening", 0.0))}
+    names.update({k: dtype(v) for k, v in hyper.items()})
     steps = [(names[out], expr) for out, expr in NUMEXPR[rule]]
 
     def step() -> None:
@@ -106,21 +108,31 @@ def _numexpr(rule: str, param: np.ndarray, grad: np.ndarray, buf: np.ndarray) ->
     return step
 
 
+def torch_steps(modes: Sequence[str], params: Sequence[np.ndarray],
+                grads: Sequence[np.ndarray],
+                bufs: Sequence[np.ndarray]) -> tuple[dict[str, Step], dict[str, str]]:
+    """torch_sgd's step in each of ``modes`` over the arrays, and "not
+    installed" for each mode whose optimizer cannot be imported."""
+    steps: dict[str, Step] = {}
+    missing: dict[str, str] = {}
+    for mode in modes:
+        try:
+            steps[mode] = torch_sgd(mode, params, grads, bufs)
+        except ImportError:
+            missing[mode] = "not installed"
+    return steps, missing
+
+
 def peers(rule: str, param: np.ndarray, grad: np.ndarray,
           buf: np.ndarray) -> tuple[dict[str, Step], dict[str, str]]:
     """Steps of every peer of ``rule``, and why each missing one is missing."""
-    steps: dict[str, Step] = {}
-    missing: dict[str, str] = {}
-    makers = {mode: (lambda m=mode: torch_sgd(m, [param], [grad], [buf]))
-              for mode in TORCH_MODES}
-    makers["numba"] = lambda: _numba(rule, param, grad, buf)
-    makers["numexpr"] = lambda: _numexpr(rule, param, grad, buf)
-    for name, make in makers.items():
-        if name in TORCH_MODES and rule != "sgd":
-            missing[name] = "no torch optimizer for this rule"
-            continue
+    if rule == "sgd":
+        steps, missing = torch_steps(TORCH_MODES, [param], [grad], [buf])
+    else:
+        steps, missing = {}, dict.fromkeys(TORCH_MODES, "no torch optimizer for this rule")
+    for name, make in (("numba", _numba), ("numexpr", _numexpr)):
         try:
-            steps[name] = make()
+            steps[name] = make(rule, param, grad, buf)
         except ImportError:
             missing[name] = "not installed"
     return steps, missing

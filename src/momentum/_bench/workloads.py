@@ -7,12 +7,17 @@ import numpy as np
 
 import momentum
 from momentum import foreach, reference
-from momentum._bench.peers import OUR_TORCH_MODES, TORCH_MODES, Step, torch_sgd
+from momentum._bench.peers import OUR_TORCH_MODES, TORCH_MODES, Step, torch_steps
 from momentum._bench.rules import TIMED
+from momentum._workloads import load_workload, workload_names
 
-WORKLOADS = ("many-small", "resnet50", "gpt2-small")
 # The candidate every other one is compared with.
 BASELINE = "momentum.foreach.sgd"
+
+
+def by_size() -> list[str]:
+    """The shipped workloads, fewest elements first (a quick run takes the first)."""
+    return sorted(workload_names(), key=lambda name: load_workload(name)["total_elements"])
 
 
 def arena(shapes: Sequence[tuple[int, ...]], seed: int = 0) -> momentum.Arena:
@@ -49,10 +54,5 @@ def steps(model: momentum.Arena) -> tuple[dict[str, Step], dict[str, str]]:
         "momentum.sgd, Python loop": lambda: API_LOOP(*views),
         "reference, Python loop": lambda: REFERENCE_LOOP(*views),
     }
-    missing: dict[str, str] = {}
-    for mode in (*OUR_TORCH_MODES, *TORCH_MODES):
-        try:
-            out[mode] = torch_sgd(mode, *views)
-        except ImportError:
-            missing[mode] = "not installed"
-    return out, missing
+    torch_modes, missing = torch_steps((*OUR_TORCH_MODES, *TORCH_MODES), *views)
+    return {**out, **torch_modes}, missing
