@@ -27,7 +27,8 @@ from libc.stdint cimport uintptr_t
 
 from momentum._checks cimport sgd_hyperparameters
 from momentum._tensor_facts cimport Fact
-from momentum._overlap cimport Span, find_overlap
+from momentum._overlap cimport (
+    ROLE_BUFS, ROLE_GRADS, ROLE_PARAMS, Span, find_overlap, set_span)
 from momentum._schedule cimport (
     DType, DTYPE_FLOAT32, DTYPE_FLOAT64, RULE_SGD, Task, run_checked)
 
@@ -153,20 +154,26 @@ cdef class Snapshot:
                 self.record(b, 6 * i + 4)
             self.valid = True
         except Exception:
-            # A tensor without an address (sparse): never holds, so the
-            # optimizer rebuilds its batch each step and reports the tensor.
+            # A tensor subclass, or a tensor without memory (sparse, meta):
+            # never holds, so every step takes the full path, which steps
+            # the subclass through NumPy or reports the tensor.
             self.valid = False
 
     def __dealloc__(self):
         PyMem_Free(self.places)
 
     cdef int record(self, object tensor, Py_ssize_t k) except -1:
-        """Store ``tensor``'s place at ``places[k:k + 2]``."""
+        """Store ``tensor``'s place at ``places[k:k + 2]``; ValueError if it
+        has elements but no memory behind them (a meta or fake tensor)."""
         if tensor is None:
             self.places[k] = self.places[k + 1] = 0
-        else:
-            self.places[k] = <uintptr_t>PyLong_AsVoidPtr(DATA_PTR.of(tensor))
-            self.places[k + 1] = <uintptr_t>PyLong_AsSsize_t(NUMEL.of(tensor))
+            return 0
+        cdef uintptr_t address = <uintptr_t>PyLong_AsVoidPtr(DATA_PTR.of(tensor))
+        cdef uintptr_t length = <uintptr_t>PyLong_AsSsize_t(NUMEL.of(tensor))
+        if address == 0 and length != 0:
+            raise ValueError("a tensor with no memory")
+        self.places[k] = address
+        self.places[k + 1] = length
         return 0
 
     cdef bint moved(self, object tensor, Py_ssize_t i, Py_ssize_t k) except -1:
@@ -191,10 +198,10 @@ cdef class Snapshot:
                 or IS_CONTIGUOUS.of(tensor) is not True)
 
     cdef bint take_grad(self, object g, Py_ssize_t i) except -1:
-        """Record ``g``, parameter ``i``'s new gradient, as the snapshot's;
-        False (nothing recorded) unless ``g`` is a contiguous CPU tensor of
-        the parameter's dtype and shape whose memory holds its values (a
-        plain tensor with memory, not lazily negated)."""
+        """Record ``g``, parameter ``i``'s new gradient, as the snapshot's,
+        if it is a plain contiguous CPU tensor of the parameter's dtype and
+        shape whose memory holds its values (not lazily negated); else
+        False, or ValueError for one with no memory (nothing recorded)."""
         if (not plain(g)
                 or IS_CPU.of(g) is not True
                 or LAYOUT.of(g) is not STRIDED
@@ -203,13 +210,8 @@ cdef class Snapshot:
                 or IS_CONTIGUOUS.of(g) is not True
                 or IS_NEG.of(g) is not False):
             return False
-        cdef uintptr_t address = <uintptr_t>PyLong_AsVoidPtr(DATA_PTR.of(g))
-        cdef uintptr_t length = <uintptr_t>PyLong_AsSsize_t(NUMEL.of(g))
-        if address == 0 and length != 0:
-            return False    # no memory behind it (a meta or fake tensor)
+        self.record(g, 6 * i + 2)   # raises for a tensor with no memory
         self.grads[i] = g
-        self.places[6 * i + 2] = address
-        self.places[6 * i + 3] = length
         return True
 
     def forget_grads(self):
@@ -348,11 +350,11 @@ cdef bint run_tasks_of(list snapshots, const Task* templates, Task* tasks,
             total += t.n
             nbytes = t.n * (4 if t.dtype == DTYPE_FLOAT32 else 8)
             if nbytes:
-                add_span(&spans[count], <size_t>t.param, nbytes, j, 0, True)
-                add_span(&spans[count + 1], <size_t>t.grad, nbytes, j, 1, False)
+                set_span(&spans[count], <size_t>t.param, nbytes, NULL, j, ROLE_PARAMS, True)
+                set_span(&spans[count + 1], <size_t>t.grad, nbytes, NULL, j, ROLE_GRADS, False)
                 count += 2
                 if t.buf != NULL:
-                    add_span(&spans[count], <size_t>t.buf, nbytes, j, 2, True)
+                    set_span(&spans[count], <size_t>t.buf, nbytes, NULL, j, ROLE_BUFS, True)
                     count += 1
             j += 1
     if find_overlap(spans, spans + 3 * ntasks, count, &first, &second):
@@ -360,12 +362,3 @@ cdef bint run_tasks_of(list snapshots, const Task* templates, Task* tasks,
     run_checked(tasks, ntasks, total)
     return True
 
-
-cdef inline void add_span(Span* s, size_t lo, size_t nbytes, Py_ssize_t index,
-                          int role, bint written) noexcept:
-    s.lo = lo
-    s.hi = lo + nbytes
-    s.array = NULL
-    s.index = index
-    s.role = role
-    s.written = written

@@ -23,7 +23,8 @@ from libc.stddef cimport size_t
 from momentum._checks cimport (
     as_array, check_buf, check_disjoint, check_pair, heavy_ball_hyperparameters,
     sgd_hyperparameters, update_buffer_hyperparameters)
-from momentum._overlap cimport Span, find_overlap
+from momentum._overlap cimport (
+    ROLE_BUFS, ROLE_GRADS, ROLE_PARAMS, Span, find_overlap, set_span)
 from momentum._schedule cimport (
     Task, RULE_SGD, RULE_HEAVY_BALL, RULE_UPDATE_BUFFER, run_checked)
 
@@ -35,12 +36,7 @@ cnp.import_array()
 
 __all__ = ["update_buffer", "sgd", "heavy_ball", "sgd_groups"]
 
-# Which sequence an array came from; indexes ROLE_NAMES.
-cdef enum:
-    ROLE_PARAMS = 0
-    ROLE_GRADS = 1
-    ROLE_BUFS = 2
-
+# The name of each role (_overlap's ROLE_* labels).
 cdef tuple ROLE_NAMES = ("params", "grads", "bufs")
 
 cdef struct Batch:
@@ -123,14 +119,9 @@ cdef inline void add_span(Batch* b, cnp.ndarray a, size_t nbytes, int role,
     """
     if nbytes == 0:
         return
-    cdef Span* s = &b.spans[b.count]
-    s.lo = <size_t>cnp.PyArray_BYTES(a)
-    s.hi = s.lo + nbytes
-    s.array = <PyObject*>a
+    set_span(&b.spans[b.count], <size_t>cnp.PyArray_BYTES(a), nbytes, <PyObject*>a,
+             i, role, written)
     Py_INCREF(a)
-    s.index = i
-    s.role = role
-    s.written = written
     b.count += 1
 
 
