@@ -35,13 +35,15 @@ ctypedef object (*NoArgsFunction)(object, PyObject*)
 ctypedef object (*KeywordsFunction)(object, object, PyObject*)
 ctypedef object (*Getter)(object, void*)
 
-# How a Fact calls: the C function of a method of no arguments, of a method
-# taking (args, kwargs), of a property; or through Python.
+# How a Fact asks: the C function of a method of no arguments, of a method
+# taking (args, kwargs), of a property; or through Python, calling the
+# descriptor (a method) or getting the attribute (a property).
 cdef enum:
     NO_ARGS
     ARGS_KWARGS
     GETTER
-    THROUGH_PYTHON
+    CALL_IN_PYTHON
+    GET_IN_PYTHON
 
 cdef tuple NO_ARGUMENTS = ()
 
@@ -61,7 +63,7 @@ cdef class Fact:
         self.owner = getattr(descr, "__objclass__", None)
         if self.owner is not None and not isinstance(self.owner, type):
             raise TypeError(f"{descr!r} belongs to no type")
-        self.kind = THROUGH_PYTHON
+        self.kind = CALL_IN_PYTHON if callable(descr) else GET_IN_PYTHON
         cdef int flags
         if type(descr) is <type>&PyMethodDescr_Type:
             flags = (<PyMethodDescrObject*>descr).d_method.ml_flags & ~METH_COEXIST
@@ -85,7 +87,7 @@ cdef class Fact:
             return (<Getter>self.fn)(tensor, self.closure)
         if self.kind == ARGS_KWARGS:
             return (<KeywordsFunction>self.fn)(tensor, NO_ARGUMENTS, NULL)
-        if callable(self.descr):
+        if self.kind == CALL_IN_PYTHON:
             return PyObject_CallOneArg(self.descr, tensor)
         return PyObject_GetAttr(tensor, self.name)
 
@@ -96,4 +98,4 @@ cdef class Fact:
     @property
     def direct(self) -> bool:
         """True if asked through the C function, False if through Python."""
-        return self.kind != THROUGH_PYTHON
+        return self.kind not in (CALL_IN_PYTHON, GET_IN_PYTHON)
