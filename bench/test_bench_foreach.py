@@ -44,12 +44,13 @@ def test_step(benchmark, name, candidate):
     if candidate in missing:
         pytest.skip(f"{candidate}: {missing[candidate]}")
     step = steps[candidate]
-    total = load_workload(name)["total_elements"]
+    workload = load_workload(name)
+    total = workload["total_elements"]
     benchmark.group = name
     step()  # warm up: first-touch pages, an optimizer's first step
     rounds = max(3, min(100, int(5e8 // total)))
     benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=0)
-    benchmark.extra_info["tensors"] = len(load_workload(name)["shapes"])
+    benchmark.extra_info["tensors"] = len(workload["shapes"])
     benchmark.extra_info["elements"] = total
     benchmark.extra_info["GB/s"] = round(
         total * BYTES_PER_ELEMENT / benchmark.stats.stats.median / 1e9, 2)
