@@ -22,6 +22,8 @@ import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
+import codegen
+
 NATIVE = os.environ.get("MOMENTUM_NATIVE") == "1"
 DEBUG = os.environ.get("MOMENTUM_DEBUG") == "1"
 
@@ -55,11 +57,7 @@ if OPENMP:
     compile_args.append("-fopenmp")
     link_args.append("-fopenmp")
 
-# show_config() reports these, read back from the compiled module.
-build_macros = [
-    ("MOMENTUM_CFLAGS", '"' + " ".join(compile_args) + '"'),
-    ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
-]
+INCLUDE = os.path.join("src", "momentum", "include")
 
 directives = {
     "language_level": 3,
@@ -76,7 +74,7 @@ def extension(name: str, isa_flags: tuple[str, ...] = ()) -> Extension:
     return Extension(
         name,
         [path],
-        include_dirs=[numpy.get_include()],
+        include_dirs=[numpy.get_include(), INCLUDE],
         define_macros=build_macros,
         extra_compile_args=compile_args + list(isa_flags),
         extra_link_args=link_args,
@@ -91,19 +89,31 @@ ISA_MODULES = {
     "momentum._kernels_avx512": ("-march=x86-64-v4", "-mprefer-vector-width=512"),
 }
 X86_64 = platform.machine().lower() in ("x86_64", "amd64")
-isa_extensions = [
-    extension(name, flags)
-    for name, flags in ISA_MODULES.items()
-    if X86_64 and not NATIVE and compiler_accepts(" ".join(flags))
+BUILT_ISAS = ["baseline"] + [
+    name.rsplit("_", 1)[1] for name, flags in ISA_MODULES.items()
+    if X86_64 and not NATIVE and compiler_accepts(" ".join(flags))]
+
+# show_config() reports these, read back from the compiled modules;
+# momentum._dispatch refuses to skip a build listed here that fails to load.
+build_macros = [
+    ("MOMENTUM_CFLAGS", '"' + " ".join(compile_args) + '"'),
+    ("MOMENTUM_BUILT_ISAS", '"' + ",".join(BUILT_ISAS) + '"'),
+    ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
 ]
+isa_extensions = [extension(f"momentum._kernels_{isa}", ISA_MODULES[f"momentum._kernels_{isa}"])
+                  for isa in BUILT_ISAS[1:]]
 
 
 MODULES = [
     "momentum._kernels",
+    "momentum._build",
+    "momentum._threads",
     "momentum._schedule",
+    "momentum._dispatch",
     "momentum._checks",
-    "momentum._api",
     "momentum._overlap",
+    "momentum._batch",
+    "momentum._api",
     "momentum._probe",
     "momentum.foreach",
     "momentum._tensor_facts",
@@ -137,6 +147,9 @@ def config_changed() -> bool:
         f.write(CONFIG)
     return True
 
+
+# The kernel glue and the public functions of each rule come from the rule table.
+codegen.generate()
 
 build_options = {"build": {"build_base": BUILD_DIR}}
 if config_changed():

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import momentum
-from momentum import _schedule
+from momentum import _build
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
@@ -30,7 +30,7 @@ def config(capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
 
 def test_show_config_reports_the_build(config):
     assert config["compiler"]
-    assert config["openmp"] == str(_schedule.BUILD["openmp"])
+    assert config["openmp"] == str(_build.BUILD["openmp"])
     assert config["threads"] == str(momentum.get_num_threads())
 
 

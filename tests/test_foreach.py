@@ -294,7 +294,7 @@ def test_bad_sequences():
         fe.sgd(ps, gs, bs, lr=0.1, momentum=0.9, first_step=[True, False])
     with pytest.raises(TypeError, match=r"'bufs' is None but momentum is 0.9"):
         fe.sgd(ps, gs, None, lr=0.1, momentum=0.9)
-    with pytest.raises(TypeError, match=r"foreach.heavy_ball\(\): 'bufs' must be"):
+    with pytest.raises(TypeError, match=r"foreach.heavy_ball\(\): 'bufs' is None"):
         fe.heavy_ball(ps, gs, None, lr=0.1, momentum=0.9)
 
 
@@ -314,13 +314,15 @@ def test_bad_hyperparameters_write_nothing(rule, hyper, fragment):
 
 def test_within_triple_overlap_names_the_index():
     ps, gs, bs = triples()
-    with pytest.raises(ValueError, match=re.escape(f"'bufs[{LAST}]' and 'params[{LAST}]' overlap")):
+    with pytest.raises(ValueError, match=re.escape(f"'params[{LAST}]' and 'bufs[{LAST}]' overlap")):
         fe.sgd(ps, gs, bs[:-1] + [ps[-1]], lr=0.1, momentum=0.9)
 
 
 def test_exported_as_a_submodule():
     assert momentum.foreach is fe
-    assert set(fe.__all__) == {"update_buffer", "sgd", "heavy_ball", "sgd_groups"}
+    # Every rule of the table, alone and in groups.
+    assert set(fe.__all__) == {"update_buffer", "sgd", "heavy_ball", "update_buffer_groups",
+                               "sgd_groups", "heavy_ball_groups"}
 
 
 def test_repeated_calls_still_check_overlap():

@@ -12,35 +12,35 @@ import numpy as np
 import pytest
 
 from conftest import ARGS, copies, offset_view, step_both, values
-from momentum import _schedule
+import momentum
 from test_parity import CASES, DTYPES, case_id
 
 SIZES = [0, 1, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 97, 1000]
 
 
-@pytest.fixture(params=_schedule.available_isas())
+@pytest.fixture(params=momentum.available_isas())
 def isa(request: pytest.FixtureRequest) -> Iterator[str]:
     """Each available kernel build in turn; the default is restored after."""
-    before = _schedule.get_isa()
-    _schedule.set_isa(request.param)
+    before = momentum.get_isa()
+    momentum.set_isa(request.param)
     yield request.param
-    _schedule.set_isa(before)
+    momentum.set_isa(before)
 
 
 def test_baseline_is_always_available():
-    assert _schedule.available_isas()[0] == "baseline"
+    assert momentum.available_isas()[0] == "baseline"
 
 
 def test_unknown_isa_is_refused():
     with pytest.raises(ValueError, match="'sse9' is not available"):
-        _schedule.set_isa("sse9")
+        momentum.set_isa("sse9")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_every_build_matches_reference(isa, case, dtype, rng):
     rule, hyper, buf_none = case
-    assert _schedule.get_isa() == isa
+    assert momentum.get_isa() == isa
     for n in SIZES:
         ours = {k: offset_view(values(rng, n, dtype), off)
                 for k, off in zip(ARGS[rule], (1, 2, 3))}
@@ -50,13 +50,13 @@ def test_every_build_matches_reference(isa, case, dtype, rng):
 
 
 def _isa_at_import(value: str) -> subprocess.CompletedProcess:
-    code = "import momentum._schedule as s; print(s.get_isa())"
+    code = "import momentum; print(momentum.get_isa())"
     env = dict(os.environ, MOMENTUM_ISA=value)
     return subprocess.run([sys.executable, "-c", code], env=env,
                           capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("name", _schedule.available_isas())
+@pytest.mark.parametrize("name", momentum.available_isas())
 def test_environment_variable_chooses_the_build(name):
     result = _isa_at_import(name)
     assert result.returncode == 0, result.stderr

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import momentum
-from momentum import _schedule
+from momentum import _build
 from conftest import (ARGS, assert_same_arrays, copies, offset_view, reference_step,
                       untouched, values)
 
@@ -95,15 +95,15 @@ def test_thread_count_does_not_change_results(rule, size, dtype, rng, restore_th
 def test_set_num_threads(restore_threads):
     for n in (1, 2, 3, 7):
         momentum.set_num_threads(n)
-        assert momentum.get_num_threads() == (n if _schedule.BUILD["openmp"] else 1)
+        assert momentum.get_num_threads() == (n if _build.BUILD["openmp"] else 1)
     for bad, error in ((-1, ValueError), (2**31, ValueError), (1.5, TypeError),
                        ("2", TypeError)):
         with pytest.raises(error, match="set_num_threads\\(\\): 'n' must be"):
             momentum.set_num_threads(bad)
-    assert momentum.get_num_threads() == (7 if _schedule.BUILD["openmp"] else 1)
+    assert momentum.get_num_threads() == (7 if _build.BUILD["openmp"] else 1)
 
 
-@pytest.mark.skipif(not _schedule.BUILD["openmp"], reason="built without OpenMP")
+@pytest.mark.skipif(not _build.BUILD["openmp"], reason="built without OpenMP")
 def test_threadpoolctl_limits_the_default(restore_threads):
     threadpoolctl = pytest.importorskip("threadpoolctl")
     momentum.set_num_threads(0)
@@ -143,7 +143,7 @@ def _threads_after(env_value: str, code: str) -> subprocess.CompletedProcess:
                           env=env, capture_output=True, text=True)
 
 
-@pytest.mark.skipif(not _schedule.BUILD["openmp"], reason="built without OpenMP")
+@pytest.mark.skipif(not _build.BUILD["openmp"], reason="built without OpenMP")
 def test_environment_sets_the_count_and_set_num_threads_0_returns_to_it():
     result = _threads_after("3", "print(momentum.get_num_threads())\n"
                                  "momentum.set_num_threads(2)\n"

@@ -1,30 +1,46 @@
-# Argument checks shared by every entry point; see _checks.pyx.
-cimport numpy as cnp
-from momentum._kernels cimport sgd_hyper, heavy_ball_hyper
-from momentum._schedule cimport DType
+# The checks every entry point shares; see _checks.pyx.
+from cpython.object cimport PyObject
+from libc.stddef cimport size_t
 
-cdef cnp.ndarray as_array(object obj, str func, str name)
-cdef DType dtype_of(cnp.ndarray a, str func, str name) except *
-cdef int check_like(cnp.ndarray a, str name, cnp.ndarray ref, str ref_name,
-                    str func) except -1
-cdef int check_layout(cnp.ndarray a, str name, bint written, str func) except -1
-cdef int check_disjoint(cnp.ndarray a, str a_name, cnp.ndarray b, str b_name,
-                        str func) except -1
-cdef double real_arg(object value, str name, str func) except? -1.0
-cdef int check_rate(double value, str name, str func) except -1
-cdef int check_dampening(double value, str func) except -1
-cdef int check_pair(cnp.ndarray w, str w_name, cnp.ndarray grad, str grad_name,
-                    str func, DType* dtype) except -1
-cdef int check_buf(cnp.ndarray buf, str buf_name, cnp.ndarray param,
-                   str param_name, cnp.ndarray grad, str grad_name,
-                   bint written, str func) except -1
-cdef int sgd_hyperparameters(sgd_hyper* h, object lr, object momentum,
-                             object dampening, object weight_decay,
-                             bint nesterov, bint maximize, bint first_step,
-                             str func) except -1
-cdef int heavy_ball_hyperparameters(heavy_ball_hyper* h, object lr,
-                                    object momentum, object weight_decay,
-                                    bint nesterov, bint maximize,
-                                    str func) except -1
-cdef int update_buffer_hyperparameters(sgd_hyper* h, object momentum,
-                                       object dampening, str func) except -1
+from momentum._kernels cimport (
+    MOMENTUM_MAX_ARRAYS as MAX_ARRAYS, MOMENTUM_MAX_HYPER as MAX_HYPER, momentum_task)
+
+cdef enum:
+    NOT_A_DTYPE = -1    # Place.dtype of an array no kernel takes
+
+# One rule of momentum.rules, as the checks read it.
+cdef struct RuleSpec:
+    int narrays
+    bint written[MAX_ARRAYS]
+    int when[MAX_ARRAYS]        # hyperparameter that must be nonzero, or -1
+    int nhyper
+    int check[MAX_HYPER]        # CHECK_RATE, CHECK_UNIT, CHECK_FLAG
+    int first_slot              # in the kernel table
+
+cdef enum:
+    CHECK_RATE
+    CHECK_UNIT
+    CHECK_FLAG
+
+# What the checks need to know of one array, from whatever holds it.
+cdef struct Place:
+    char* address
+    size_t length           # elements
+    int dtype               # the dtype's code in momentum.rules.DTYPES, or NOT_A_DTYPE
+    bint writable
+    bint contiguous         # its elements lie densely in the order the others' do
+    int ndim                # -1: the shape is not compared, only the length
+    const Py_ssize_t* dims
+    PyObject* source        # the array object, to word messages
+
+cdef const RuleSpec* spec_of(int rule) noexcept
+cdef int read_hypers(const RuleSpec* rule, int index, tuple values, double* out,
+                     str func) except -1
+cdef bint uses(const RuleSpec* rule, int array, const double* hyper) noexcept
+cdef int numpy_place(object array, Place* place) except -1
+cdef object as_array(object obj, str func, str name)
+cdef int missing_array(int index, int array, const double* hyper, str func, str name,
+                       str what) except -1
+cdef int check_task(const RuleSpec* rule, Place* places, momentum_task* task,
+                    object names, str func) except -1
+cdef size_t nbytes(const Place* place) noexcept

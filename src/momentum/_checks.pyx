@@ -1,87 +1,89 @@
-# Argument checks shared by every entry point (momentum._api and
-# momentum.foreach): each raises TypeError or ValueError naming the function
-# and the argument, and none writes anything.
+# The checks every entry point shares, derived from momentum.rules: each
+# raises TypeError or ValueError naming the function and the argument, and
+# none writes anything.
 #
-# NumPy arrays are read straight from their C struct (typed memoryviews cost
-# more than a whole small call); any other buffer exporter goes through
-# np.asarray(memoryview(obj)), a zero-copy view.
+# The hyperparameters are checked by read_hypers(); the arrays of one kernel
+# call by check_task(), which sees each array as a Place (address, length,
+# dtype code, writable, contiguous, shape) whatever holds it: numpy_place()
+# makes one from a NumPy array (read straight from its C struct: typed
+# memoryviews cost more than a whole small call), momentum.torch from a
+# tensor.  check_task() also chooses the task's kernel.
 cimport numpy as cnp
 from cpython.buffer cimport PyObject_CheckBuffer
 from cpython.float cimport PyFloat_AsDouble
+from cpython.object cimport PyObject, PyObject_IsTrue
 from libc.math cimport isfinite
 from libc.stddef cimport size_t
+from libc.stdint cimport uintptr_t
 from libc.string cimport memcmp
 
-from momentum._kernels cimport sgd_hyper, heavy_ball_hyper
-from momentum._schedule cimport DType, DTYPE_FLOAT32, DTYPE_FLOAT64
+from momentum._dispatch cimport TABLE
+from momentum._kernels cimport MOMENTUM_NDTYPES, momentum_task
+from momentum.rules import DTYPES, RULES
 
 import numpy as np
 
 cnp.import_array()
 
+# Each dtype code's item size and NumPy type number.
+cdef size_t ITEMSIZE[MOMENTUM_NDTYPES]
+cdef int NPY_TYPE[MOMENTUM_NDTYPES]
+for _code, _name in enumerate(DTYPES):
+    ITEMSIZE[_code] = np.dtype(_name).itemsize
+    NPY_TYPE[_code] = np.dtype(_name).num
+cdef str DTYPE_NAMES = " or ".join(DTYPES)
 
-cdef cnp.ndarray as_array(object obj, str func, str name):
-    """``obj`` as an ndarray sharing its memory, or TypeError."""
-    if cnp.PyArray_Check(obj):
-        return <cnp.ndarray>obj
-    if PyObject_CheckBuffer(obj):
-        return np.asarray(memoryview(obj))
-    raise TypeError(f"{func}(): '{name}' must be a NumPy array or an object "
-                    f"exporting a buffer, not {type(obj).__name__}")
+# The rules, in the order of momentum.rules.RULES.
+cdef RuleSpec SPECS[16]
+# Per rule: the hyperparameters' names, defaults, and each flag's condition
+# as [(flag, [(hyper, op, value), ...], text)].
+cdef list HYPER_NAMES = []
+cdef list REQUIRES = []
+# Per rule: its arrays' names (for the faces' messages).
+ARRAY_NAMES = []
 
-
-cdef DType dtype_of(cnp.ndarray a, str func, str name) except *:
-    """The kernel dtype of ``a``, or TypeError."""
-    cdef int t = cnp.PyArray_TYPE(a)
-    if cnp.PyArray_ISNOTSWAPPED(a):
-        if t == cnp.NPY_FLOAT32:
-            return DTYPE_FLOAT32
-        if t == cnp.NPY_FLOAT64:
-            return DTYPE_FLOAT64
-    raise TypeError(f"{func}(): '{name}' has dtype {a.dtype}; expected "
-                    f"float32 or float64 in native byte order")
+_CHECKS = {"rate": CHECK_RATE, "unit": CHECK_UNIT, "flag": CHECK_FLAG}
+_OPS = {">": 0, "==": 1, ">=": 2}
 
 
-cdef int check_like(cnp.ndarray a, str name, cnp.ndarray ref, str ref_name,
-                    str func) except -1:
-    """``a`` has the dtype and shape of ``ref``."""
-    if cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(ref):
-        raise TypeError(f"{func}(): '{name}' has dtype {a.dtype} but "
-                        f"'{ref_name}' has dtype {ref.dtype}")
-    cdef int nd = cnp.PyArray_NDIM(a)
-    if nd != cnp.PyArray_NDIM(ref) or memcmp(
-            cnp.PyArray_DIMS(a), cnp.PyArray_DIMS(ref), nd * sizeof(cnp.npy_intp)):
-        raise ValueError(f"{func}(): '{name}' has shape {(<object>a).shape} but "
-                         f"'{ref_name}' has shape {(<object>ref).shape}")
-    return 0
+def _build_specs():
+    """Fill SPECS and the name lists from momentum.rules."""
+    from momentum.rules import kernel_slots
+    slots = kernel_slots()
+    if len(RULES) > 16:
+        raise ImportError("momentum._checks has room for 16 rules")
+    for r, rule in enumerate(RULES.values()):
+        names = [h.name for h in rule.hypers]
+        SPECS[r].narrays = len(rule.arrays)
+        SPECS[r].nhyper = len(rule.hypers)
+        SPECS[r].first_slot = next(i for i, (s, _) in enumerate(slots) if s is rule)
+        if all(array.when for array in rule.arrays):
+            raise ImportError(f"rule {rule.name!r} needs an array it always uses")
+        for i, array in enumerate(rule.arrays):
+            SPECS[r].written[i] = array.written
+            SPECS[r].when[i] = -1 if array.when is None else names.index(array.when)
+        requires = []
+        for j, hyper in enumerate(rule.hypers):
+            SPECS[r].check[j] = _CHECKS[hyper.check]
+            if hyper.requires:
+                terms = []
+                for term in hyper.requires.split(" and "):
+                    name, op, value = term.split()
+                    terms.append((names.index(name), _OPS[op], float(value)))
+                requires.append((j, terms, hyper.requires))
+        HYPER_NAMES.append(tuple(names))
+        ARRAY_NAMES.append(tuple(a.name for a in rule.arrays))
+        REQUIRES.append(requires)
 
 
-cdef int check_layout(cnp.ndarray a, str name, bint written, str func) except -1:
-    """``a`` is C-contiguous, aligned and, if ``written``, writable."""
-    if not cnp.PyArray_IS_C_CONTIGUOUS(a):
-        raise ValueError(f"{func}(): '{name}' is not C-contiguous; pass "
-                         f"np.ascontiguousarray({name}) and copy the result back")
-    if not cnp.PyArray_ISALIGNED(a):
-        raise ValueError(f"{func}(): '{name}' is not aligned to its dtype")
-    if written and not cnp.PyArray_ISWRITEABLE(a):
-        raise ValueError(f"{func}(): '{name}' is read-only but is written in place")
-    return 0
+_build_specs()
 
 
-cdef int check_disjoint(cnp.ndarray a, str a_name, cnp.ndarray b, str b_name,
-                        str func) except -1:
-    """``a`` and ``b`` share no byte of memory (both are C-contiguous).
+cdef const RuleSpec* spec_of(int rule) noexcept:
+    return &SPECS[rule]
 
-    An empty array holds no bytes, so it overlaps nothing.
-    """
-    cdef size_t a_lo = <size_t>cnp.PyArray_BYTES(a)
-    cdef size_t b_lo = <size_t>cnp.PyArray_BYTES(b)
-    cdef size_t a_hi = a_lo + <size_t>cnp.PyArray_NBYTES(a)
-    cdef size_t b_hi = b_lo + <size_t>cnp.PyArray_NBYTES(b)
-    if a_lo < a_hi and b_lo < b_hi and a_lo < b_hi and b_lo < a_hi:
-        raise ValueError(f"{func}(): '{a_name}' and '{b_name}' overlap in memory")
-    return 0
 
+# ------------------------------------------------------------ hyperparameters
 
 cdef double real_arg(object value, str name, str func) except? -1.0:
     """A hyperparameter as a double, or TypeError naming it."""
@@ -97,88 +99,158 @@ cdef double real_arg(object value, str name, str func) except? -1.0:
                          f"too large for a double") from None
 
 
-cdef int check_rate(double value, str name, str func) except -1:
-    """``value`` is finite and >= 0."""
-    if not (isfinite(value) and value >= 0):
-        raise ValueError(f"{func}(): '{name}' must be finite and >= 0, got {value!r}")
+cdef bint holds(double a, int op, double b) noexcept:
+    if op == 0:
+        return a > b
+    if op == 1:
+        return a == b
+    return a >= b
+
+
+cdef int read_hypers(const RuleSpec* rule, int index, tuple values, double* out,
+                     str func) except -1:
+    """Check ``values`` (one per hyperparameter of rule ``index``, in the
+    table's order) and store them in ``out`` as the kernels read them."""
+    cdef int j
+    cdef double v
+    cdef tuple names = <tuple>HYPER_NAMES[index]
+    for j in range(rule.nhyper):
+        value = values[j]
+        if rule.check[j] == CHECK_FLAG:
+            out[j] = 1.0 if PyObject_IsTrue(value) else 0.0
+            continue
+        v = real_arg(value, <str>names[j], func)
+        out[j] = v
+        if rule.check[j] == CHECK_RATE:
+            if not (isfinite(v) and v >= 0):
+                raise ValueError(f"{func}(): '{names[j]}' must be finite and >= 0, got {v!r}")
+        elif not (0 <= v <= 1):
+            raise ValueError(f"{func}(): '{names[j]}' must be in [0, 1], got {v!r}")
+    for flag, terms, text in <list>REQUIRES[index]:
+        if out[<int>flag] != 0:
+            for other, op, bound in terms:
+                if not holds(out[<int>other], op, bound):
+                    raise ValueError(f"{func}(): {names[flag]}=True needs {text}")
     return 0
 
 
-cdef int check_dampening(double value, str func) except -1:
-    if not (0 <= value <= 1):
-        raise ValueError(f"{func}(): 'dampening' must be in [0, 1], got {value!r}")
+cdef bint uses(const RuleSpec* rule, int array, const double* hyper) noexcept:
+    """The rule, with these hyperparameters, reads or writes ``array``."""
+    return rule.when[array] < 0 or hyper[rule.when[array]] != 0
+
+
+# -------------------------------------------------------------------- arrays
+
+cdef object as_array(object obj, str func, str name):
+    """``obj`` as an ndarray sharing its memory, or TypeError."""
+    if cnp.PyArray_Check(obj):
+        return obj
+    if PyObject_CheckBuffer(obj):
+        return np.asarray(memoryview(obj))
+    raise TypeError(f"{func}(): '{name}' must be a NumPy array or an object "
+                    f"exporting a buffer, not {type(obj).__name__}")
+
+
+cdef int numpy_place(object array, Place* place) except -1:
+    """``place`` for the ndarray ``array`` (which the caller keeps alive)."""
+    cdef cnp.ndarray a = <cnp.ndarray>array
+    cdef int t = cnp.PyArray_TYPE(a), code
+    place.dtype = NOT_A_DTYPE
+    if cnp.PyArray_ISNOTSWAPPED(a):
+        for code in range(MOMENTUM_NDTYPES):
+            if t == NPY_TYPE[code]:
+                place.dtype = code
+    place.address = cnp.PyArray_BYTES(a)
+    place.length = <size_t>cnp.PyArray_SIZE(a)
+    place.writable = cnp.PyArray_ISWRITEABLE(a)
+    place.contiguous = cnp.PyArray_IS_C_CONTIGUOUS(a)
+    place.ndim = cnp.PyArray_NDIM(a)
+    place.dims = <const Py_ssize_t*>cnp.PyArray_DIMS(a)
+    place.source = <PyObject*>a
     return 0
 
 
-cdef int check_pair(cnp.ndarray w, str w_name, cnp.ndarray grad, str grad_name,
-                    str func, DType* dtype) except -1:
-    """The written array ``w`` and ``grad``: supported, alike, laid out, apart."""
-    dtype[0] = dtype_of(w, func, w_name)
-    dtype_of(grad, func, grad_name)
-    check_like(grad, grad_name, w, w_name, func)
-    check_layout(w, w_name, True, func)
-    check_layout(grad, grad_name, False, func)
-    check_disjoint(w, w_name, grad, grad_name, func)
+cdef inline size_t nbytes(const Place* place) noexcept:
+    return place.length * ITEMSIZE[place.dtype]
+
+
+cdef str shape_of(const Place* p):
+    return str(tuple((<object>p.source).shape))
+
+
+cdef int check_task(const RuleSpec* rule, Place* places, momentum_task* task,
+                    object names, str func) except -1:
+    """Check the arrays of one kernel call and fill ``task`` with them and
+    its kernel (``task.hyper`` is already read).
+
+    ``places[i]`` describes array ``i`` of the rule (ignored where the rule,
+    with these hyperparameters, does not use it); ``names[i]`` is its name
+    for messages.  Checked: each dtype is one the kernels take, in native
+    byte order; the arrays have one shape (or, where a Place gives no shape,
+    one length); each is contiguous and aligned to its dtype, a written one
+    is writable; no two share a byte.  The dtypes must form a combination
+    a kernel is built for.
+    """
+    cdef int i, j, ref = -1
+    cdef Place* p
+    cdef Place* q
+    cdef size_t slot = rule.first_slot, stride = 1
+    for i in range(rule.narrays):
+        if not uses(rule, i, task.hyper):
+            task.arrays[i] = NULL
+            continue
+        p = &places[i]
+        if p.dtype == NOT_A_DTYPE:
+            raise TypeError(f"{func}(): '{names[i]}' has dtype {(<object>p.source).dtype}; "
+                            f"expected {DTYPE_NAMES} in native byte order")
+        if ref < 0:
+            ref = i
+        q = &places[ref]
+        if p.dtype != q.dtype:
+            raise TypeError(f"{func}(): '{names[i]}' has dtype {(<object>p.source).dtype} "
+                            f"but '{names[ref]}' has dtype {(<object>q.source).dtype}")
+        if (p.length != q.length or p.ndim != q.ndim or (p.ndim > 0 and memcmp(
+                p.dims, q.dims, p.ndim * sizeof(Py_ssize_t)))):
+            raise ValueError(f"{func}(): '{names[i]}' has shape {shape_of(p)} but "
+                             f"'{names[ref]}' has shape {shape_of(q)}")
+        if not p.contiguous:
+            raise ValueError(f"{func}(): '{names[i]}' is not C-contiguous; pass "
+                             f"np.ascontiguousarray({names[i]}) and copy the result back")
+        if <uintptr_t>p.address % ITEMSIZE[p.dtype]:
+            raise ValueError(f"{func}(): '{names[i]}' is not aligned to its dtype")
+        if rule.written[i] and not p.writable:
+            raise ValueError(f"{func}(): '{names[i]}' is read-only but is written in place")
+        task.arrays[i] = p.address
+    for i in range(rule.narrays):
+        if task.arrays[i] == NULL:
+            continue
+        for j in range(i):
+            if task.arrays[j] != NULL and apart(&places[j], &places[i]) == 0:
+                raise ValueError(f"{func}(): '{names[j]}' and '{names[i]}' overlap in memory")
+    for i in range(rule.narrays):
+        # An unused array counts as having the first used one's dtype.
+        slot += stride * <size_t>places[i if task.arrays[i] != NULL else ref].dtype
+        stride *= MOMENTUM_NDTYPES
+    task.kernel = TABLE.kernels[slot]
+    if task.kernel == NULL:
+        raise TypeError(f"{func}(): no kernel is built for these dtypes")
+    task.n = places[ref].length
     return 0
 
 
-cdef int check_buf(cnp.ndarray buf, str buf_name, cnp.ndarray param,
-                   str param_name, cnp.ndarray grad, str grad_name,
-                   bint written, str func) except -1:
-    """``buf`` next to checked ``param`` and ``grad``."""
-    dtype_of(buf, func, buf_name)
-    check_like(buf, buf_name, param, param_name, func)
-    check_layout(buf, buf_name, written, func)
-    check_disjoint(buf, buf_name, param, param_name, func)
-    check_disjoint(buf, buf_name, grad, grad_name, func)
-    return 0
+cdef inline bint apart(const Place* a, const Place* b) noexcept:
+    """``a`` and ``b`` share no byte (an empty array holds none)."""
+    cdef size_t a_lo = <size_t>a.address, b_lo = <size_t>b.address
+    cdef size_t a_hi = a_lo + nbytes(a), b_hi = b_lo + nbytes(b)
+    return not (a_lo < a_hi and b_lo < b_hi and a_lo < b_hi and b_lo < a_hi)
 
 
-cdef int sgd_hyperparameters(sgd_hyper* h, object lr, object momentum,
-                             object dampening, object weight_decay,
-                             bint nesterov, bint maximize, bint first_step,
-                             str func) except -1:
-    """Fill ``h`` from the arguments of an sgd call, checked as PyTorch does."""
-    h.lr = real_arg(lr, "lr", func)
-    h.momentum = real_arg(momentum, "momentum", func)
-    h.dampening = real_arg(dampening, "dampening", func)
-    h.weight_decay = real_arg(weight_decay, "weight_decay", func)
-    h.nesterov = nesterov
-    h.maximize = maximize
-    h.first_step = first_step
-    check_rate(h.lr, "lr", func)
-    check_rate(h.momentum, "momentum", func)
-    check_dampening(h.dampening, func)
-    check_rate(h.weight_decay, "weight_decay", func)
-    if nesterov and (h.momentum <= 0 or h.dampening != 0):
-        raise ValueError(f"{func}(): nesterov=True needs momentum > 0 and "
-                         f"dampening == 0")
-    return 0
-
-
-cdef int heavy_ball_hyperparameters(heavy_ball_hyper* h, object lr,
-                                    object momentum, object weight_decay,
-                                    bint nesterov, bint maximize,
-                                    str func) except -1:
-    """Fill ``h`` from the arguments of a heavy_ball call, checked."""
-    h.lr = real_arg(lr, "lr", func)
-    h.momentum = real_arg(momentum, "momentum", func)
-    h.weight_decay = real_arg(weight_decay, "weight_decay", func)
-    h.nesterov = nesterov
-    h.maximize = maximize
-    check_rate(h.lr, "lr", func)
-    check_rate(h.momentum, "momentum", func)
-    check_rate(h.weight_decay, "weight_decay", func)
-    if nesterov and h.momentum <= 0:
-        raise ValueError(f"{func}(): nesterov=True needs momentum > 0")
-    return 0
-
-
-cdef int update_buffer_hyperparameters(sgd_hyper* h, object momentum,
-                                       object dampening, str func) except -1:
-    """Fill ``h.momentum`` and ``h.dampening`` for update_buffer, checked."""
-    h.momentum = real_arg(momentum, "momentum", func)
-    h.dampening = real_arg(dampening, "dampening", func)
-    check_rate(h.momentum, "momentum", func)
-    check_dampening(h.dampening, func)
-    return 0
+cdef int missing_array(int index, int array, const double* hyper, str func, str name,
+                       str what) except -1:
+    """Raise the TypeError for array ``array`` of rule ``index`` given as
+    None although the rule, with hyperparameters ``hyper``, uses it."""
+    rule = list(RULES.values())[index]
+    when = rule.arrays[array].when
+    reason = (f"{when} is {hyper[<int>HYPER_NAMES[index].index(when)]!r}" if when
+              else f"{rule.name} uses it")
+    raise TypeError(f"{func}(): '{name}' is None but {reason}; pass {what}")

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from momentum import _schedule
+from momentum import _build, _dispatch, _threads
 
 
 def config() -> dict:
@@ -17,13 +17,13 @@ def config() -> dict:
         "python": sys.version.split()[0],
         "numpy": np.__version__,
         "machine": platform.machine(),
-        "compiler": _schedule.BUILD["compiler"],
-        "cflags": _schedule.BUILD["cflags"],
-        "baseline isa": _schedule.BUILD["isa"],
-        "kernels": _schedule.get_isa(),
-        "available": ", ".join(_schedule.available_isas()),
-        "openmp": _schedule.BUILD["openmp"],
-        "threads": _schedule.get_num_threads(),
+        "compiler": _build.BUILD["compiler"],
+        "cflags": _build.BUILD["cflags"],
+        "baseline isa": _build.BUILD["isa"],
+        "kernels": _dispatch.get_isa(),
+        "available": ", ".join(_dispatch.available_isas()),
+        "openmp": _build.BUILD["openmp"],
+        "threads": _threads.get_num_threads(),
     }
 
 

@@ -1,49 +1,39 @@
-# The kernels, for other Cython code to cimport: no Python objects, no checks,
-# no GIL.  Every pointer must address `n` elements of one dtype; `param`,
-# `grad` and `buf` must not overlap.  The hyperparameters arrive in double
-# precision and each kernel rounds them once to its dtype, as NumPy does.
+# momentum's C ABI (include/momentum.h) for Cython: the generic kernel, one
+# task, and the kernel table.  Other extensions `cimport` this file (with
+# momentum.get_include() on their include path) and get the running table
+# with import_kernels(): the kernels built for this CPU's best instruction
+# set, or the one momentum.set_isa() chose.
 from libc.stddef cimport size_t
+from libc.stdint cimport uint32_t
 
-ctypedef fused real:
-    float
-    double
+cdef extern from "momentum.h" nogil:
+    enum:
+        MOMENTUM_ABI_VERSION
+        MOMENTUM_MAX_ARRAYS
+        MOMENTUM_MAX_HYPER
+        MOMENTUM_NDTYPES
+        MOMENTUM_KERNEL_COUNT
+    const char* MOMENTUM_CAPSULE_NAME
 
-cdef struct sgd_hyper:
-    double lr
-    double momentum
-    double dampening
-    double weight_decay
-    bint nesterov
-    bint maximize
-    bint first_step
+    ctypedef void (*momentum_kernel)(char* const* arrays, size_t start, size_t n,
+                                     const double* hyper) noexcept nogil
 
-cdef struct heavy_ball_hyper:
-    double lr
-    double momentum
-    double weight_decay
-    bint nesterov
-    bint maximize
+    ctypedef struct momentum_task:
+        momentum_kernel kernel
+        size_t n
+        size_t offset
+        char* arrays[MOMENTUM_MAX_ARRAYS]
+        double hyper[MOMENTUM_MAX_HYPER]
 
-cdef void update_buffer(real* buf, const real* grad, size_t n,
-                        double momentum, double dampening) noexcept nogil
-cdef void sgd(real* param, const real* grad, real* buf, size_t n,
-              const sgd_hyper* h) noexcept nogil
-cdef void heavy_ball(real* param, const real* grad, real* buf, size_t n,
-                     const heavy_ball_hyper* h) noexcept nogil
+    ctypedef struct momentum_kernel_table:
+        uint32_t abi_version
+        uint32_t struct_size
+        const char* isa
+        size_t count
+        const momentum_kernel* kernels
+        const char* const* names
+        void (*run)(const momentum_task* tasks, size_t ntasks, int nthreads) noexcept nogil
 
-# One build's kernels, one entry per rule and dtype.  Each _kernels* module
-# exports its table as the capsule KERNELS; momentum._schedule picks one.
-ctypedef void (*update_buffer_f32_t)(float*, const float*, size_t, double, double) noexcept nogil
-ctypedef void (*update_buffer_f64_t)(double*, const double*, size_t, double, double) noexcept nogil
-ctypedef void (*sgd_f32_t)(float*, const float*, float*, size_t, const sgd_hyper*) noexcept nogil
-ctypedef void (*sgd_f64_t)(double*, const double*, double*, size_t, const sgd_hyper*) noexcept nogil
-ctypedef void (*heavy_ball_f32_t)(float*, const float*, float*, size_t, const heavy_ball_hyper*) noexcept nogil
-ctypedef void (*heavy_ball_f64_t)(double*, const double*, double*, size_t, const heavy_ball_hyper*) noexcept nogil
-
-cdef struct KernelTable:
-    update_buffer_f32_t update_buffer_f32
-    update_buffer_f64_t update_buffer_f64
-    sgd_f32_t sgd_f32
-    sgd_f64_t sgd_f64
-    heavy_ball_f32_t heavy_ball_f32
-    heavy_ball_f64_t heavy_ball_f64
+    momentum_kernel momentum_kernel_at(const momentum_kernel_table* table, size_t slot)
+    momentum_kernel momentum_find_kernel(const momentum_kernel_table* table, const char* name)
+    const momentum_kernel_table* momentum_import_kernels() except NULL with gil

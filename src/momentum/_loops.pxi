@@ -2,15 +2,31 @@
 # Included by _kernels.pyx (the portable build) and by each _kernels_<isa>.pyx
 # (the same loops compiled for a newer instruction set, picked at run time).
 #
+# One loop function per rule, named as the rule in momentum.rules, taking one
+# typed pointer per array (in the table's order), the element count and the
+# rule's hyperparameter struct; _entries.pxi (generated from the table) wraps
+# each in the generic kernel signature of momentum.h.
+#
 # Every flag is loop-invariant; the branches below are outside the loops, so
 # each loop body is straight-line arithmetic that vectorises.  Statements are
 # kept one rounding each, in the reference's order, and the build passes
 # -ffp-contract=off so that no multiply and add fuse.
+from cpython.pycapsule cimport PyCapsule_New
+from libc.stddef cimport size_t
+from momentum._kernels cimport MOMENTUM_KERNEL_COUNT, momentum_kernel
+
+include "_hypers.pxi"
+
+ctypedef fused real:
+    float
+    double
+
+
 cdef void update_buffer(real* buf, const real* grad, size_t n,
-                        double momentum, double dampening) noexcept nogil:
+                        const update_buffer_hyper* h) noexcept nogil:
     """buf = momentum * buf + (1 - dampening) * grad"""
-    cdef real m = <real>momentum
-    cdef real c = <real>(1.0 - dampening)
+    cdef real m = <real>h.momentum
+    cdef real c = <real>(1.0 - h.dampening)
     cdef size_t i
     for i in range(n):
         buf[i] = m * buf[i] + c * grad[i]
@@ -72,14 +88,15 @@ cdef void sgd(real* param, const real* grad, real* buf, size_t n,
     cdef real c = <real>(1.0 - h.dampening)
     cdef real wd = <real>h.weight_decay
     cdef bint decay = h.weight_decay != 0
+    cdef bint maximize = h.maximize != 0
+    cdef bint nesterov = h.nesterov != 0
     if h.momentum == 0:
-        _sgd_plain(param, grad, n, lr, wd, decay, h.maximize)
-    elif h.first_step:
-        _sgd_first(param, grad, buf, n, lr, m, wd, decay, h.maximize,
-                   h.nesterov)
+        _sgd_plain(param, grad, n, lr, wd, decay, maximize)
+    elif h.first_step != 0:
+        _sgd_first(param, grad, buf, n, lr, m, wd, decay, maximize, nesterov)
     else:
-        _sgd_momentum(param, grad, buf, n, lr, m, c, wd, decay, h.maximize,
-                      h.nesterov)
+        _sgd_momentum(param, grad, buf, n, lr, m, c, wd, decay, maximize,
+                      nesterov)
 
 
 cdef void heavy_ball(real* param, const real* grad, real* buf, size_t n,
@@ -89,8 +106,8 @@ cdef void heavy_ball(real* param, const real* grad, real* buf, size_t n,
     cdef real m = <real>h.momentum
     cdef real wd = <real>h.weight_decay
     cdef bint decay = h.weight_decay != 0
-    cdef bint maximize = h.maximize
-    cdef bint nesterov = h.nesterov
+    cdef bint maximize = h.maximize != 0
+    cdef bint nesterov = h.nesterov != 0
     cdef size_t i
     cdef real g, b
     for i in range(n):
@@ -105,12 +122,10 @@ cdef void heavy_ball(real* param, const real* grad, real* buf, size_t n,
             param[i] = param[i] - b
 
 
-cdef KernelTable TABLE
-TABLE.update_buffer_f32 = update_buffer[float]
-TABLE.update_buffer_f64 = update_buffer[double]
-TABLE.sgd_f32 = sgd[float]
-TABLE.sgd_f64 = sgd[double]
-TABLE.heavy_ball_f32 = heavy_ball[float]
-TABLE.heavy_ball_f64 = heavy_ball[double]
-# The table, for momentum._schedule (and C code embedding the kernels).
-KERNELS = PyCapsule_New(&TABLE, "momentum.KernelTable", NULL)
+include "_entries.pxi"
+
+# This build's kernels by slot (NULL where none is built), for
+# momentum._dispatch to put in the running table.
+cdef momentum_kernel SLOTS[MOMENTUM_KERNEL_COUNT]
+fill_kernels(SLOTS)
+KERNELS = PyCapsule_New(SLOTS, "momentum.kernel_slots", NULL)

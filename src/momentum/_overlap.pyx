@@ -1,7 +1,7 @@
-# Overlap between the triples of a batch, in O(k log k) or better.
+# Overlap between the tasks of a batch, in O(k log k) or better.
 #
-# The caller knows the arrays within one triple are apart; what remains is
-# whether a written array overlaps any array of another triple.  In address
+# The caller knows the arrays within one task are apart; what remains is
+# whether a written array overlaps any array of another task.  In address
 # order, a span overlaps an earlier one exactly when it starts below the
 # highest end seen so far: of any span if it is written, of written spans if
 # not.  Sorting is an LSD radix sort on the addresses (no comparison calls),
@@ -70,7 +70,7 @@ cdef int remember(const Span* spans, Py_ssize_t n) except -1:
 cdef int find_overlap(Span* spans, Span* scratch, Py_ssize_t n,
                       const Span** first, const Span** second) except -1:
     """1 and the pair in ``first``/``second`` if a written span overlaps a
-    span of another triple, else 0.
+    span of another task, else 0.
 
     ``spans[:n]`` and ``scratch`` (room for n) may be reordered.  Call with
     the GIL held.

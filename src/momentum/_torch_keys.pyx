@@ -25,12 +25,17 @@ from cpython.object cimport PyObject
 from libc.stddef cimport size_t
 from libc.stdint cimport uintptr_t
 
-from momentum._checks cimport sgd_hyperparameters
+from libc.string cimport memcpy
+
+from momentum._batch cimport Batch
+from momentum._checks cimport MAX_ARRAYS, MAX_HYPER, Place, RuleSpec, read_hypers, spec_of
+from momentum._kernels cimport momentum_task
 from momentum._tensor_facts cimport Fact
-from momentum._overlap cimport (
-    ROLE_BUFS, ROLE_GRADS, ROLE_PARAMS, Span, find_overlap, set_span)
-from momentum._schedule cimport (
-    DType, DTYPE_FLOAT32, DTYPE_FLOAT64, RULE_SGD, Task, run_checked)
+from momentum.rules import RULES
+
+# The rule a step runs, and where its momentum sits among the hyperparameters.
+cdef int SGD = list(RULES).index("sgd")
+cdef int SGD_MOMENTUM = [h.name for h in RULES["sgd"].hypers].index("momentum")
 
 cdef extern from "Python.h":
     object PyObject_GetAttr(object, object)
@@ -41,9 +46,12 @@ HOLDS = 0    # everything as snapshot: the cached batch is current
 GRADS = 1    # only gradients differ (other tensors or other memory)
 CHANGED = 2  # a parameter, its memory, a state entry or a buffer differs
 
-# A parameter's dtype, as the kernels' DType, or NOT_KERNEL_DTYPE.
+# A parameter's dtype, as its code in momentum.rules.DTYPES, or NOT_KERNEL_DTYPE.
 cdef enum:
     NOT_KERNEL_DTYPE = 255
+cdef enum:
+    DTYPE_FLOAT32 = 0
+    DTYPE_FLOAT64 = 1
 
 cdef object VERSION = "version"
 cdef object MOMENTUM_BUFFER = "momentum_buffer"
@@ -288,9 +296,10 @@ cdef class Snapshot:
 
 def run_groups(list snapshots, list hypers) -> bool:
     """Step every group from its snapshot, all as one batch: False (nothing
-    written) if one is not ``ready`` or a written tensor overlaps a tensor of
-    another parameter, so that the caller's full path decides and words
-    the error.
+    written) if one is not ``ready``, or a tensor fails the checks every
+    kernel call passes (momentum._checks.check_task), or a written tensor
+    overlaps a tensor of another parameter, so that the caller's full path
+    decides and words the error.
 
     ``snapshots[k]`` must have just passed check() (HOLDS, or GRADS with
     ``take_grads``); ``hypers[k]`` is the dict of ``foreach.sgd``'s
@@ -305,60 +314,54 @@ def run_groups(list snapshots, list hypers) -> bool:
         if not s.ready:
             return False
         ntasks += s.nactive
-    cdef Task* templates = <Task*>PyMem_Malloc(max(ngroups, 1) * sizeof(Task))
-    cdef Task* tasks = <Task*>PyMem_Malloc(max(ntasks, 1) * sizeof(Task))
-    cdef Span* spans = <Span*>PyMem_Malloc(max(6 * ntasks, 1) * sizeof(Span))
+    cdef const RuleSpec* rule = spec_of(SGD)
+    cdef double* templates = <double*>PyMem_Malloc(max(ngroups, 1) * MAX_HYPER * sizeof(double))
+    if templates == NULL:
+        raise MemoryError()
     try:
-        if templates == NULL or tasks == NULL or spans == NULL:
-            raise MemoryError()
         for k in range(ngroups):
             h = hypers[k]
-            sgd_hyperparameters(&templates[k].sgd, h["lr"], h["momentum"], h["dampening"],
-                                h["weight_decay"], h["nesterov"], h["maximize"], False, STEP)
-            templates[k].rule = RULE_SGD
-            if (templates[k].sgd.momentum != 0) != (<Snapshot>snapshots[k]).uses_state:
+            read_hypers(rule, SGD, (h["lr"], h["momentum"], h["dampening"], h["weight_decay"],
+                                    h["nesterov"], h["maximize"], False),
+                        templates + k * MAX_HYPER, STEP)
+            if (templates[k * MAX_HYPER + SGD_MOMENTUM] != 0) != (<Snapshot>snapshots[k]).uses_state:
                 return False
-        return run_tasks_of(snapshots, templates, tasks, spans, ntasks)
+        return run_tasks_of(snapshots, templates, rule, ntasks)
     finally:
         PyMem_Free(templates)
-        PyMem_Free(tasks)
-        PyMem_Free(spans)
 
 
-cdef bint run_tasks_of(list snapshots, const Task* templates, Task* tasks,
-                       Span* spans, Py_ssize_t ntasks) except -1:
+cdef bint run_tasks_of(list snapshots, const double* templates, const RuleSpec* rule,
+                       Py_ssize_t ntasks) except -1:
     """run_groups() once its hyperparameters are checked into ``templates``."""
-    cdef Py_ssize_t k, i, j = 0, count = 0
-    cdef size_t total = 0, nbytes
+    cdef Py_ssize_t k, i, a
     cdef Snapshot s
-    cdef Task* t
-    cdef const Span* first
-    cdef const Span* second
+    cdef momentum_task* task
+    cdef Place places[MAX_ARRAYS]
+    cdef Batch batch = Batch(ntasks)
+    cdef tuple names = ("param", "grad", "buf")
+    for a in range(3):
+        places[a].writable = True    # torch tensors are writable
+        places[a].contiguous = True  # check() compared it
+        places[a].ndim = -1          # the snapshot compares lengths, not shapes
     for k in range(len(snapshots)):
         s = <Snapshot>snapshots[k]
         for i in range(s.n):
             if not s.active[i]:
                 continue
-            t = &tasks[j]
-            t[0] = templates[k]
-            t.dtype = <DType>s.kinds[i]
-            t.param = <char*>s.places[6 * i]
-            t.grad = <const char*>s.places[6 * i + 2]
-            t.buf = <char*>s.places[6 * i + 4] if s.uses_state else NULL
-            t.n = s.places[6 * i + 1]
-            t.offset = total
-            total += t.n
-            nbytes = t.n * (4 if t.dtype == DTYPE_FLOAT32 else 8)
-            if nbytes:
-                set_span(&spans[count], <size_t>t.param, nbytes, NULL, j, ROLE_PARAMS, True)
-                set_span(&spans[count + 1], <size_t>t.grad, nbytes, NULL, j, ROLE_GRADS, False)
-                count += 2
-                if t.buf != NULL:
-                    set_span(&spans[count], <size_t>t.buf, nbytes, NULL, j, ROLE_BUFS, True)
-                    count += 1
-            j += 1
-    if find_overlap(spans, spans + 3 * ntasks, count, &first, &second):
+            task = batch.next()
+            memcpy(task.hyper, templates + k * MAX_HYPER, MAX_HYPER * sizeof(double))
+            for a in range(3):
+                places[a].address = <char*>s.places[6 * i + 2 * a]
+                places[a].length = s.places[6 * i + 2 * a + 1]
+                places[a].dtype = s.kinds[i]
+                places[a].source = <PyObject*>s.params[i]
+            try:
+                batch.add(rule, places, names, STEP)
+            except (TypeError, ValueError):
+                return False
+    try:
+        batch.run(lambda task, array: "", STEP)
+    except ValueError:
         return False
-    run_checked(tasks, ntasks, total)
     return True
-

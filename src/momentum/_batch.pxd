@@ -1,0 +1,16 @@
+# The one builder of kernel batches; see _batch.pyx.
+from momentum._checks cimport Place, RuleSpec
+from momentum._kernels cimport momentum_task
+from momentum._overlap cimport Span
+
+cdef class Batch:
+    cdef momentum_task* tasks
+    cdef Span* spans        # room for MAX_ARRAYS per task, then as much scratch
+    cdef Py_ssize_t ntasks, room, nspans
+    cdef size_t total
+    cdef list held          # objects that must outlive the run
+
+    cdef momentum_task* next(self) except NULL
+    cdef int add(self, const RuleSpec* rule, Place* places, object names,
+                 str func) except -1
+    cdef int run(self, object namer, str func) except -1

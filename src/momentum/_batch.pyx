@@ -1,0 +1,68 @@
+# The one builder of kernel batches, for every face (foreach, the arena,
+# momentum.torch): the caller fills the next task's hyperparameters, then
+# add() checks its arrays (check_task) and records their bytes; run() shows
+# that no written array overlaps an array of another task, and only then runs
+# every task as one batch, the GIL released once.  Nothing is written before
+# every check of every task has passed.
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from libc.stddef cimport size_t
+
+from momentum._checks cimport MAX_ARRAYS, check_task, nbytes
+from momentum._kernels cimport momentum_task
+from momentum._overlap cimport find_overlap, set_span
+from momentum._schedule cimport run_checked
+
+
+cdef class Batch:
+    """Room for ``room`` tasks, filled by next()/add(), run once by run()."""
+
+    def __cinit__(self, Py_ssize_t room):
+        self.room = room
+        self.tasks = <momentum_task*>PyMem_Malloc(max(room, 1) * sizeof(momentum_task))
+        self.spans = <Span*>PyMem_Malloc(max(2 * MAX_ARRAYS * room, 1) * sizeof(Span))
+        if self.tasks == NULL or self.spans == NULL:
+            raise MemoryError()
+        self.held = []
+
+    def __dealloc__(self):
+        PyMem_Free(self.tasks)
+        PyMem_Free(self.spans)
+
+    cdef momentum_task* next(self) except NULL:
+        """The task add() fills next: set its ``hyper`` first."""
+        if self.ntasks == self.room:
+            raise IndexError("Batch is full")
+        return &self.tasks[self.ntasks]
+
+    cdef int add(self, const RuleSpec* rule, Place* places, object names,
+                 str func) except -1:
+        """Check the next task's arrays (see check_task) and take it in.
+
+        The caller keeps every array alive until run() has returned (put
+        objects made for the call in ``held``).
+        """
+        cdef momentum_task* t = &self.tasks[self.ntasks]
+        check_task(rule, places, t, names, func)
+        cdef int i
+        for i in range(rule.narrays):
+            if t.arrays[i] != NULL and places[i].length:
+                set_span(&self.spans[self.nspans], <size_t>t.arrays[i], nbytes(&places[i]),
+                         self.ntasks, i, rule.written[i])
+                self.nspans += 1
+        t.offset = self.total
+        self.total += t.n
+        self.ntasks += 1
+        return 0
+
+    cdef int run(self, object namer, str func) except -1:
+        """Run every task, or raise ValueError if a written array overlaps an
+        array of another task, naming both with ``namer(task, array)``."""
+        cdef const Span* s
+        cdef const Span* t
+        if find_overlap(self.spans, self.spans + MAX_ARRAYS * self.room, self.nspans, &s, &t):
+            if t.index < s.index:
+                s, t = t, s
+            raise ValueError(f"{func}(): '{namer(s.index, s.role)}' and "
+                             f"'{namer(t.index, t.role)}' overlap in memory")
+        run_checked(self.tasks, self.ntasks, self.total)
+        return 0

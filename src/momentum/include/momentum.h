@@ -1,0 +1,102 @@
+/* momentum's C ABI: the kernel table, one task, and how to get them.
+ *
+ * A kernel updates elements [start, start + n) of one tensor's arrays in
+ * place.  arrays[i] points at element 0 of the rule's i-th array (in the
+ * order of momentum.rules.RULES[rule].arrays; NULL for an array the call
+ * does not use), hyper[j] is the rule's j-th hyperparameter as a double
+ * (flags 1.0 or 0.0), in the order of RULES[rule].hypers; the
+ * MOMENTUM_<RULE>_ARRAY_<NAME> and MOMENTUM_<RULE>_HYPER_<NAME> macros of
+ * momentum_rules.h give both indices, MOMENTUM_<RULE>_SLOT its first slot.  Kernels
+ * check nothing: the arrays must be valid, aligned, of the kernel's dtypes,
+ * and apart in memory, and the hyperparameters must pass momentum's checks.
+ *
+ * Get the table of the kernels built for the running CPU's best instruction
+ * set (or the one momentum.set_isa chose) with momentum_import_kernels();
+ * its run() runs a batch of tasks over momentum's thread pool, as
+ * momentum.foreach does.
+ */
+#ifndef MOMENTUM_H
+#define MOMENTUM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "momentum_rules.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef void (*momentum_kernel)(char *const *arrays, size_t start, size_t n,
+                                const double *hyper);
+
+/* One kernel call over one tensor. */
+typedef struct momentum_task {
+    momentum_kernel kernel;
+    size_t n;          /* elements of the tensor */
+    size_t offset;     /* where the task starts in its batch's element count */
+    char *arrays[MOMENTUM_MAX_ARRAYS];
+    double hyper[MOMENTUM_MAX_HYPER];
+} momentum_task;
+
+typedef struct momentum_kernel_table {
+    uint32_t abi_version;      /* MOMENTUM_ABI_VERSION */
+    uint32_t struct_size;      /* sizeof(momentum_kernel_table) */
+    const char *isa;           /* "baseline", "avx2", "avx512" */
+    size_t count;              /* MOMENTUM_KERNEL_COUNT */
+    const momentum_kernel *kernels;   /* by slot; NULL where not built */
+    const char *const *names;         /* by slot: "sgd:float32,float32,float32" */
+    /* Run tasks[0:ntasks], whose offsets lay them end to end (task i starts
+     * at the sum of the n of the tasks before it), on up to nthreads threads
+     * (0: momentum.get_num_threads()).  Safe to call without the GIL. */
+    void (*run)(const momentum_task *tasks, size_t ntasks, int nthreads);
+} momentum_kernel_table;
+
+#define MOMENTUM_CAPSULE_NAME "momentum._dispatch.KERNELS"
+
+/* The kernel in slot `slot`, or NULL. */
+static inline momentum_kernel
+momentum_kernel_at(const momentum_kernel_table *table, size_t slot)
+{
+    return slot < table->count ? table->kernels[slot] : NULL;
+}
+
+/* The kernel named `name` ("sgd:float32,float32,float32"), or NULL. */
+static inline momentum_kernel
+momentum_find_kernel(const momentum_kernel_table *table, const char *name)
+{
+    size_t i;
+    for (i = 0; i < table->count; i++)
+        if (table->names[i] != NULL && strcmp(table->names[i], name) == 0)
+            return table->kernels[i];
+    return NULL;
+}
+
+#ifdef Py_PYTHON_H
+/* The running table, from an importable momentum of this ABI; NULL with a
+ * Python exception set otherwise.  Call with the GIL held. */
+static inline const momentum_kernel_table *
+momentum_import_kernels(void)
+{
+    const momentum_kernel_table *table =
+        (const momentum_kernel_table *)PyCapsule_Import(MOMENTUM_CAPSULE_NAME, 0);
+    if (table == NULL)
+        return NULL;
+    if (table->abi_version != MOMENTUM_ABI_VERSION
+            || table->struct_size < sizeof(momentum_kernel_table)) {
+        PyErr_Format(PyExc_ImportError,
+                     "momentum's kernel ABI is version %u (table of %u bytes); "
+                     "this extension was built for version %d: rebuild it",
+                     (unsigned)table->abi_version, (unsigned)table->struct_size,
+                     MOMENTUM_ABI_VERSION);
+        return NULL;
+    }
+    return table;
+}
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+#endif

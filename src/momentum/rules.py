@@ -1,0 +1,207 @@
+"""The rule table: what every rule is, in one place.
+
+Each :class:`Rule` names its arrays (in argument order, with whether the
+kernel writes them and the PyTorch optimizer-state key of a state buffer),
+its hyperparameters (in the order the kernels read them, with defaults and
+checks), what may be given per tensor, and its formula.  Everything else
+derives from this table: the kernel entry points and their C table (generated
+at build time by ``setup.py``, which reads this file on its own, so it imports
+nothing but the standard library), the argument checks and their messages,
+``foreach``, the arena's blocks, the PyTorch state layout, the benchmark's
+rows and the tests' parametrisation.
+
+To add a rule: an entry here, its loops in ``_loops.pxi`` (one ``cdef``
+function per rule, named as the rule, taking one typed pointer per array,
+``n`` and ``const <rule>_hyper*``), and its specification in
+:mod:`momentum.reference`.  See CONTRIBUTING.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["Array", "Hyper", "Rule", "RULES", "DTYPES", "MAX_ARRAYS", "MAX_HYPER",
+           "ABI_VERSION", "kernel_name", "kernel_combos"]
+
+# The storage dtypes, in the order of their codes (a dtype's code is its index).
+DTYPES = ("float32", "float64")
+
+# Room in a task for one rule's arrays and hyperparameters (the C ABI fixes it).
+MAX_ARRAYS = 6
+MAX_HYPER = 12
+# Bumped whenever the C task or kernel-table layout changes (momentum.h).
+ABI_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Array:
+    """One array of a rule.
+
+    ``written``: the kernel writes it (so it must be writable and may not
+    overlap anything).  ``when``: the name of a hyperparameter that must be
+    nonzero for the rule to use the array at all (sgd without momentum has
+    no buffer); None means always used.  ``state_key``: the key of this
+    buffer in a PyTorch optimizer's per-parameter state; None for the
+    parameter and the gradient.
+    """
+
+    name: str
+    written: bool
+    when: str | None = None
+    state_key: str | None = None
+
+    @property
+    def plural(self) -> str:
+        """The name of the sequence ``foreach`` takes: ``params``, ``grads``, ``bufs``."""
+        return self.name + "s"
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """One hyperparameter, read by the kernels as a double.
+
+    ``check``: ``"rate"`` (finite and >= 0), ``"unit"`` (in [0, 1]) or
+    ``"flag"`` (a bool, 1.0 or 0.0 for the kernel).  ``default`` None means
+    the argument is required.  ``requires``: for a flag, a condition on the
+    other hyperparameters (a Python expression over their names) that must
+    hold when the flag is set, as PyTorch checks it.
+    """
+
+    name: str
+    check: str
+    default: float | bool | None = None
+    requires: str | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One update rule: its arrays, hyperparameters and formula.
+
+    ``per_tensor``: hyperparameters that ``foreach`` also takes as one value
+    per tensor.  ``elementwise``: each element's update reads only that
+    element of each array (so a call may be split anywhere, and arrays laid
+    end to end in an arena step as one).  ``formula``: the per-element
+    update, in the reference's order of operations (docstrings quote it).
+    """
+
+    name: str
+    arrays: tuple[Array, ...]
+    hypers: tuple[Hyper, ...]
+    formula: str
+    summary: str
+    notes: str = ""
+    per_tensor: tuple[str, ...] = ()
+    elementwise: bool = True
+    # The arguments a typical call passes: the benchmark times these.
+    typical: dict[str, float] = field(default_factory=dict)
+
+    def array(self, name: str) -> Array:
+        """The array called ``name``."""
+        return next(a for a in self.arrays if a.name == name)
+
+    def hyper(self, name: str) -> Hyper:
+        """The hyperparameter called ``name``."""
+        return next(h for h in self.hypers if h.name == name)
+
+    @property
+    def written(self) -> tuple[str, ...]:
+        """The names of the arrays the kernel writes."""
+        return tuple(a.name for a in self.arrays if a.written)
+
+    @property
+    def elements_moved(self) -> int:
+        """Array elements read or written per element, all arrays in use:
+        every array is read, the written ones are written back."""
+        return len(self.arrays) + len(self.written)
+
+    @property
+    def state_keys(self) -> dict[str, str]:
+        """Array name -> PyTorch state key, for the state buffers."""
+        return {a.name: a.state_key for a in self.arrays if a.state_key}
+
+
+_MOMENTUM_BUFFER = "momentum_buffer"
+
+RULES: dict[str, Rule] = {rule.name: rule for rule in (
+    Rule(
+        name="update_buffer",
+        summary="Update a momentum buffer in place.",
+        arrays=(Array("buf", written=True, state_key=_MOMENTUM_BUFFER),
+                Array("grad", written=False)),
+        hypers=(Hyper("momentum", "rate"),
+                Hyper("dampening", "unit", 0.0)),
+        formula="buf = momentum * buf + (1 - dampening) * grad",
+        notes="The EMA form is ``dampening=momentum``.",
+        typical={"momentum": 0.9},
+    ),
+    Rule(
+        name="sgd",
+        summary="One torch.optim.SGD step for one tensor, in place.",
+        arrays=(Array("param", written=True),
+                Array("grad", written=False),
+                Array("buf", written=True, when="momentum", state_key=_MOMENTUM_BUFFER)),
+        hypers=(Hyper("lr", "rate"),
+                Hyper("momentum", "rate", 0.0),
+                Hyper("dampening", "unit", 0.0),
+                Hyper("weight_decay", "rate", 0.0),
+                Hyper("nesterov", "flag", False,
+                      requires="momentum > 0 and dampening == 0"),
+                Hyper("maximize", "flag", False),
+                Hyper("first_step", "flag", False)),
+        per_tensor=("first_step",),
+        notes="With ``momentum == 0`` ``buf`` is not touched and may be None. "
+              "``first_step=True`` starts the buffer as the gradient, as "
+              "PyTorch's first step does.",
+        formula="""\
+g = -grad if maximize else grad
+if weight_decay != 0: g = g + weight_decay * param
+if momentum != 0:
+    buf = g if first_step else momentum * buf + (1 - dampening) * g
+    g = g + momentum * buf if nesterov else buf
+param = param - lr * g""",
+        typical={"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4},
+    ),
+    Rule(
+        name="heavy_ball",
+        summary="One heavy-ball step for one tensor, the step size inside the buffer.",
+        arrays=(Array("param", written=True),
+                Array("grad", written=False),
+                Array("buf", written=True, state_key=_MOMENTUM_BUFFER)),
+        hypers=(Hyper("lr", "rate"),
+                Hyper("momentum", "rate"),
+                Hyper("weight_decay", "rate", 0.0),
+                Hyper("nesterov", "flag", False, requires="momentum > 0"),
+                Hyper("maximize", "flag", False)),
+        formula="""\
+g = -grad if maximize else grad
+if weight_decay != 0: g = g + weight_decay * param
+buf = momentum * buf + lr * g
+param = param - (momentum * buf + lr * g) if nesterov else param - buf""",
+        notes="Keras's ``velocity`` is ``-buf``.",
+        typical={"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4},
+    ),
+)}
+
+
+def kernel_combos(rule: Rule) -> list[tuple[str, ...]]:
+    """The storage dtypes the kernels are built for, one per array of
+    ``rule``: today every array of a call has one dtype."""
+    return [(dtype,) * len(rule.arrays) for dtype in DTYPES]
+
+
+def kernel_name(rule: Rule, dtypes: tuple[str, ...]) -> str:
+    """The name of a kernel in the C table: ``"sgd:float32,float32,float32"``."""
+    return f"{rule.name}:{','.join(dtypes)}"
+
+
+def kernel_slots() -> list[tuple[Rule, tuple[str, ...]]]:
+    """Every slot of the kernel table, in order: for each rule, one slot per
+    combination of array dtypes (dtype code ``c_i`` of array ``i`` gives
+    slot ``first + sum(c_i * len(DTYPES) ** i)``), so that a caller finds a
+    kernel by arithmetic.  Combinations not built stay empty (NULL)."""
+    slots = []
+    for rule in RULES.values():
+        n = len(rule.arrays)
+        for index in range(len(DTYPES) ** n):
+            slots.append((rule, tuple(DTYPES[index // len(DTYPES) ** i % len(DTYPES)]
+                                      for i in range(n))))
+    return slots
