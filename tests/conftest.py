@@ -10,6 +10,7 @@ unspecified, and NumPy and C compilers do not agree on it.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -18,15 +19,69 @@ import pytest
 
 import momentum
 from momentum import reference
+from momentum.rules import RULES
 
 SEED = 20240611
 
-# The arrays of each rule, in positional order; the first ones are written.
-ARGS: dict[str, tuple[str, ...]] = {
-    "update_buffer": ("buf", "grad"),
-    "sgd": ("param", "grad", "buf"),
-    "heavy_ball": ("param", "grad", "buf"),
-}
+# The arrays of each rule, in positional order.
+ARGS: dict[str, tuple[str, ...]] = {name: tuple(a.name for a in rule.arrays)
+                                    for name, rule in RULES.items()}
+
+# A nonzero value for each hyperparameter the cases vary, chosen inexact in
+# float32 so that the rounding of every scalar to the arrays' dtype shows.
+NONZERO = {"lr": 0.1, "momentum": 0.9, "dampening": 0.3, "weight_decay": 1e-2}
+BY_CHECK = {"rate": 0.25, "unit": 0.3}
+
+
+def _holds(condition: str, hyper: Mapping[str, Any]) -> bool:
+    """A table condition ("momentum > 0 and dampening == 0") on ``hyper``."""
+    ops = {">": float.__gt__, "==": float.__eq__, ">=": float.__ge__}
+    return all(ops[op](float(hyper[name]), float(value))
+               for name, op, value in (term.split() for term in condition.split(" and ")))
+
+
+def flag_cases(rule: str) -> list[tuple[dict[str, Any], tuple[str, ...]]]:
+    """Every valid combination of ``rule``'s flags, each optional value zero
+    or not, and each array the combination does not use given or None:
+    ``(hyperparameters, names of the arrays passed as None)``, from the table."""
+    spec = RULES[rule]
+    choices = []
+    for h in spec.hypers:
+        if h.check == "flag":
+            choices.append([False, True])
+        else:
+            value = NONZERO.get(h.name, BY_CHECK[h.check])
+            choices.append([value] if h.default is None else [h.default, value])
+    cases = []
+    for values in itertools.product(*choices):
+        hyper = dict(zip((h.name for h in spec.hypers), values))
+        if any(hyper[h.name] and h.requires and not _holds(h.requires, hyper)
+               for h in spec.hypers):
+            continue
+        unused = tuple(a.name for a in spec.arrays if a.when and not hyper[a.when])
+        cases.append((hyper, ()))
+        if unused:
+            cases.append((hyper, unused))
+    return cases
+
+
+# Every rule's flag cases: (rule, hyperparameters, arrays passed as None).
+CASES = [(rule, hyper, absent) for rule in RULES for hyper, absent in flag_cases(rule)]
+
+
+def case_id(case: tuple[str, dict[str, Any], tuple[str, ...]]) -> str:
+    rule, hyper, absent = case
+    flags = [f"{k}={v}" for k, v in hyper.items() if v is not False]
+    return "-".join([rule, *flags] + [f"{name}=None" for name in absent])
+
+
+def busiest(rule: str) -> dict[str, Any]:
+    """The valid case of ``rule`` with the most nonzero hyperparameters (and
+    no per-tensor flag set): most branches of the kernel at once."""
+    spec = RULES[rule]
+    return max((hyper for hyper, absent in flag_cases(rule)
+                if not absent and not any(hyper[name] for name in spec.per_tensor)),
+               key=lambda hyper: sum(bool(v) for v in hyper.values()))
 
 
 @pytest.fixture
@@ -107,10 +162,10 @@ def untouched(objs: Mapping[str, Any]) -> Iterator[None]:
 
 
 def reads_only(rule: str, hyper: Mapping[str, Any]) -> tuple[str, ...]:
-    """The arrays a call must leave bit for bit untouched."""
-    if rule == "sgd" and hyper.get("momentum", 0.0) == 0:
-        return ("grad", "buf")
-    return ("grad",)
+    """The arrays a call must leave bit for bit untouched: those the rule
+    reads, and those it does not use with these hyperparameters."""
+    return tuple(a.name for a in RULES[rule].arrays
+                 if not a.written or (a.when and not hyper.get(a.when, 0)))
 
 
 def reference_step(rule: str, arrays: Mapping[str, np.ndarray], hyper: Mapping[str, Any]) -> None:

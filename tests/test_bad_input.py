@@ -10,18 +10,17 @@ import pytest
 
 import momentum
 from conftest import ARGS, untouched
+from momentum.rules import RULES
 
 SHAPE = (3, 4)
 DTYPE = np.float32
-HYPER: dict[str, dict[str, Any]] = {
-    "update_buffer": dict(momentum=0.9),
-    "sgd": dict(lr=0.1, momentum=0.9),
-    "heavy_ball": dict(lr=0.1, momentum=0.9),
-}
-WRITTEN = {"update_buffer": ("buf",), "sgd": ("param", "buf"), "heavy_ball": ("param", "buf")}
-RATES = {"update_buffer": ("momentum",), "sgd": ("lr", "momentum", "weight_decay"),
-         "heavy_ball": ("lr", "momentum", "weight_decay")}
-HAS_DAMPENING = ("update_buffer", "sgd")
+# A valid call of each rule: the arguments the benchmark times.
+HYPER: dict[str, dict[str, Any]] = {name: dict(rule.typical) for name, rule in RULES.items()}
+WRITTEN = {name: rule.written for name, rule in RULES.items()}
+RATES = {name: tuple(h.name for h in rule.hypers if h.check == "rate")
+         for name, rule in RULES.items()}
+UNITS = {name: tuple(h.name for h in rule.hypers if h.check == "unit")
+         for name, rule in RULES.items()}
 
 
 def good_arrays(rule: str) -> dict[str, Any]:
@@ -128,7 +127,7 @@ def test_overlapping_arrays(rule, a, b, kind):
 HUGE_INT = 10**400
 BAD_RATES = {"nan": np.nan, "inf": np.inf, "-inf": -np.inf, "-1": -1.0,
              "-1e-300": -1e-300, "10**400": HUGE_INT}
-BAD_DAMPENINGS = {"-0.1": -0.1, "1.5": 1.5, "nan": np.nan, "-inf": -np.inf,
+BAD_UNITS = {"-0.1": -0.1, "1.5": 1.5, "nan": np.nan, "-inf": -np.inf,
                   "10**400": HUGE_INT}
 NOT_REAL = {"str": "0.1", "complex": 0.1j, "None": None, "list": [0.1]}
 
@@ -136,9 +135,8 @@ NOT_REAL = {"str": "0.1", "complex": 0.1j, "None": None, "list": [0.1]}
 def hyper_cases() -> list[Any]:
     cases = []
     for rule in ARGS:
-        names = RATES[rule] + (("dampening",) if rule in HAS_DAMPENING else ())
-        for name in names:
-            bad = BAD_DAMPENINGS if name == "dampening" else BAD_RATES
+        for name in RATES[rule] + UNITS[rule]:
+            bad = BAD_UNITS if name in UNITS[rule] else BAD_RATES
             cases += [pytest.param(rule, name, v, ValueError, id=f"{rule}-{name}-{k}")
                       for k, v in bad.items()]
             cases += [pytest.param(rule, name, v, TypeError, id=f"{rule}-{name}-{k}")
@@ -152,13 +150,23 @@ def test_bad_hyperparameter(rule, name, value, exc):
     assert_rejected(rule, good_arrays(rule), hyper, exc, f"'{name}'")
 
 
-@pytest.mark.parametrize("rule, hyper", [
-    ("sgd", dict(lr=0.1, momentum=0.0, nesterov=True)),
-    ("sgd", dict(lr=0.1, momentum=0.9, dampening=0.5, nesterov=True)),
-    ("heavy_ball", dict(lr=0.1, momentum=0.0, nesterov=True)),
-], ids=["sgd-momentum0", "sgd-dampening", "heavy_ball-momentum0"])
-def test_nesterov_needs_momentum_and_no_dampening(rule, hyper):
-    assert_rejected(rule, good_arrays(rule), hyper, ValueError, "nesterov")
+def requirement_cases() -> list[Any]:
+    """For every flag with a condition in the table, one call per term of the
+    condition that breaks just that term: the flag set, momentum 0 or
+    dampening nonzero (a term 'x > 0' or 'x == 0' is broken by x = 0 or 0.5)."""
+    cases = []
+    for rule, spec in RULES.items():
+        for h in spec.hypers:
+            for term in (h.requires or "").split(" and ") if h.requires else []:
+                name, op, _ = term.split()
+                hyper = dict(HYPER[rule], **{h.name: True, name: 0.0 if op == ">" else 0.5})
+                cases.append(pytest.param(rule, h.name, hyper, id=f"{rule}-{h.name}-{name}"))
+    return cases
+
+
+@pytest.mark.parametrize("rule, flag, hyper", requirement_cases())
+def test_flag_conditions_are_checked(rule, flag, hyper):
+    assert_rejected(rule, good_arrays(rule), hyper, ValueError, f"{flag}=True needs")
 
 
 def test_sgd_with_momentum_needs_buf():

@@ -17,15 +17,11 @@ import pytest
 
 import momentum
 from momentum import _build
-from conftest import (ARGS, assert_same_arrays, copies, offset_view, reference_step,
+from conftest import (ARGS, busiest, assert_same_arrays, copies, offset_view, reference_step,
                       untouched, values)
 
 # One case per rule with most flags set.
-CASES: dict[str, dict[str, Any]] = {
-    "update_buffer": dict(momentum=0.9, dampening=0.3),
-    "sgd": dict(lr=0.1, momentum=0.9, weight_decay=1e-2, nesterov=True, maximize=True),
-    "heavy_ball": dict(lr=0.1, momentum=0.9, weight_decay=1e-2, nesterov=True),
-}
+CASES: dict[str, dict[str, Any]] = {rule: busiest(rule) for rule in ARGS}
 
 
 @pytest.fixture
