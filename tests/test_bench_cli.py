@@ -1,4 +1,5 @@
-"""`python -m momentum bench`: it runs, its JSON is complete, its gate catches a wrong kernel."""
+"""`python -m momentum bench`: it runs, its JSON is complete, its gate catches a wrong kernel,
+it refuses output files it cannot write before it runs; `--version`."""
 import importlib.util
 import json
 import os
@@ -28,11 +29,14 @@ def quick_run(tmp_path_factory):
            "--sizes", "4096", "--workloads", "many-small", "--json", str(out / "out.json")]
     if HAVE_MATPLOTLIB:
         cmd += ["--plot", str(out / "out.png")]
-    # The subprocess imports the same momentum as this test.
-    src = str(Path(momentum.__file__).parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=same_momentum(), timeout=120)
     return proc, out
+
+
+def same_momentum() -> dict[str, str]:
+    """The environment for a subprocess that imports the same momentum as this test."""
+    src = str(Path(momentum.__file__).parent.parent)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
 
 
 def test_quick_run_writes_every_section_with_positive_rates(quick_run):
@@ -56,12 +60,14 @@ def test_quick_run_writes_every_section_with_positive_rates(quick_run):
     assert workload["name"] == "many-small" and workload["tensors"] == 1000
     assert all(r["median_ms"] > 0 for r in workload["results"].values())
     assert "Kernels:" in proc.stdout and "[bench" in proc.stderr
+    assert f"wrote results to {out / 'out.json'}\n" in proc.stdout
 
 
 @pytest.mark.skipif(not HAVE_MATPLOTLIB, reason="matplotlib not installed")
 def test_plot_is_a_png(quick_run):
-    _, out = quick_run
+    proc, out = quick_run
     assert (out / "out.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"wrote plot to {out / 'out.png'}\n" in proc.stdout
 
 
 def test_plot_without_matplotlib_is_a_clear_error(monkeypatch):
@@ -103,3 +109,59 @@ def test_no_command_prints_help_and_config_prints_the_build(capsys):
     assert "bench" in capsys.readouterr().out
     assert cli(["config"]) == 0
     assert "cflags" in capsys.readouterr().out
+
+
+def test_version_prints_the_package_version():
+    proc = subprocess.run([sys.executable, "-m", "momentum", "--version"],
+                          capture_output=True, text=True, env=same_momentum(), timeout=60)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, f"momentum {momentum.__version__}\n", "")
+
+
+@pytest.fixture
+def unwritable_folder(tmp_path_factory):
+    """A folder in which this process cannot create a file."""
+    folder = tmp_path_factory.mktemp("read-only")
+    folder.chmod(0o500)
+    # Root ignores permission bits; sysfs refuses new files even to root.
+    for candidate in (folder, Path("/sys")):
+        try:
+            (candidate / "probe").touch()
+        except OSError:
+            yield candidate
+            break
+        (candidate / "probe").unlink()
+    else:
+        pytest.skip("no folder this process cannot write to")
+    folder.chmod(0o700)
+
+
+@pytest.mark.parametrize("option", ["--json", "--plot"])
+@pytest.mark.parametrize("destination, why", [
+    ("a-folder", "is a directory"),
+    ("missing/out", "folder {tmp}/missing does not exist"),
+    ("a-file/out", "{tmp}/a-file is not a folder"),
+    ("unwritable/out", "Permission denied"),
+])
+def test_unwritable_destination_is_refused_before_the_bench_runs(
+        option, destination, why, tmp_path, unwritable_folder, capsys):
+    (tmp_path / "a-folder").mkdir()
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "unwritable").symlink_to(unwritable_folder)
+    path = f"{tmp_path}/{destination}"
+    # A tiny plan: were the check missing, this would fail fast, not bench for minutes.
+    argv = ["bench", "--quick", "--sizes", "16", "--workloads", "", option, path]
+    assert cli(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""            # not even the machine header: nothing ran
+    assert err == f"python -m momentum bench: cannot write {option} {path}: " \
+                  f"{why.format(tmp=tmp_path)}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "a-folder", "unwritable"]
+
+
+def test_destination_check_creates_nothing_and_keeps_an_existing_file(tmp_path):
+    assert bench.unwritable(str(tmp_path / "new.json")) is None
+    assert not (tmp_path / "new.json").exists()
+    old = tmp_path / "old.json"
+    old.write_text("kept")
+    assert bench.unwritable(str(old)) is None
+    assert old.read_text() == "kept"

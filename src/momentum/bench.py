@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass
 from time import perf_counter
@@ -207,9 +208,40 @@ def make_plan(opts: argparse.Namespace) -> Plan:
                 bandwidth_n=16 * MI if opts.quick else 32 * MI, workloads=names)
 
 
+def unwritable(path: str) -> str | None:
+    """Why ``path`` cannot be written as a file, or None when it can.
+
+    Tried for real (opened for appending, and removed again if that created
+    it): permission bits alone say nothing true for root, or for a read-only
+    or special file system.
+    """
+    if os.path.isdir(path):
+        return "is a directory"
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        return (f"{folder} is not a folder" if os.path.exists(folder)
+                else f"folder {folder} does not exist")
+    existed = os.path.lexists(path)
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as e:
+        return e.strerror or str(e)
+    if not existed:
+        os.remove(path)
+    return None
+
+
 def main(argv: Sequence[str]) -> int:
-    """Run the benchmark; print the report; exit status 1 if the gate fails."""
+    """Run the benchmark; print the report; exit status 1 if the gate fails,
+    2 if an output file cannot be written (checked before anything runs)."""
     opts = parse_args(argv)
+    for option, path in (("--json", opts.json), ("--plot", opts.plot)):
+        why = unwritable(path) if path else None
+        if why:
+            print(f"python -m momentum bench: cannot write {option} {path}: {why}",
+                  file=sys.stderr)
+            return 2
     if opts.plot:
         report.require_matplotlib()
     plan = make_plan(opts)
@@ -238,6 +270,8 @@ def main(argv: Sequence[str]) -> int:
     if opts.json:
         with open(opts.json, "w") as f:
             json.dump(results, f, indent=1)
+        print(f"wrote results to {os.path.abspath(opts.json)}")
     if opts.plot:
         report.plot(results, opts.plot)
+        print(f"wrote plot to {os.path.abspath(opts.plot)}")
     return 0

@@ -145,7 +145,7 @@ def require_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise SystemExit("--plot needs matplotlib: pip install 'momentum[plot]'") from None
+        raise SystemExit("--plot needs matplotlib: pip install 'momentum-kernels[plot]'") from None
 
 
 def plot(results: dict, path: str) -> None:
