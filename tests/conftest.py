@@ -10,7 +10,6 @@ unspecified, and NumPy and C compilers do not agree on it.
 from __future__ import annotations
 
 import contextlib
-import itertools
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -33,31 +32,15 @@ NONZERO = {"lr": 0.1, "momentum": 0.9, "dampening": 0.3, "weight_decay": 1e-2}
 BY_CHECK = {"rate": 0.25, "unit": 0.3}
 
 
-def _holds(condition: str, hyper: Mapping[str, Any]) -> bool:
-    """A table condition ("momentum > 0 and dampening == 0") on ``hyper``."""
-    ops = {">": float.__gt__, "==": float.__eq__, ">=": float.__ge__}
-    return all(ops[op](float(hyper[name]), float(value))
-               for name, op, value in (term.split() for term in condition.split(" and ")))
-
-
 def flag_cases(rule: str) -> list[tuple[dict[str, Any], tuple[str, ...]]]:
     """Every valid combination of ``rule``'s flags, each optional value zero
-    or not, and each array the combination does not use given or None:
-    ``(hyperparameters, names of the arrays passed as None)``, from the table."""
+    or not (momentum.rules.Rule.cases), and each array the combination does
+    not use given or None: ``(hyperparameters, names of the arrays passed as
+    None)``."""
     spec = RULES[rule]
-    choices = []
-    for h in spec.hypers:
-        if h.check == "flag":
-            choices.append([False, True])
-        else:
-            value = NONZERO.get(h.name, BY_CHECK[h.check])
-            choices.append([value] if h.default is None else [h.default, value])
+    nonzero = {h.name: NONZERO.get(h.name, BY_CHECK.get(h.check)) for h in spec.hypers}
     cases = []
-    for values in itertools.product(*choices):
-        hyper = dict(zip((h.name for h in spec.hypers), values))
-        if any(hyper[h.name] and h.requires and not _holds(h.requires, hyper)
-               for h in spec.hypers):
-            continue
+    for hyper in spec.cases(nonzero):
         unused = tuple(a.name for a in spec.arrays if a.when and not hyper[a.when])
         cases.append((hyper, ()))
         if unused:

@@ -1,8 +1,10 @@
-"""A flat arena: a model's parameters, gradients and buffers in three blocks.
+"""A flat arena: a model's parameters, gradients and buffers in one block each.
 
-Every tensor of the model is a view into one contiguous block per role, so a
-whole optimizer step is ONE kernel call over each block, with no per-tensor
-cost at all (the idea of FSDP flat parameters and DDP gradient buckets).
+Every tensor of the model is a view into one contiguous block per array of
+the rules (``params``, ``grads``, ``bufs``: the arrays named in
+:mod:`momentum.rules`), so a whole optimizer step is ONE kernel call over the
+blocks, with no per-tensor cost at all (the idea of FSDP flat parameters and
+DDP gradient buckets).  Every elementwise rule of the table is a method.
 
 Each tensor starts on a 64-byte boundary (a cache line; a full AVX-512
 vector); the gaps between tensors are padding that starts at zero.  A step
@@ -16,16 +18,20 @@ that aliases the arena.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import DTypeLike
 
 from momentum import _api
+from momentum.rules import RULES, Rule
 
 __all__ = ["Arena"]
 
 ALIGN = 64  # bytes
+# One block per array name of the rules, in the table's order: param, grad, buf.
+ROLES = tuple(dict.fromkeys(a.name for rule in RULES.values() for a in rule.arrays))
 
 
 def _aligned_zeros(n: int, dtype: np.dtype) -> np.ndarray:
@@ -42,7 +48,8 @@ class Arena:
     of the given shapes; :meth:`from_arrays` copies existing parameters in.
 
     Attributes:
-        params, grads, bufs: the flat 1-d blocks (NumPy arrays).
+        params, grads, bufs (one per array name of the rules): the flat 1-d
+            blocks (NumPy arrays).
         param_views, grad_views, buf_views: one array per tensor, shaped like
             it, each a view into its block.
         shapes: the tensors' shapes; offsets: where each tensor starts in the
@@ -64,12 +71,10 @@ class Arena:
                 raise ValueError(f"Arena(): negative dimension in shape {shape}")
             self.offsets.append(end)
             end += -(-math.prod(shape) // step) * step
-        self.params = _aligned_zeros(end, self.dtype)
-        self.grads = _aligned_zeros(end, self.dtype)
-        self.bufs = _aligned_zeros(end, self.dtype)
-        self.param_views = self._views(self.params)
-        self.grad_views = self._views(self.grads)
-        self.buf_views = self._views(self.bufs)
+        for role in ROLES:
+            block = _aligned_zeros(end, self.dtype)
+            setattr(self, role + "s", block)
+            setattr(self, role + "_views", self._views(block))
 
     @classmethod
     def from_arrays(cls, arrays: Iterable[np.ndarray],
@@ -101,37 +106,29 @@ class Arena:
         """Set every gradient (and the padding between them) to zero."""
         self.grads.fill(0)
 
-    def update_buffer(self, *, momentum: float, dampening: float = 0.0) -> None:
-        """:func:`momentum.update_buffer` on the whole arena in one call.
+    if TYPE_CHECKING:
+        # One method per elementwise rule, made below from the table.
+        def __getattr__(self, name: str) -> Callable[..., None]: ...
 
-        ``bufs = momentum * bufs + (1 - dampening) * grads``
-        """
-        _api.update_buffer(self.bufs, self.grads, momentum=momentum, dampening=dampening)
 
-    def sgd(self, **hyper) -> None:
-        """:func:`momentum.sgd` on the whole arena in one call.
+def _step(rule: Rule):
+    """Arena's method for ``rule``: the rule over the whole blocks at once."""
+    kernel = getattr(_api, rule.name)
+    blocks = [a.plural for a in rule.arrays]
 
-        Takes sgd's keyword arguments (``lr``, ``momentum``, ``dampening``,
-        ``weight_decay``, ``nesterov``, ``maximize``, ``first_step``)::
+    def step(self: Arena, **hyper: float | bool) -> None:
+        kernel(*(getattr(self, block) for block in blocks), **hyper)
 
-            g = -grads if maximize else grads
-            if weight_decay != 0: g = g + weight_decay * params
-            if momentum != 0:
-                bufs = g if first_step else momentum * bufs + (1 - dampening) * g
-                g = g + momentum * bufs if nesterov else bufs
-            params = params - lr * g
-        """
-        _api.sgd(self.params, self.grads, self.bufs, **hyper)
+    formula = "\n".join("    " + line for line in rule.formula.splitlines())
+    step.__name__ = rule.name
+    step.__qualname__ = f"Arena.{rule.name}"
+    step.__doc__ = (f":func:`momentum.{rule.name}` on the whole arena in one call, on "
+                    f"the blocks {', '.join(blocks)}; takes its keyword arguments "
+                    f"({', '.join(h.name for h in rule.hypers)})::\n\n{formula}\n")
+    return step
 
-    def heavy_ball(self, **hyper) -> None:
-        """:func:`momentum.heavy_ball` on the whole arena in one call.
 
-        Takes heavy_ball's keyword arguments (``lr``, ``momentum``,
-        ``weight_decay``, ``nesterov``, ``maximize``)::
-
-            g = -grads if maximize else grads
-            if weight_decay != 0: g = g + weight_decay * params
-            bufs = momentum * bufs + lr * g
-            params = params - (momentum * bufs + lr * g) if nesterov else params - bufs
-        """
-        _api.heavy_ball(self.params, self.grads, self.bufs, **hyper)
+# Only an elementwise rule can step tensors laid end to end as one array.
+for _rule in RULES.values():
+    if _rule.elementwise:
+        setattr(Arena, _rule.name, _step(_rule))

@@ -17,6 +17,9 @@ function per rule, named as the rule, taking one typed pointer per array,
 """
 from __future__ import annotations
 
+import itertools
+import operator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 __all__ = ["Array", "Hyper", "Rule", "RULES", "DTYPES", "MAX_ARRAYS", "MAX_HYPER",
@@ -62,8 +65,9 @@ class Hyper:
     ``check``: ``"rate"`` (finite and >= 0), ``"unit"`` (in [0, 1]) or
     ``"flag"`` (a bool, 1.0 or 0.0 for the kernel).  ``default`` None means
     the argument is required.  ``requires``: for a flag, a condition on the
-    other hyperparameters (a Python expression over their names) that must
-    hold when the flag is set, as PyTorch checks it.
+    other hyperparameters that must hold when the flag is set, as PyTorch
+    checks it: terms ``name op number`` (op one of ``>``, ``>=``, ``==``)
+    joined by ``and``.
     """
 
     name: str
@@ -113,10 +117,38 @@ class Rule:
         every array is read, the written ones are written back."""
         return len(self.arrays) + len(self.written)
 
+    def allows(self, hyper: Mapping[str, float | bool]) -> bool:
+        """Whether ``hyper`` (every hyperparameter's value) meets every flag's
+        condition: the checks refuse exactly the combinations it does not."""
+        return all(not hyper[h.name] or _holds(h.requires, hyper)
+                   for h in self.hypers if h.requires)
+
+    def cases(self, nonzero: Mapping[str, float]) -> Iterator[dict[str, float | bool]]:
+        """Every combination the checks allow of: each flag False or True, each
+        optional value its default or ``nonzero[name]``, each required value
+        ``nonzero[name]``: every branch of the kernel."""
+        choices = [[False, True] if h.check == "flag" else
+                   [nonzero[h.name]] if h.default is None else [h.default, nonzero[h.name]]
+                   for h in self.hypers]
+        for values in itertools.product(*choices):
+            hyper = dict(zip((h.name for h in self.hypers), values))
+            if self.allows(hyper):
+                yield hyper
+
     @property
     def state_keys(self) -> dict[str, str]:
         """Array name -> PyTorch state key, for the state buffers."""
         return {a.name: a.state_key for a in self.arrays if a.state_key}
+
+
+_OPERATORS = {">": operator.gt, ">=": operator.ge, "==": operator.eq}
+
+
+def _holds(condition: str, hyper: Mapping[str, float | bool]) -> bool:
+    """``condition`` ("momentum > 0 and dampening == 0": terms of a name, an
+    operator of _OPERATORS and a number, joined by "and") holds for ``hyper``."""
+    return all(_OPERATORS[op](float(hyper[name]), float(value))
+               for name, op, value in (term.split() for term in condition.split(" and ")))
 
 
 _MOMENTUM_BUFFER = "momentum_buffer"

@@ -6,41 +6,22 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from momentum import reference
+from momentum import reference, rules
+from momentum.rules import RULES as TABLE
 
-RULES = ("update_buffer", "sgd", "heavy_ball")
-DTYPES = (np.float32, np.float64)
+RULES = tuple(TABLE)
+DTYPES = tuple(np.dtype(d).type for d in rules.DTYPES)
 
 # Array elements read plus written per element (the performance contract).
-ELEMENTS_MOVED = {"update_buffer": 3, "sgd": 5, "heavy_ball": 5}
+ELEMENTS_MOVED = {name: rule.elements_moved for name, rule in TABLE.items()}
 
 # The hyperparameters every timed call uses: a typical ResNet training step.
-TIMED = {
-    "update_buffer": {"momentum": 0.9},
-    "sgd": {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4},
-    "heavy_ball": {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4},
-}
+TIMED = {name: dict(rule.typical) for name, rule in TABLE.items()}
 
-# Every branch of each rule, for the gate.
-CASES = {
-    "update_buffer": [
-        {"momentum": 0.9},
-        {"momentum": 0.9, "dampening": 0.9},
-        {"momentum": 0.5, "dampening": 0.1},
-    ],
-    "sgd": [
-        {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4},
-        {"lr": 0.01, "momentum": 0.9, "nesterov": True},
-        {"lr": 0.1, "momentum": 0.8, "dampening": 0.1, "maximize": True},
-        {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-2, "first_step": True},
-        {"lr": 0.5, "weight_decay": 1e-3},
-    ],
-    "heavy_ball": [
-        {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4},
-        {"lr": 0.01, "momentum": 0.9, "nesterov": True},
-        {"lr": 0.1, "momentum": 0.5, "maximize": True, "weight_decay": 1e-2},
-    ],
-}
+# Every branch of each rule, for the gate: each flag off and on, each
+# optional value zero and not (values inexact in float32).
+NONZERO = {"lr": 0.01, "momentum": 0.9, "dampening": 0.1, "weight_decay": 1e-2}
+CASES = {name: list(rule.cases(NONZERO)) for name, rule in TABLE.items()}
 
 # One size per code path: the single-thread loop and the threaded split.
 GATE_SIZES = (1031, (1 << 17) + 37)
@@ -54,8 +35,9 @@ def arrays(n: int, dtype: type, seed: int = 0) -> tuple[np.ndarray, np.ndarray, 
 
 def args(rule: str, param: np.ndarray, grad: np.ndarray,
          buf: np.ndarray | None) -> tuple:
-    """The positional arrays of ``rule``: ``(buf, grad)`` or ``(param, grad, buf)``."""
-    return (buf, grad) if rule == "update_buffer" else (param, grad, buf)
+    """The positional arrays of ``rule``, in the table's order, from ``(param, grad, buf)``."""
+    given = {"param": param, "grad": grad, "buf": buf}
+    return tuple(given[a.name] for a in TABLE[rule].arrays)
 
 
 def _bits(a: np.ndarray) -> np.ndarray:
@@ -74,8 +56,10 @@ def check_rules(impl: Mapping[str, Callable]) -> list[str]:
         for hyper in CASES[rule]:
             mine = list(arrays(n, dtype, seed=n))
             spec = [a.copy() for a in mine]
-            if rule == "sgd" and hyper.get("momentum", 0.0) == 0.0:
-                mine[2] = spec[2] = None  # sgd without momentum takes no buffer
+            for a in TABLE[rule].arrays:
+                if a.when and not hyper[a.when]:  # an array this call does not use
+                    k = ("param", "grad", "buf").index(a.name)
+                    mine[k] = spec[k] = None
             impl[rule](*args(rule, *mine), **hyper)
             getattr(reference, rule)(*args(rule, *spec), **hyper)
             for name, a, b in zip(("param", "grad", "buf"), mine, spec):
