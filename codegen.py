@@ -115,8 +115,11 @@ def api_faces_pxi(rules) -> str:
             f"of one shape and dtype ({' or '.join(rules.DTYPES)}).  Raises TypeError "
             f"or ValueError, writing nothing, on bad input."]
         out += ["", "", f"def {rule.name}({signature(rule, names)}):"] + docstring(text) + [
-            f"    run_one({index}, {rule.name!r}, ({', '.join(names)},),",
-            f"            ({', '.join(h.name for h in rule.hypers)},))"]
+            "    cdef momentum_task task", f"    cdef PyObject* arrays[{len(names)}]"]
+        out += [f"    read_hyper({index}, {j}, {h.name}, task.hyper, {rule.name!r})"
+                for j, h in enumerate(rule.hypers)]
+        out += [f"    arrays[{i}] = <PyObject*>{name}" for i, name in enumerate(names)]
+        out.append(f"    run_one({index}, {rule.name!r}, arrays, &task)")
     __all__ = [rule.name for rule in rules.RULES.values()]
     return "\n".join(out + ["", "", f"__all__ = {__all__!r}"]) + "\n"
 

@@ -1,15 +1,18 @@
 # The single-array functions: one kernel call, checked before the first
 # write, run with the GIL released when the array is big enough for that to
 # pay.  Each function (generated from momentum.rules into _api_faces.pxi)
-# only hands its arguments to run_one().
+# reads its hyperparameters with read_hyper() into a task on the stack and
+# hands its arrays to run_one(): no tuple is made on the way.
 #
 # For small arrays this layer is the whole cost of a call, so the task is
 # built on the stack and the success path calls no Python code.
 cimport numpy as cnp
 
+from cpython.object cimport PyObject
+
 from momentum._checks cimport (
-    MAX_ARRAYS, Place, RuleSpec, as_array, check_task, missing_array, numpy_place,
-    read_hypers, spec_of, uses)
+    MAX_ARRAYS, Place, RuleSpec, as_array, check_requires, check_task, missing_array,
+    numpy_place, read_hyper, spec_of, uses)
 from momentum._kernels cimport momentum_task
 from momentum._schedule cimport run_checked
 from momentum import _checks
@@ -19,20 +22,20 @@ cnp.import_array()
 cdef tuple ARRAY_NAMES = tuple(_checks.ARRAY_NAMES)
 
 
-cdef int run_one(int index, str func, tuple arrays, tuple hypers) except -1:
+cdef int run_one(int index, str func, PyObject** arrays, momentum_task* task) except -1:
     """Check and run rule ``index`` on ``arrays`` (one per array of the rule,
-    in the table's order) with ``hypers`` (one per hyperparameter)."""
+    in the table's order, borrowed), ``task.hyper`` read and checked by
+    read_hyper() one by one."""
     cdef const RuleSpec* rule = spec_of(index)
-    cdef momentum_task task
     cdef Place places[MAX_ARRAYS]
     cdef list held = None   # arrays made here from other buffers
     cdef tuple names = <tuple>ARRAY_NAMES[index]
     cdef int i
-    read_hypers(rule, index, hypers, task.hyper, func)
+    check_requires(index, task.hyper, func)
     for i in range(rule.narrays):
         if not uses(rule, i, task.hyper):
             continue
-        obj = arrays[i]
+        obj = <object>arrays[i]
         if obj is None:
             missing_array(index, i, task.hyper, func, names[i], "an array")
         if not cnp.PyArray_Check(obj):
@@ -41,9 +44,9 @@ cdef int run_one(int index, str func, tuple arrays, tuple hypers) except -1:
                 held = []
             held.append(obj)
         numpy_place(obj, &places[i])
-    check_task(rule, places, &task, names, func)
+    check_task(rule, places, task, names, func)
     task.offset = 0
-    run_checked(&task, 1, task.n)
+    run_checked(task, 1, task.n)
     return 0
 
 

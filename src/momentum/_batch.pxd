@@ -8,9 +8,10 @@ cdef class Batch:
     cdef Span* spans        # room for MAX_ARRAYS per task, then as much scratch
     cdef Py_ssize_t ntasks, room, nspans
     cdef size_t total
-    cdef list held          # objects that must outlive the run
+    cdef list held          # objects that must outlive the run, or None
 
     cdef momentum_task* next(self) except NULL
     cdef int add(self, const RuleSpec* rule, Place* places, object names,
                  str func) except -1
-    cdef int run(self, object namer, str func) except -1
+    cdef bint overlap(self, Py_ssize_t* pair) except -1
+    cdef int run(self) except -1

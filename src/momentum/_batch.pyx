@@ -1,8 +1,8 @@
 # The one builder of kernel batches, for every face (foreach, the arena,
 # momentum.torch): the caller fills the next task's hyperparameters, then
-# add() checks its arrays (check_task) and records their bytes; run() shows
-# that no written array overlaps an array of another task, and only then runs
-# every task as one batch, the GIL released once.  Nothing is written before
+# add() checks its arrays (check_task) and records their bytes; overlap()
+# shows that no written array overlaps an array of another task, and only
+# then does run() run every task as one batch, the GIL released once.  Nothing is written before
 # every check of every task has passed.
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stddef cimport size_t
@@ -22,7 +22,6 @@ cdef class Batch:
         self.spans = <Span*>PyMem_Malloc(max(2 * MAX_ARRAYS * room, 1) * sizeof(Span))
         if self.tasks == NULL or self.spans == NULL:
             raise MemoryError()
-        self.held = []
 
     def __dealloc__(self):
         PyMem_Free(self.tasks)
@@ -38,8 +37,8 @@ cdef class Batch:
                  str func) except -1:
         """Check the next task's arrays (see check_task) and take it in.
 
-        The caller keeps every array alive until run() has returned (put
-        objects made for the call in ``held``).
+        The caller keeps every array alive until run() has returned (objects
+        made for the call can go in ``held``, a list made on first use).
         """
         cdef momentum_task* t = &self.tasks[self.ntasks]
         check_task(rule, places, t, names, func)
@@ -54,15 +53,21 @@ cdef class Batch:
         self.ntasks += 1
         return 0
 
-    cdef int run(self, object namer, str func) except -1:
-        """Run every task, or raise ValueError if a written array overlaps an
-        array of another task, naming both with ``namer(task, array)``."""
+    cdef bint overlap(self, Py_ssize_t* pair) except -1:
+        """True, with ``pair`` = (task, array, task, array) of two arrays that
+        share a byte (earlier task first), if a written array overlaps an
+        array of another task."""
         cdef const Span* s
         cdef const Span* t
-        if find_overlap(self.spans, self.spans + MAX_ARRAYS * self.room, self.nspans, &s, &t):
-            if t.index < s.index:
-                s, t = t, s
-            raise ValueError(f"{func}(): '{namer(s.index, s.role)}' and "
-                             f"'{namer(t.index, t.role)}' overlap in memory")
+        if not find_overlap(self.spans, self.spans + MAX_ARRAYS * self.room, self.nspans,
+                            &s, &t):
+            return False
+        if t.index < s.index:
+            s, t = t, s
+        pair[0], pair[1], pair[2], pair[3] = s.index, s.role, t.index, t.role
+        return True
+
+    cdef int run(self) except -1:
+        """Run every task, after overlap() has said False."""
         run_checked(self.tasks, self.ntasks, self.total)
         return 0

@@ -34,6 +34,8 @@ cdef struct Place:
     PyObject* source        # the array object, to word messages
 
 cdef const RuleSpec* spec_of(int rule) noexcept
+cdef int read_hyper(int index, int j, object value, double* out, str func) except -1
+cdef int check_requires(int index, const double* hyper, str func) except -1
 cdef int read_hypers(const RuleSpec* rule, int index, tuple values, double* out,
                      str func) except -1
 cdef bint uses(const RuleSpec* rule, int array, const double* hyper) noexcept

@@ -107,31 +107,43 @@ cdef bint holds(double a, int op, double b) noexcept:
     return a >= b
 
 
+cdef int read_hyper(int index, int j, object value, double* out, str func) except -1:
+    """Check ``value`` as hyperparameter ``j`` of rule ``index`` and store it
+    in ``out[j]`` as the kernels read it."""
+    cdef const RuleSpec* rule = &SPECS[index]
+    cdef double v
+    if rule.check[j] == CHECK_FLAG:
+        out[j] = 1.0 if PyObject_IsTrue(value) else 0.0
+        return 0
+    v = real_arg(value, (<tuple>HYPER_NAMES[index])[j], func)
+    out[j] = v
+    if rule.check[j] == CHECK_RATE:
+        if not (isfinite(v) and v >= 0):
+            raise ValueError(f"{func}(): '{HYPER_NAMES[index][j]}' must be finite and >= 0, "
+                             f"got {v!r}")
+    elif not (0 <= v <= 1):
+        raise ValueError(f"{func}(): '{HYPER_NAMES[index][j]}' must be in [0, 1], got {v!r}")
+    return 0
+
+
+cdef int check_requires(int index, const double* hyper, str func) except -1:
+    """Every set flag of rule ``index`` meets its condition (after read_hyper)."""
+    for flag, terms, text in <list>REQUIRES[index]:
+        if hyper[<int>flag] != 0:
+            for other, op, bound in terms:
+                if not holds(hyper[<int>other], op, bound):
+                    raise ValueError(f"{func}(): {HYPER_NAMES[index][flag]}=True needs {text}")
+    return 0
+
+
 cdef int read_hypers(const RuleSpec* rule, int index, tuple values, double* out,
                      str func) except -1:
-    """Check ``values`` (one per hyperparameter of rule ``index``, in the
-    table's order) and store them in ``out`` as the kernels read them."""
+    """read_hyper() for ``values`` (one per hyperparameter of rule ``index``,
+    in the table's order), then check_requires()."""
     cdef int j
-    cdef double v
-    cdef tuple names = <tuple>HYPER_NAMES[index]
     for j in range(rule.nhyper):
-        value = values[j]
-        if rule.check[j] == CHECK_FLAG:
-            out[j] = 1.0 if PyObject_IsTrue(value) else 0.0
-            continue
-        v = real_arg(value, <str>names[j], func)
-        out[j] = v
-        if rule.check[j] == CHECK_RATE:
-            if not (isfinite(v) and v >= 0):
-                raise ValueError(f"{func}(): '{names[j]}' must be finite and >= 0, got {v!r}")
-        elif not (0 <= v <= 1):
-            raise ValueError(f"{func}(): '{names[j]}' must be in [0, 1], got {v!r}")
-    for flag, terms, text in <list>REQUIRES[index]:
-        if out[<int>flag] != 0:
-            for other, op, bound in terms:
-                if not holds(out[<int>other], op, bound):
-                    raise ValueError(f"{func}(): {names[flag]}=True needs {text}")
-    return 0
+        read_hyper(index, j, values[j], out, func)
+    return check_requires(index, out, func)
 
 
 cdef bint uses(const RuleSpec* rule, int array, const double* hyper) noexcept:

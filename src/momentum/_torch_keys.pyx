@@ -360,8 +360,8 @@ cdef bint run_tasks_of(list snapshots, const double* templates, const RuleSpec* 
                 batch.add(rule, places, names, STEP)
             except (TypeError, ValueError):
                 return False
-    try:
-        batch.run(lambda task, array: "", STEP)
-    except ValueError:
+    cdef Py_ssize_t pair[4]
+    if batch.overlap(pair):
         return False
+    batch.run()
     return True

@@ -104,7 +104,7 @@ cdef class Group:
     """One group's checked hyperparameters and sequences, ready to add."""
     cdef double hyper[MAX_HYPER]
     cdef tuple seqs         # per array: a tuple of items, or None if unused
-    cdef list flags         # per per-tensor hyperparameter: (position, tuple) or none
+    cdef list flags         # (position, one flag per tensor), or None
     cdef Py_ssize_t n
 
 
@@ -114,13 +114,16 @@ cdef Group prepare(int index, str func, tuple seqs, tuple values):
     cdef Group group = Group()
     cdef tuple plurals = <tuple>PLURALS[index]
     cdef int i, j
-    cdef list checked = list(values)
-    group.flags = []
+    cdef list checked = None
+    group.flags = None
     for j in <tuple>PER_TENSOR[index]:
         if not is_flag(values[j]):
+            # one flag per tensor: checked below, set per task by add_group
+            if checked is None:
+                checked, group.flags = list(values), []
             group.flags.append((j, values[j]))
             checked[j] = False
-    read_hypers(rule, index, tuple(checked), group.hyper, func)
+    read_hypers(rule, index, values if checked is None else tuple(checked), group.hyper, func)
     cdef list items = [None] * rule.narrays
     cdef int ref = <int>REFERENCE[index]
     items[ref] = as_items(seqs[ref], func, plurals[ref])
@@ -139,28 +142,43 @@ cdef Group prepare(int index, str func, tuple seqs, tuple values):
         if not uses(rule, i, group.hyper):
             items[i] = None
     group.seqs = tuple(items)
-    group.flags = [(j, per_tensor_flags(flags, HYPERS[index][j][0], group.n, plurals[ref], func))
-                   for j, flags in group.flags]
+    if group.flags is not None:
+        group.flags = [(j, per_tensor_flags(flags, HYPERS[index][j][0], group.n, plurals[ref],
+                                            func))
+                       for j, flags in group.flags]
     return group
 
 
 cdef class Names:
     """Names arrays for messages: 'params[3]', or 'groups[1].params[0]'."""
-    cdef list plurals, starts
+    cdef tuple plurals
+    cdef list starts
     cdef bint grouped
 
     def __call__(self, Py_ssize_t task, int array):
         cdef Py_ssize_t k = 0
         while self.starts[k + 1] <= task:
             k += 1
-        name = f"{self.plurals[k][array]}[{task - self.starts[k]}]"
+        name = f"{self.plurals[array]}[{task - self.starts[k]}]"
         return f"groups[{k}].{name}" if self.grouped else name
 
 
+cdef Names names_of(int index, list groups, bint grouped):
+    """The names of the arrays of ``groups`` (made only to word an error)."""
+    cdef Names names = Names()
+    names.plurals = <tuple>PLURALS[index]
+    names.starts = [0]
+    names.grouped = grouped
+    cdef Group group
+    for group in groups:
+        names.starts.append(names.starts[len(names.starts) - 1] + group.n)
+    return names
+
+
 cdef int add_group(Batch batch, int index, Group group, Py_ssize_t first,
-                   Names names, str func) except -1:
+                   list groups, bint grouped, str func) except -1:
     """Check every tensor of ``group`` into ``batch``; tensor ``j`` is task
-    ``first + j``."""
+    ``first + j`` of the batch of ``groups``."""
     cdef const RuleSpec* rule = spec_of(index)
     cdef Place places[MAX_ARRAYS]
     cdef momentum_task* task
@@ -170,23 +188,28 @@ cdef int add_group(Batch batch, int index, Group group, Py_ssize_t first,
     for j in range(group.n):
         task = batch.next()
         memcpy(task.hyper, group.hyper, sizeof(group.hyper))
-        for position, flags in group.flags:
-            task.hyper[<int>position] = 1.0 if flags[j] else 0.0
+        if group.flags is not None:
+            for position, flags in group.flags:
+                task.hyper[<int>position] = 1.0 if flags[j] else 0.0
         for i in range(rule.narrays):
             seq = <tuple>group.seqs[i]
             if seq is None:
                 continue
             obj = seq[j]
             if obj is None:
-                missing_array(index, i, task.hyper, func, names(first + j, i), "an array")
+                missing_array(index, i, task.hyper, func,
+                              names_of(index, groups, grouped)(first + j, i), "an array")
             if not cnp.PyArray_Check(obj):
-                obj = as_array(obj, func, names(first + j, i))
+                obj = as_array(obj, func, names_of(index, groups, grouped)(first + j, i))
+                if batch.held is None:
+                    batch.held = []
                 batch.held.append(obj)
             numpy_place(obj, &places[i])
         try:
             batch.add(rule, places, <tuple>SINGULARS[index], func)
         except (TypeError, ValueError):
             # Word the error with indexed names: the same check fails again.
+            names = names_of(index, groups, grouped)
             batch.add(rule, places, tuple(names(first + j, i) for i in range(rule.narrays)),
                       func)
             raise
@@ -196,24 +219,26 @@ cdef int add_group(Batch batch, int index, Group group, Py_ssize_t first,
 cdef int run_groups(int index, str func, list groups, bint grouped) except -1:
     """Check every tensor of every group (each a Group of rule ``index``),
     then run them all as one batch; nothing is written on error."""
-    cdef Names names = Names()
-    names.plurals = [PLURALS[index]] * len(groups)
-    names.starts = [0]
-    names.grouped = grouped
     cdef Group group
-    cdef Py_ssize_t total = 0
+    cdef Py_ssize_t total = 0, first = 0, k
     for group in groups:
         total += group.n
-        names.starts.append(total)
     cdef Batch batch = Batch(total)
-    for k, group in enumerate(groups):
+    for k in range(len(groups)):
+        group = <Group>groups[k]
         try:
-            add_group(batch, index, group, names.starts[k], names, func)
+            add_group(batch, index, group, first, groups, grouped, func)
         except (TypeError, ValueError) as e:
             if grouped and "groups[" not in str(e):
                 raise type(e)(f"{e} (in groups[{k}])") from None
             raise
-    batch.run(names, func)
+        first += group.n
+    cdef Py_ssize_t pair[4]
+    if batch.overlap(pair):
+        names = names_of(index, groups, grouped)
+        raise ValueError(f"{func}(): '{names(pair[0], pair[1])}' and "
+                         f"'{names(pair[2], pair[3])}' overlap in memory")
+    batch.run()
     return 0
 
 
