@@ -4,6 +4,8 @@
 so that saved results compare across runs on a shared machine); the build
 configuration goes into the saved JSON's ``machine_info``.
 """
+import math
+
 import pytest
 
 import momentum
@@ -22,6 +24,17 @@ def bench_threads(request):
     set_threads(request.config.getoption("--bench-threads"))
     yield momentum.get_num_threads()
     set_threads(0)
+
+
+@pytest.fixture
+def measured(benchmark):
+    """``measured("median")``: that statistic of the benchmark's timed rounds,
+    in seconds.  Under ``--benchmark-disable`` (CI's smoke run: each
+    benchmarked function is called once, untimed) it is NaN, so the code
+    that derives ``extra_info`` from it still runs."""
+    def stat(name: str) -> float:
+        return getattr(benchmark.stats.stats, name) if benchmark.enabled else math.nan
+    return stat
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

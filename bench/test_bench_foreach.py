@@ -39,7 +39,7 @@ def candidates(name: str) -> tuple[dict[str, Step], dict[str, str]]:
 # tests run workload by workload and candidates() builds each one once.
 @pytest.mark.parametrize("candidate", CANDIDATES)
 @pytest.mark.parametrize("name", workload_names())
-def test_step(benchmark, name, candidate):
+def test_step(benchmark, measured, name, candidate):
     steps, missing = candidates(name)
     if candidate in missing:
         pytest.skip(f"{candidate}: {missing[candidate]}")
@@ -53,10 +53,10 @@ def test_step(benchmark, name, candidate):
     benchmark.extra_info["tensors"] = len(workload["shapes"])
     benchmark.extra_info["elements"] = total
     benchmark.extra_info["GB/s"] = round(
-        total * BYTES_PER_ELEMENT / benchmark.stats.stats.median / 1e9, 2)
+        total * BYTES_PER_ELEMENT / measured("median") / 1e9, 2)
 
 
-def test_foreach_overhead_per_tensor(benchmark):
+def test_foreach_overhead_per_tensor(benchmark, measured):
     """1,000 tensors of 16 elements; extra_info has the ns per tensor beyond
     one kernel call on the same 16,000 elements laid flat."""
     tensors, size = 1000, 16
@@ -68,6 +68,6 @@ def test_foreach_overhead_per_tensor(benchmark):
     benchmark(fe.sgd, params, grads, bufs, **hyper)
     kernel = min(timeit.repeat(lambda: momentum.sgd(*flat, **hyper),
                                number=1000, repeat=5)) / 1000
-    foreach = benchmark.stats.stats.min
+    foreach = measured("min")
     benchmark.extra_info["kernel_us"] = round(kernel * 1e6, 2)
     benchmark.extra_info["ns_per_tensor"] = round((foreach - kernel) / tensors * 1e9, 1)

@@ -54,11 +54,11 @@ def step(rule: str, name: str, shared: tuple):
 
 
 @pytest.mark.parametrize("rule, dtype, n, name", CASES)
-def test_kernel(benchmark, bench_threads, rule, dtype, n, name):
+def test_kernel(benchmark, measured, bench_threads, rule, dtype, n, name):
     shared = data(n, dtype)
     benchmark.group = f"{rule}-{np.dtype(dtype).name}-{size(n).replace(' ', '')}"
     benchmark(step(rule, name, shared))
-    seconds = benchmark.stats.stats.median
+    seconds = measured("median")
     gbps = ELEMENTS_MOVED[rule] * n * shared[0].itemsize / seconds / 1e9
     benchmark.extra_info.update(threads=bench_threads, elements=n, GB_per_s=round(gbps, 2),
                                 Melem_per_s=round(n / seconds / 1e6, 1))
