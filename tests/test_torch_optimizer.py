@@ -627,33 +627,156 @@ def test_warm_steps_run_from_the_snapshot_and_match_torch(monkeypatch):
     assert_same(*results, RTOL[torch.float64])
 
 
-BAD_NEW_GRADS = {
-    "float64": (lambda p: torch.ones(4, 4, dtype=torch.float64), TypeError,
-                r"parameter 1 .*grad has dtype torch.float64"),
-    "sparse": (lambda p: torch.ones(4, 4).to_sparse(), ValueError, r"parameter 1 .*sparse"),
-    "transposed": (lambda p: torch.arange(16.0).reshape(4, 4).t(), ValueError,
-                   r"parameter 1 .*not contiguous"),
-    "aliases parameter 0": (lambda p: p.data, ValueError, "overlap in memory"),
+SHAPE = (4, 4)
+
+
+def _ones_at(offset: int, dtype: torch.dtype) -> torch.Tensor:
+    """Ones of SHAPE starting ``offset`` bytes into a fresh buffer."""
+    count = SHAPE[0] * SHAPE[1]
+    raw = bytearray(count * torch.empty(0, dtype=dtype).element_size() + offset)
+    return torch.frombuffer(raw, dtype=dtype, offset=offset, count=count).view(SHAPE).fill_(1)
+
+
+def _other_float(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype == torch.float64 else torch.float64
+
+
+def _swapped_in(make: Callable[[torch.dtype], torch.Tensor]) -> Callable:
+    """Install: a new good gradient whose memory is then swapped for
+    ``make(dtype)`` (how a gradient of another shape gets past torch's own
+    check of ``p.grad = ...``)."""
+    def install(a, b, opt, dtype):
+        b.grad = torch.ones(SHAPE, dtype=dtype)
+        b.grad.data = make(dtype)
+    return install
+
+
+def _assigned(make: Callable) -> Callable:
+    """Install: ``b.grad = make(a, b, opt, dtype)``."""
+    def install(a, b, opt, dtype):
+        b.grad = make(a, b, opt, dtype)
+    return install
+
+
+def _two_tensor(dtype: torch.dtype) -> torch.Tensor:
+    two_tensor = pytest.importorskip("torch.testing._internal.two_tensor")
+    return two_tensor.TwoTensor(torch.ones(SHAPE, dtype=dtype), torch.ones(SHAPE, dtype=dtype))
+
+
+def _buffer_of(p, opt):
+    """``p``'s momentum buffer, made (as a user may set one) if it has none."""
+    return opt.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+
+
+# name: (install a bad gradient on parameter 1 (b), whose group-0 neighbour
+# is a; error type; what the message must say), every bad array of
+# test_bad_input that a torch gradient can be.  A read-only gradient is not
+# bad (it is only read), nor is one sharing memory with another gradient;
+# a gradient on another device or without a strided layout is refused by
+# torch itself on assignment.
+BAD_GRADS = {
+    "other float dtype": (_assigned(lambda a, b, opt, dt: torch.ones(SHAPE, dtype=_other_float(dt))),
+                          TypeError, "its grad has dtype"),
+    "float16": (_assigned(lambda a, b, opt, dt: torch.ones(SHAPE, dtype=torch.float16)),
+                TypeError, "its grad has dtype torch.float16"),
+    "bfloat16": (_assigned(lambda a, b, opt, dt: torch.ones(SHAPE, dtype=torch.bfloat16)),
+                 TypeError, "its grad has dtype torch.bfloat16"),
+    "complex64": (_assigned(lambda a, b, opt, dt: torch.ones(SHAPE, dtype=torch.complex64)),
+                  TypeError, "its grad has dtype torch.complex64"),
+    "int64": (_assigned(lambda a, b, opt, dt: torch.ones(SHAPE, dtype=torch.int64)),
+              TypeError, "its grad has dtype torch.int64"),
+    "other shape": (_swapped_in(lambda dt: torch.ones(2, 8, dtype=dt)), ValueError,
+                    r"its grad has shape \(2, 8\)"),
+    "other size": (_swapped_in(lambda dt: torch.ones(15, dtype=dt)), ValueError,
+                   r"its grad has shape \(15,\)"),
+    "transposed": (_assigned(lambda a, b, opt, dt: torch.ones(SHAPE, dtype=dt).t()),
+                   ValueError, "its grad is not contiguous"),
+    "strided": (_assigned(lambda a, b, opt, dt: torch.ones(4, 8, dtype=dt)[:, ::2]),
+                ValueError, "its grad is not contiguous"),
+    "misaligned by a byte": (_assigned(lambda a, b, opt, dt: _ones_at(1, dt)),
+                             ValueError, "grad of parameter 1 .* not aligned"),
+    "misaligned by half an element": (
+        _assigned(lambda a, b, opt, dt: _ones_at(dt.itemsize // 2, dt)),
+        ValueError, "grad of parameter 1 .* not aligned"),
+    "misaligned memory swapped in": (_swapped_in(lambda dt: _ones_at(1, dt)),
+                                     ValueError, "grad of parameter 1 .* not aligned"),
+    "lazily negated": (_assigned(lambda a, b, opt, dt: torch._neg_view(torch.ones(SHAPE, dtype=dt))),
+                       ValueError, "its grad is a lazily negated view"),
+    "sparse": (_assigned(lambda a, b, opt, dt: torch.ones(SHAPE, dtype=dt).to_sparse()),
+               ValueError, "its grad has layout torch.sparse_coo"),
+    "no memory (a wrapper subclass)": (_assigned(lambda a, b, opt, dt: _two_tensor(dt)),
+                                       TypeError, r"its grad \(TwoTensor\) has no memory"),
+    "aliases parameter 0": (_assigned(lambda a, b, opt, dt: a.data), ValueError,
+                            r"parameter 0 .* and the grad of parameter 1 .* overlap"),
+    "overlaps parameter 0 in part": (
+        _assigned(lambda a, b, opt, dt: a.data.view(-1)[8:].as_strided(SHAPE, (4, 1))),
+        ValueError, r"parameter 0 .* and the grad of parameter 1 .* overlap"),
+    "aliases its own parameter": (_assigned(lambda a, b, opt, dt: b.data), ValueError,
+                                  r"parameter 1 .* and the grad of parameter 1 .* overlap"),
+    "aliases parameter 0's buffer": (_assigned(lambda a, b, opt, dt: _buffer_of(a, opt)),
+                                     ValueError, r"momentum_buffer of parameter 0 .* overlap"),
+    "aliases its own buffer": (_assigned(lambda a, b, opt, dt: _buffer_of(b, opt)),
+                               ValueError, r"momentum_buffer of parameter 1 .* overlap"),
 }
+USES_BUFFERS = ("aliases parameter 0's buffer", "aliases its own buffer")
 
 
-@pytest.mark.parametrize("bad", BAD_NEW_GRADS)
-def test_bad_new_grad_after_warm_steps_is_refused_and_writes_nothing(bad):
-    make_grad, error, match = BAD_NEW_GRADS[bad]
-    a, b = (torch.nn.Parameter(torch.ones(4, 4)) for _ in range(2))
-    b.grad_dtype = None  # else torch itself refuses the float64 grad
-    opt = SGD([{"params": [a]}, {"params": [b], "lr": 0.2}], lr=0.1, momentum=0.9)
-    for _ in range(3):
-        a.grad, b.grad = torch.ones(4, 4), torch.ones(4, 4)
+def _bad_grad_cases() -> list:
+    return [pytest.param(name, dtype, momentum, id=f"{name}-{str(dtype)[6:]}-momentum={momentum}")
+            for name in BAD_GRADS for dtype in (torch.float32, torch.float64)
+            for momentum in (0.0, 0.9) if momentum or name not in USES_BUFFERS]
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """A copy of the bytes of ``t`` (dense, of a floating dtype)."""
+    return t.detach().clone().view(torch.uint8)
+
+
+def _refused(opt: SGD, a, b) -> tuple[type, str]:
+    """Step ``opt`` (a's grad good, b's bad): it must raise TypeError or
+    ValueError and write nothing (parameters, a's grad, buffers, byte for
+    byte; no state entry or buffer added); the error, as (type, message)."""
+    kept = {"a": _bits(a), "b": _bits(b), "a.grad": _bits(a.grad)}
+    entries = {p: dict(opt.state[p]) for p in (a, b) if p in opt.state}
+    kept.update({f"buffer {i}": _bits(entries[p]["momentum_buffer"])
+                 for i, p in enumerate((a, b)) if "momentum_buffer" in entries.get(p, {})})
+    with pytest.raises((TypeError, ValueError)) as info:
         opt.step()
-    before = [t.detach().clone() for t in (a, b, opt.state[a]["momentum_buffer"],
-                                           opt.state[b]["momentum_buffer"])]
-    a.grad, b.grad = torch.ones(4, 4), make_grad(a)
-    with pytest.raises(error, match=match):
-        opt.step()
-    after = [a, b, opt.state[a]["momentum_buffer"], opt.state[b]["momentum_buffer"]]
-    for old, new in zip(before, after):
-        assert torch.equal(old, new.detach())
+    now = {"a": a, "b": b, "a.grad": a.grad}
+    now.update({f"buffer {i}": opt.state[p]["momentum_buffer"]
+                for i, p in enumerate((a, b)) if "momentum_buffer" in entries.get(p, {})})
+    for name, bits in kept.items():
+        assert torch.equal(_bits(now[name]), bits), f"{name} was written"
+    assert {p: dict(opt.state[p]) for p in (a, b) if p in opt.state} == entries
+    return type(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("bad, dtype, momentum", _bad_grad_cases())
+def test_bad_new_grad_is_refused_alike_on_a_first_and_a_warm_step(bad, dtype, momentum):
+    # The first step checks every tensor through the full path; later steps
+    # re-check a new gradient in the snapshot (momentum._torch_keys), which
+    # once let a misaligned one through.  Both must refuse the same way,
+    # and keep refusing on the next step.
+    install, error, match = BAD_GRADS[bad]
+    errors = []
+    for warm_steps in (0, 3):
+        # Parameter 0 lies in a larger block, so that a gradient can overlap it in part.
+        block = torch.ones(2 * SHAPE[0] * SHAPE[1], dtype=dtype)
+        a = torch.nn.Parameter(block[:SHAPE[0] * SHAPE[1]].view(SHAPE))
+        b = torch.nn.Parameter(torch.full(SHAPE, 2.0, dtype=dtype))
+        b.grad_dtype = None  # else torch itself refuses a gradient of another dtype
+        opt = SGD([{"params": [a]}, {"params": [b], "lr": 0.2}], lr=0.1, momentum=momentum)
+        for _ in range(warm_steps):
+            a.grad, b.grad = torch.ones(SHAPE, dtype=dtype), torch.ones(SHAPE, dtype=dtype)
+            opt.step()
+        a.grad = torch.ones(SHAPE, dtype=dtype)
+        install(a, b, opt, dtype)
+        errors.append(_refused(opt, a, b))
+        assert _refused(opt, a, b) == errors[-1], "the next step did not refuse alike"
+    first, warm = errors
+    assert first[0] is error and re.search(match, first[1]), first
+    assert first[1].startswith("SGD.step(): ") and "parameter 1" in first[1], first
+    assert warm == first
 
 
 def _as_complex64(t):
@@ -726,19 +849,6 @@ def test_tensor_viewed_as_another_shape_in_place_is_stepped_as_its_memory_lies(f
         assert torch.equal(results[0][name], results[1][name]), name
 
 
-def test_lazily_negated_new_grad_is_refused():
-    w = torch.nn.Parameter(torch.ones(4))
-    opt = SGD([w], lr=0.1, momentum=0.9)
-    for _ in range(2):
-        w.grad = torch.ones(4)
-        opt.step()
-    before = w.detach().clone()
-    w.grad = torch._neg_view(torch.ones(4))   # reads as -1, holds +1 in memory
-    with pytest.raises(ValueError, match="negated"):
-        opt.step()
-    assert torch.equal(w.detach(), before)
-
-
 def test_nesterov_is_ignored_when_momentum_is_set_to_zero_later():
     results = []
     for cls in (SGD, torch.optim.SGD):
@@ -795,18 +905,3 @@ def test_subclass_that_misreports_its_dtype_is_refused_not_misread():
         opt.step()
     assert torch.equal(p.detach().as_subclass(torch.Tensor), torch.ones(4))
     assert not opt.state
-
-
-def test_gradient_without_memory_is_a_type_error_after_warm_steps():
-    two_tensor = pytest.importorskip("torch.testing._internal.two_tensor")
-    p = torch.nn.Parameter(torch.ones(4))
-    opt = SGD([p], lr=0.1, momentum=0.9)
-    for _ in range(2):
-        p.grad = torch.ones(4)
-        opt.step()
-    before = (p.detach().clone(), opt.state[p]["momentum_buffer"].clone())
-    p.grad = two_tensor.TwoTensor(torch.ones(4), torch.ones(4))  # data_ptr() == 0
-    with pytest.raises(TypeError, match=r"parameter 0 .*its grad \(TwoTensor\) has no memory"):
-        opt.step()
-    assert torch.equal(p.detach(), before[0])
-    assert torch.equal(opt.state[p]["momentum_buffer"], before[1])

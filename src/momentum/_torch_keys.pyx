@@ -163,8 +163,11 @@ cdef class Snapshot:
         PyMem_Free(self.places)
 
     cdef int record(self, object tensor, Py_ssize_t k) except -1:
-        """Store ``tensor``'s place at ``places[k:k + 2]``; ValueError if it
-        has elements but no memory behind them (a meta or fake tensor)."""
+        """Store ``tensor``'s place at ``places[k:k + 2]`` (it belongs to
+        parameter ``k // 6``); ValueError if it has elements but no memory
+        behind them (a meta or fake tensor), or if its address is not a
+        multiple of its parameter's kernel dtype's size (the kernels and the
+        single-array checks need that: the full path then words the error)."""
         if tensor is None:
             self.places[k] = self.places[k + 1] = 0
             return 0
@@ -172,6 +175,9 @@ cdef class Snapshot:
         cdef uintptr_t length = <uintptr_t>PyLong_AsSsize_t(NUMEL.of(tensor))
         if address == 0 and length != 0:
             raise ValueError("a tensor with no memory")
+        cdef unsigned char kind = self.kinds[k // 6]
+        if address % (8 if kind == DTYPE_FLOAT64 else 4 if kind == DTYPE_FLOAT32 else 1):
+            raise ValueError("a misaligned tensor")
         self.places[k] = address
         self.places[k + 1] = length
         return 0
@@ -201,7 +207,8 @@ cdef class Snapshot:
         """Record ``g``, parameter ``i``'s new gradient, as the snapshot's,
         if it is a plain contiguous CPU tensor of the parameter's dtype and
         shape whose memory holds its values (not lazily negated); else
-        False, or ValueError for one with no memory (nothing recorded)."""
+        False, or ValueError for one with no memory or misaligned (see
+        record(); nothing recorded)."""
         if (not plain(g)
                 or IS_CPU.of(g) is not True
                 or LAYOUT.of(g) is not STRIDED
@@ -210,7 +217,7 @@ cdef class Snapshot:
                 or IS_CONTIGUOUS.of(g) is not True
                 or IS_NEG.of(g) is not False):
             return False
-        self.record(g, 6 * i + 2)   # raises for a tensor with no memory
+        self.record(g, 6 * i + 2)   # raises for a tensor with no memory or misaligned
         self.grads[i] = g
         return True
 

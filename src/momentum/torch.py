@@ -525,20 +525,32 @@ class SGD(torch.optim.Optimizer):
         # groups too) before anything is written.  New buffers enter the
         # state only once the call has filled them.
         work = []
+        rebuilt = []
         first_index = 0
-        for gi, (group, hyper) in enumerate(zip(self.param_groups, hypers)):
-            batch = current[gi] if self.flat and current[gi] is not None \
-                else self._rebuild(gi, group, first_index)
-            work.append((batch, dict(hyper, params=batch.params, grads=batch.grads,
-                                     bufs=batch.bufs if hyper["momentum"] != 0 else None,
-                                     first_step=batch.first)))
-            first_index += len(group["params"])
         try:
-            foreach.sgd_groups([call for _, call in work])
-        except ValueError as error:
-            # Only an overlap gets past the checks above: name the tensors as
-            # the other errors here do, not by their place in the batch.
-            raise ValueError(self._name_tensors(str(error), [b for b, _ in work])) from None
+            for gi, (group, hyper) in enumerate(zip(self.param_groups, hypers)):
+                if self.flat and current[gi] is not None:
+                    batch = current[gi]
+                else:
+                    batch = self._rebuild(gi, group, first_index)
+                    rebuilt.append(gi)
+                work.append((batch, dict(hyper, params=batch.params, grads=batch.grads,
+                                         bufs=batch.bufs if hyper["momentum"] != 0 else None,
+                                         first_step=batch.first)))
+                first_index += len(group["params"])
+            try:
+                foreach.sgd_groups([call for _, call in work])
+            except ValueError as error:
+                # Only what _check leaves to foreach (an overlap, a misaligned
+                # tensor) gets here: name the tensors as the other errors
+                # here do, not by their place in the batch.
+                raise ValueError(self._name_tensors(str(error), [b for b, _ in work])) from None
+        except Exception:
+            # A snapshot must not outlive a step that refused its tensors:
+            # the next step would trust what the full path has just refused.
+            for gi in rebuilt:
+                del self._batches[gi]
+            raise
         for batch, _ in work:
             for p, buf in batch.adopt:
                 self.state[p]["momentum_buffer"] = buf
