@@ -429,6 +429,66 @@ def test_edits_between_steps_are_not_stale(flat, edit):
     _edit_between_steps(flat, edit)
 
 
+def _entry(buffer: torch.Tensor) -> dict:
+    return {"momentum_buffer": buffer}
+
+
+# How a state entry may be replaced or removed without the state's own
+# methods (a dict subclass's overrides see none of these).
+STATE_EDITS = {
+    "dict.__setitem__": lambda state, p, buf: dict.__setitem__(state, p, _entry(buf)),
+    "dict.update": lambda state, p, buf: dict.update(state, {p: _entry(buf)}),
+    "dict.__ior__": lambda state, p, buf: dict.__ior__(state, {p: _entry(buf)}),
+    "dict.pop, dict.setdefault": lambda state, p, buf: (
+        dict.pop(state, p), dict.setdefault(state, p, _entry(buf))),
+    "dict.__delitem__": lambda state, p, buf: dict.__delitem__(state, p),
+    "dict.clear": lambda state, p, buf: dict.clear(state),
+    "the entry's dict.__setitem__": lambda state, p, buf: dict.__setitem__(
+        state[p], "momentum_buffer", buf),
+    "the entry's dict.clear": lambda state, p, buf: dict.clear(state[p]),
+}
+
+
+def _exact_trajectory(cls, extra: dict, edit: Callable | None) -> list[list[torch.Tensor]]:
+    """Parameters and buffers after each of 6 steps of ``cls``, with
+    ``edit(state, parameter 1, new buffer)`` before the fourth.
+
+    Every value is a multiple of a small power of two and every operation
+    exact in float64 (lr and momentum 0.5), so any two correct SGDs agree
+    to the bit, whatever they fuse or vectorise.  Gradients are written in
+    place, so that the steps after the first run from the snapshot.
+    """
+    params = [torch.nn.Parameter(torch.arange(n, dtype=torch.float64) / 8) for n in (4, 3)]
+    opt = cls(params, lr=0.5, momentum=0.5, **extra)
+    trajectory = []
+    for step in range(6):
+        if step == 3 and edit is not None:
+            edit(opt.state, params[1], torch.full((3,), 0.25, dtype=torch.float64))
+        for p in params:
+            g = torch.tensor([1.0, -2.0, 0.5, 3.0][:p.numel()], dtype=torch.float64) * (step + 1) / 4
+            if p.grad is None:
+                p.grad = g
+            else:
+                p.grad.copy_(g)
+        opt.step()
+        trajectory.append([p.detach().clone() for p in params]
+                          + [opt.state[p]["momentum_buffer"].clone() for p in params])
+    return trajectory
+
+
+@pytest.mark.parametrize("flat", [False, True])
+@pytest.mark.parametrize("edit", STATE_EDITS)
+def test_state_edited_with_dicts_own_methods_is_seen(flat, edit):
+    ours = _exact_trajectory(SGD, {"flat": flat}, STATE_EDITS[edit])
+    theirs = _exact_trajectory(torch.optim.SGD, {"foreach": False}, STATE_EDITS[edit])
+    for step, (mine, torchs) in enumerate(zip(ours, theirs)):
+        for k, (a, b) in enumerate(zip(mine, torchs)):
+            assert torch.equal(a, b), f"step {step}, tensor {k}: {a} != {b}"
+    unedited = _exact_trajectory(torch.optim.SGD, {"foreach": False}, None)
+    assert not all(torch.equal(a, b) for a, b in zip(theirs[-1], unedited[-1])), \
+        "the edit changes nothing"
+
+
 def test_step_hooks_and_profiler_see_every_step():
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 

@@ -18,7 +18,6 @@ This module imports torch; ``import momentum`` does not import this module.
 from __future__ import annotations
 
 import re
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -164,40 +163,6 @@ def _grad_views(params: list[torch.Tensor], grads: list[Any], active: list[int],
             for i in active]
 
 
-class _State(defaultdict):
-    """``Optimizer.state`` that counts its changes in ``version``.
-
-    While ``version`` is unchanged every parameter maps to the same
-    per-parameter dict, so the step's check need not look parameters up
-    (hashing a tensor is a Python call, slow next to small kernels).  Every
-    method that sets or removes an entry counts, ``defaultdict``'s
-    insertion of a missing key included (it goes through ``__setitem__``).
-    """
-
-    __slots__ = ("version",)
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.version = 0
-
-
-def _counted(name: str) -> Callable[..., Any]:
-    """``defaultdict``'s method ``name``, counting a change first."""
-    method = getattr(defaultdict, name)
-
-    def counted(self: _State, *args: Any, **kwargs: Any) -> Any:
-        self.version += 1
-        return method(self, *args, **kwargs)
-
-    counted.__name__ = counted.__qualname__ = name
-    return counted
-
-
-for _name in ("__setitem__", "__delitem__", "__ior__", "clear", "pop", "popitem",
-              "setdefault", "update"):
-    setattr(_State, _name, _counted(_name))
-
-
 def _lies_at(tensor: torch.Tensor, address: int, shape: Sequence[int],
              dtype: torch.dtype) -> bool:
     """``tensor`` views exactly the memory at ``address`` as ``shape`` and
@@ -298,13 +263,11 @@ class SGD(torch.optim.Optimizer):
         self._batches: dict[int, _Batch] = {}
         self._flats: list[_Flat] = []
         super().__init__(params, defaults)
-        self.state = _State(dict, self.state)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Called by ``load_state_dict`` (which keeps the arenas) and on
         unpickling (Optimizer pickles no arena: the copy steps per tensor)."""
         super().__setstate__(state)
-        self.state = _State(dict, self.state)
         for group in self.param_groups:
             group.setdefault("nesterov", False)
             group.setdefault("maximize", False)
