@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import pickle
 import re
 import subprocess
 import sys
@@ -104,15 +105,63 @@ def test_state_layout_is_torch_layout():
     assert ours["param_groups"][0]["params"] == theirs["param_groups"][0]["params"]
 
 
+def _pickled(obj):
+    return pickle.loads(pickle.dumps(obj))
+
+
+# How a (model, optimizer) pair, or the optimizer alone, is copied.
+COPIES = {
+    "deepcopy of model and optimizer": lambda model, opt: copy.deepcopy((model, opt)),
+    "pickle of model and optimizer": lambda model, opt: _pickled((model, opt)),
+    "deepcopy of the optimizer": lambda model, opt: (None, copy.deepcopy(opt)),
+    "pickle of the optimizer": lambda model, opt: (None, _pickled(opt)),
+}
+
+
+def _tensors_of(opt: SGD) -> list[torch.Tensor]:
+    """Every parameter, gradient and buffer ``opt`` steps, in a fixed order."""
+    params = [p for group in opt.param_groups for p in group["params"]]
+    return [*params, *(p.grad for p in params if p.grad is not None),
+            *(opt.state[p]["momentum_buffer"] for p in params if p in opt.state)]
+
+
+def _extent(t: torch.Tensor) -> tuple[int, int]:
+    return t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
+
+
 @pytest.mark.parametrize("flat", [False, True])
-def test_deepcopy_of_model_and_optimizer_trains_alike(flat):
+@pytest.mark.parametrize("how", COPIES)
+def test_copy_steps_as_the_original_in_memory_of_its_own(flat, how):
+    # A parameter that the loss does not use: flat=True steps it with a zero
+    # gradient (weight decay, momentum) where a per-tensor optimizer skips
+    # it after zero_grad(), so a copy that lost flat=True goes astray.
     model = make_model(torch.float64)
-    opt = SGD(model.parameters(), lr=0.1, momentum=0.9, flat=flat)
+    model.register_parameter("unused", torch.nn.Parameter(torch.ones(5, dtype=torch.float64)))
+    opt = SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1, flat=flat)
     train(model, opt, make_loss(model, torch.float64), 2)
-    model2, opt2 = copy.deepcopy((model, opt))
-    train(model, opt, make_loss(model, torch.float64), 3)
-    train(model2, opt2, make_loss(model2, torch.float64), 3)
-    assert torch.equal(flat_params(model), flat_params(model2))
+    model2, opt2 = COPIES[how](model, opt)
+    assert type(opt2) is SGD and opt2.flat == flat and repr(opt2) == repr(opt)
+    spans = sorted([(*_extent(t), 0) for t in _tensors_of(opt)]
+                   + [(*_extent(t), 1) for t in _tensors_of(opt2)])
+    for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
+        assert a == b or end <= start, "the copy shares memory with the original"
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(4):
+        if model2 is None:  # the optimizer alone: the same gradients for both
+            for p, q in zip(model.parameters(), opt2.param_groups[0]["params"]):
+                p.grad = torch.randn(p.shape, dtype=p.dtype, generator=gen)
+                q.grad = p.grad.clone()
+            opt.step()
+            opt2.step()
+        else:
+            train(model, opt, make_loss(model, torch.float64), 1)
+            train(model2, opt2, make_loss(model2, torch.float64), 1)
+            assert all(q is r for q, r in zip(model2.parameters(),
+                                              opt2.param_groups[0]["params"]))
+        for t, u in zip(_tensors_of(opt), _tensors_of(opt2), strict=True):
+            assert torch.equal(t, u)
+    opt2.zero_grad()
+    assert all((q.grad is not None) == flat for q in opt2.param_groups[0]["params"])
 
 
 def test_momentum_zero_keeps_no_state():

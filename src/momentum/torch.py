@@ -228,7 +228,8 @@ class SGD(torch.optim.Optimizer):
     ``set_to_none`` says, as ``torch.optim.SGD`` after
     ``zero_grad(set_to_none=False)``: a parameter left out of a backward pass
     is stepped with a zero gradient rather than skipped.  A group must then
-    hold one dtype.
+    hold one dtype.  A copy (``copy.deepcopy``, pickling) is flat too, with
+    arenas of its own.
     """
 
     def __init__(self, params: Iterable[Any], lr: float | torch.Tensor = 1e-3,
@@ -264,16 +265,28 @@ class SGD(torch.optim.Optimizer):
         self._flats: list[_Flat] = []
         super().__init__(params, defaults)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What ``torch.optim.Optimizer`` pickles, and ``flat``; no arena or
+        cached batch (a copy makes its own, see __setstate__)."""
+        return dict(super().__getstate__(), flat=self.flat)
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Called by ``load_state_dict`` (which keeps the arenas) and on
-        unpickling (Optimizer pickles no arena: the copy steps per tensor)."""
+        unpickling or copying: a flat copy then moves its own parameters,
+        gradients and buffers into new arenas, as the constructor does, so
+        that it steps as the original and shares no memory with it."""
+        copied = "_flats" not in self.__dict__
         super().__setstate__(state)
         for group in self.param_groups:
             group.setdefault("nesterov", False)
             group.setdefault("maximize", False)
         self.__dict__.setdefault("flat", False)
-        self.__dict__.setdefault("_flats", [])
         self._batches = {}
+        if copied:
+            self._flats = []
+            if self.flat:
+                for gi in range(len(self.param_groups)):
+                    self._flats.append(self._flatten(gi, self._first_index(gi), True))
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group as ``torch.optim.Optimizer`` does (into an arena when flat)."""
