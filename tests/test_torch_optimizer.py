@@ -285,6 +285,50 @@ def test_bad_constructor_arguments_raise_as_torch(kwargs):
     assert str(ours.value) == str(theirs.value)
 
 
+@pytest.mark.parametrize("flat", [False, True])
+def test_repr_is_torchs_listing_under_our_own_name(flat):
+    groups = lambda: [{"params": [torch.nn.Parameter(torch.ones(3))]},
+                      {"params": [torch.nn.Parameter(torch.ones(2))], "lr": 0.2, "nesterov": True}]
+    ours = SGD(groups(), lr=0.1, momentum=0.9, weight_decay=1e-3, flat=flat)
+    theirs = torch.optim.SGD(groups(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    head, listing = repr(theirs).split(" (", 1)
+    assert head == "SGD"
+    assert repr(ours) == f"momentum.torch.SGD (\nflat: {flat}" + listing
+
+
+# An edit of group 1 that the step refuses: (key, value, error, what the message says).
+BAD_GROUP_EDITS = {
+    "negative lr": ("lr", -1.0, ValueError, "'lr' must be finite and >= 0, got -1.0"),
+    "nan weight_decay": ("weight_decay", float("nan"), ValueError, "'weight_decay' must be finite"),
+    "dampening 2": ("dampening", 2.0, ValueError, "'dampening' must be in [0, 1]"),
+    "negative momentum": ("momentum", -0.5, ValueError, "'momentum' must be finite and >= 0"),
+    "lr a string": ("lr", "0.1", TypeError, "'lr' must be a real number, not str"),
+    "lr a 2-element tensor": ("lr", torch.tensor([0.1, 0.2]), ValueError, "Tensor lr must be 1-element"),
+    "nesterov with dampening": ("dampening", 0.5, ValueError, "nesterov=True needs momentum > 0"),
+}
+
+
+@pytest.mark.parametrize("flat", [False, True])
+@pytest.mark.parametrize("warm", [False, True], ids=["first step", "warm step"])
+@pytest.mark.parametrize("edit", BAD_GROUP_EDITS)
+def test_bad_group_edit_is_an_error_of_sgd_step(flat, warm, edit):
+    key, value, error, says = BAD_GROUP_EDITS[edit]
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    opt = SGD([{"params": [a]}, {"params": [b], "nesterov": True}], lr=0.1, momentum=0.9,
+              flat=flat)
+    for _ in range(2 if warm else 0):
+        a.grad, b.grad = torch.ones(3), torch.ones(2)
+        opt.step()
+    a.grad, b.grad = torch.ones(3), torch.ones(2)
+    opt.param_groups[1][key] = value
+    kept = [t.detach().clone() for t in _tensors_of(opt)]
+    with pytest.raises(error) as info:
+        opt.step()
+    assert str(info.value).startswith("SGD.step(): param_groups[1]: "), str(info.value)
+    assert says in str(info.value), str(info.value)
+    assert all(torch.equal(t, u) for t, u in zip(_tensors_of(opt), kept, strict=True))
+
+
 def test_empty_parameter_list_raises_as_torch():
     with pytest.raises(ValueError, match="empty parameter list"):
         SGD([], lr=0.1)

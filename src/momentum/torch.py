@@ -97,21 +97,38 @@ def _checked_view(tensor: torch.Tensor, what: str, param: torch.Tensor,
                         f"memory to step in place ({error}); use torch.optim.SGD") from None
 
 
-def _scalar(value: Any) -> float:
-    """A hyperparameter as a float (PyTorch allows 1-element tensors)."""
-    return float(value.item()) if isinstance(value, torch.Tensor) else float(value)
+def _reason(message: str) -> str:
+    """An error message from ``momentum`` without the name of the function
+    that raised it ('foreach.sgd(): ...')."""
+    return message.split("(): ", 1)[-1]
 
 
-def _hyperparameters(group: dict[str, Any]) -> dict[str, Any]:
-    """The keyword arguments of ``foreach.sgd`` for one param group, read
-    afresh each step so that schedulers and edits of the group take effect."""
-    return {"lr": _scalar(group["lr"]), "momentum": group["momentum"],
-            "dampening": group["dampening"],
-            "weight_decay": _scalar(group["weight_decay"]),
-            # torch.optim.SGD ignores nesterov without momentum (a group
-            # edited after the constructor's check may have both)
-            "nesterov": group["nesterov"] and group["momentum"] != 0,
-            "maximize": group["maximize"]}
+def _scalar(value: Any, name: str, gi: int) -> Any:
+    """A hyperparameter, a 1-element tensor as its value (PyTorch allows
+    them); anything else as it is, for foreach.sgd's check."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    if value.numel() != 1:
+        raise ValueError(f"SGD.step(): param_groups[{gi}]: Tensor {name} must be 1-element")
+    return value.item()
+
+
+def _hyperparameters(gi: int, group: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of ``foreach.sgd`` for param group ``gi``, read
+    afresh each step so that schedulers and edits of the group take effect,
+    and checked: TypeError or ValueError naming ``SGD.step()`` and the group."""
+    hyper = {"lr": _scalar(group["lr"], "lr", gi), "momentum": group["momentum"],
+             "dampening": group["dampening"],
+             "weight_decay": _scalar(group["weight_decay"], "weight_decay", gi),
+             # torch.optim.SGD ignores nesterov without momentum (a group
+             # edited after the constructor's check may have both)
+             "nesterov": group["nesterov"] and group["momentum"] != 0,
+             "maximize": group["maximize"]}
+    try:
+        foreach.sgd((), (), (), **hyper)  # checks them, writes nothing
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"SGD.step(): param_groups[{gi}]: {_reason(str(error))}") from None
+    return hyper
 
 
 class _Batch:
@@ -287,6 +304,13 @@ class SGD(torch.optim.Optimizer):
             if self.flat:
                 for gi in range(len(self.param_groups)):
                     self._flats.append(self._flatten(gi, self._first_index(gi), True))
+
+    def __repr__(self) -> str:
+        """torch's listing of the param groups, headed by this class's full
+        name (not torch's ``SGD (``) and ``flat``."""
+        listing = super().__repr__()[len(type(self).__name__) + len(" ("):]
+        return (f"{type(self).__module__}.{type(self).__qualname__} (\n"
+                f"flat: {self.flat}{listing}")
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group as ``torch.optim.Optimizer`` does (into an arena when flat)."""
@@ -487,9 +511,7 @@ class SGD(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        hypers = [_hyperparameters(group) for group in self.param_groups]
-        for hyper in hypers:
-            foreach.sgd((), (), (), **hyper)  # checks them, writes nothing
+        hypers = [_hyperparameters(gi, group) for gi, group in enumerate(self.param_groups)]
         current = [self._current(gi, group) for gi, group in enumerate(self.param_groups)]
         # Per tensor, a step whose tensors all passed their snapshots' checks
         # runs from the recorded addresses; else (a first step, an edit, an
@@ -537,10 +559,11 @@ class SGD(torch.optim.Optimizer):
     _hooked_step = torch.optim.Optimizer.profile_hook_step(_step)
 
     def _name_tensors(self, message: str, batches: list[_Batch]) -> str:
-        """``message`` from foreach.sgd_groups with each array named by its
-        parameter (in flat mode an array is a run of parameters: kept)."""
+        """``message`` from foreach.sgd_groups, naming ``SGD.step()`` and each
+        array by its parameter (in flat mode an array is a run of
+        parameters: kept)."""
         if self.flat:
-            return message
+            return "SGD.step(): " + _reason(message)
         starts = [self._first_index(gi) for gi in range(len(batches))]
 
         def name(match: re.Match) -> str:
@@ -550,4 +573,4 @@ class SGD(torch.optim.Optimizer):
                      "bufs": "the momentum_buffer of "}[role]
             return f"{whose}parameter {starts[gi] + i} (param_groups[{gi}]['params'][{i}])"
 
-        return "SGD.step(): " + _BATCH_ARRAY.sub(name, message.split("(): ", 1)[-1])
+        return "SGD.step(): " + _BATCH_ARRAY.sub(name, _reason(message))
