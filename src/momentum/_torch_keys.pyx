@@ -23,7 +23,7 @@ from cpython.long cimport PyLong_AsSsize_t, PyLong_AsVoidPtr
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
 from libc.stddef cimport size_t
-from libc.stdint cimport uintptr_t
+from libc.stdint cimport uint64_t, uintptr_t
 
 from libc.string cimport memcpy
 
@@ -38,8 +38,61 @@ cdef int SGD = list(RULES).index("sgd")
 cdef int SGD_MOMENTUM = [h.name for h in RULES["sgd"].hypers].index("momentum")
 
 cdef extern from "Python.h":
-    object PyObject_GetAttr(object, object)
     PyObject* PyDict_GetItemWithError(object, object) except? NULL
+
+# A dict's version: a number that changes whenever an entry of the dict is
+# set or removed, whatever does it (dict.__setitem__(d, ...), dict.update,
+# a C extension's PyDict_SetItem...), so that check() can tell that the
+# state still maps every parameter to the same per-parameter dict without
+# looking a parameter up (hashing a tensor is a Python call).
+cdef extern from *:
+    """
+    #if defined(PYPY_VERSION)
+    /* No version to read: check() looks every parameter up. */
+    static int momentum_watch_dict(PyObject *d) { (void)d; return 0; }
+    static uint64_t momentum_dict_version(PyObject *d) { (void)d; return 0; }
+    #elif PY_VERSION_HEX < 0x030C0000
+    /* CPython 3.11 and older: every change of a dict gives its
+       ma_version_tag (PEP 509) a value no dict has had before. */
+    static int momentum_watch_dict(PyObject *d) { (void)d; return 1; }
+    static uint64_t momentum_dict_version(PyObject *d) {
+        return ((PyDictObject *)d)->ma_version_tag;
+    }
+    #else
+    /* CPython 3.12 deprecated ma_version_tag (PEP 699) and 3.14 removed it;
+       a dict watcher is called before every change of a watched dict: it
+       counts them, one count for all watched dicts (a change of one only
+       makes the others' next check look again). */
+    static int momentum_dict_watcher = -1;  /* -2: no watcher to be had */
+    static uint64_t momentum_dict_changes = 0;
+    static int momentum_count_change(PyDict_WatchEvent event, PyObject *d,
+                                     PyObject *key, PyObject *value) {
+        (void)event; (void)d; (void)key; (void)value;
+        momentum_dict_changes++;
+        return 0;
+    }
+    static int momentum_watch_dict(PyObject *d) {
+        if (momentum_dict_watcher == -1) {
+            momentum_dict_watcher = PyDict_AddWatcher(momentum_count_change);
+            if (momentum_dict_watcher < 0) {  /* every watcher slot is taken */
+                PyErr_Clear();
+                momentum_dict_watcher = -2;
+            }
+        }
+        if (momentum_dict_watcher < 0)
+            return 0;
+        return PyDict_Watch(momentum_dict_watcher, d) < 0 ? -1 : 1;
+    }
+    static uint64_t momentum_dict_version(PyObject *d) {
+        (void)d;
+        return momentum_dict_changes;
+    }
+    #endif
+    """
+    # 1 if ``d`` (a dict) now has a version, 0 if not (look entries up), -1
+    # with an exception set.
+    int momentum_watch_dict(object d) except -1
+    uint64_t momentum_dict_version(object d)
 
 # What check() found, the least a caller must rebuild.
 HOLDS = 0    # everything as snapshot: the cached batch is current
@@ -53,7 +106,6 @@ cdef enum:
     DTYPE_FLOAT32 = 0
     DTYPE_FLOAT64 = 1
 
-cdef object VERSION = "version"
 cdef object MOMENTUM_BUFFER = "momentum_buffer"
 cdef str STEP = "SGD.step"
 
@@ -98,15 +150,18 @@ cdef class Snapshot:
     must still lie there, contiguous and with its parameter's dtype (see
     moved()).  Call know_torch() first.
 
-    A ``state`` with a ``version`` attribute promises that the attribute
-    changes whenever an entry of ``state`` is set or removed: while it is
-    unchanged every parameter still maps to the same per-parameter dict, so
-    check() need not look parameters up (hashing a tensor is a Python call).
+    While ``state``'s dict version (see momentum_dict_version) is
+    unchanged, every parameter still maps to the same per-parameter dict,
+    however entries were set, so check() need not look parameters up
+    (hashing a tensor is a Python call); where no version can be had, it
+    does.
     """
 
     cdef list params, grads, entries, bufs, dtypes, shapes
-    cdef object state, version
+    cdef object state
     cdef bint uses_state, valid, grads_forgotten
+    cdef bint versioned         # state_version is state's dict version
+    cdef uint64_t state_version
     cdef bytearray active   # per parameter: it had a gradient at the snapshot
     cdef bytearray kinds    # per parameter: its DType, or NOT_KERNEL_DTYPE
     cdef Py_ssize_t nactive
@@ -127,7 +182,6 @@ cdef class Snapshot:
         if DATA_PTR is None:
             raise RuntimeError("call know_torch() first")
         self.state, self.uses_state = state, uses_state
-        self.version = getattr(state, "version", None) if uses_state else None
         self.grads, self.entries, self.bufs, self.dtypes, self.shapes = [], [], [], [], []
         self.active = bytearray(self.n)
         self.kinds = bytearray(self.n)
@@ -137,6 +191,9 @@ cdef class Snapshot:
         try:
             if uses_state and not isinstance(state, dict):
                 raise TypeError("state is not a dict")
+            if uses_state:
+                self.versioned = momentum_watch_dict(state)
+                self.state_version = momentum_dict_version(state)
             for i in range(self.n):
                 p = self.params[i]
                 g = GRAD.of(p)
@@ -171,8 +228,11 @@ cdef class Snapshot:
         PyMem_Free(self.places)
 
     cdef int record(self, object tensor, Py_ssize_t k) except -1:
-        """Store ``tensor``'s place at ``places[k:k + 2]``; ValueError if it
-        has elements but no memory behind them (a meta or fake tensor)."""
+        """Store ``tensor``'s place at ``places[k:k + 2]`` (it belongs to
+        parameter ``k // 6``); ValueError if it has elements but no memory
+        behind them (a meta or fake tensor), or if its address is not a
+        multiple of its parameter's kernel dtype's size (the kernels and the
+        single-array checks need that: the full path then words the error)."""
         if tensor is None:
             self.places[k] = self.places[k + 1] = 0
             return 0
@@ -180,6 +240,9 @@ cdef class Snapshot:
         cdef uintptr_t length = <uintptr_t>PyLong_AsSsize_t(NUMEL.of(tensor))
         if address == 0 and length != 0:
             raise ValueError("a tensor with no memory")
+        cdef unsigned char kind = self.kinds[k // 6]
+        if address % (8 if kind == DTYPE_FLOAT64 else 4 if kind == DTYPE_FLOAT32 else 1):
+            raise ValueError("a misaligned tensor")
         self.places[k] = address
         self.places[k + 1] = length
         return 0
@@ -209,7 +272,8 @@ cdef class Snapshot:
         """Record ``g``, parameter ``i``'s new gradient, as the snapshot's,
         if it is a plain contiguous CPU tensor of the parameter's dtype and
         shape whose memory holds its values (not lazily negated); else
-        False, or ValueError for one with no memory (nothing recorded)."""
+        False, or ValueError for one with no memory or misaligned (see
+        record(); nothing recorded)."""
         if (not plain(g)
                 or IS_CPU.of(g) is not True
                 or LAYOUT.of(g) is not STRIDED
@@ -218,7 +282,7 @@ cdef class Snapshot:
                 or IS_CONTIGUOUS.of(g) is not True
                 or IS_NEG.of(g) is not False):
             return False
-        self.record(g, 6 * i + 2)   # raises for a tensor with no memory
+        self.record(g, 6 * i + 2)   # raises for a tensor with no memory or misaligned
         self.grads[i] = g
         return True
 
@@ -250,8 +314,8 @@ cdef class Snapshot:
                 or PyList_GET_SIZE(params) != self.n \
                 or state is not self.state or uses_state != self.uses_state:
             return CHANGED
-        cdef bint versioned = self.version is not None
-        if versioned and PyObject_GetAttr(state, VERSION) != self.version:
+        cdef bint versioned = self.versioned
+        if versioned and momentum_dict_version(state) != self.state_version:
             return CHANGED
         cdef Py_ssize_t i
         cdef PyObject* entry

@@ -18,7 +18,6 @@ This module imports torch; ``import momentum`` does not import this module.
 from __future__ import annotations
 
 import re
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -98,21 +97,38 @@ def _checked_view(tensor: torch.Tensor, what: str, param: torch.Tensor,
                         f"memory to step in place ({error}); use torch.optim.SGD") from None
 
 
-def _scalar(value: Any) -> float:
-    """A hyperparameter as a float (PyTorch allows 1-element tensors)."""
-    return float(value.item()) if isinstance(value, torch.Tensor) else float(value)
+def _reason(message: str) -> str:
+    """An error message from ``momentum`` without the name of the function
+    that raised it ('foreach.sgd(): ...')."""
+    return message.split("(): ", 1)[-1]
 
 
-def _hyperparameters(group: dict[str, Any]) -> dict[str, Any]:
-    """The keyword arguments of ``foreach.sgd`` for one param group, read
-    afresh each step so that schedulers and edits of the group take effect."""
-    return {"lr": _scalar(group["lr"]), "momentum": group["momentum"],
-            "dampening": group["dampening"],
-            "weight_decay": _scalar(group["weight_decay"]),
-            # torch.optim.SGD ignores nesterov without momentum (a group
-            # edited after the constructor's check may have both)
-            "nesterov": group["nesterov"] and group["momentum"] != 0,
-            "maximize": group["maximize"]}
+def _scalar(value: Any, name: str, gi: int) -> Any:
+    """A hyperparameter, a 1-element tensor as its value (PyTorch allows
+    them); anything else as it is, for foreach.sgd's check."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    if value.numel() != 1:
+        raise ValueError(f"SGD.step(): param_groups[{gi}]: Tensor {name} must be 1-element")
+    return value.item()
+
+
+def _hyperparameters(gi: int, group: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of ``foreach.sgd`` for param group ``gi``, read
+    afresh each step so that schedulers and edits of the group take effect,
+    and checked: TypeError or ValueError naming ``SGD.step()`` and the group."""
+    hyper = {"lr": _scalar(group["lr"], "lr", gi), "momentum": group["momentum"],
+             "dampening": group["dampening"],
+             "weight_decay": _scalar(group["weight_decay"], "weight_decay", gi),
+             # torch.optim.SGD ignores nesterov without momentum (a group
+             # edited after the constructor's check may have both)
+             "nesterov": group["nesterov"] and group["momentum"] != 0,
+             "maximize": group["maximize"]}
+    try:
+        foreach.sgd((), (), (), **hyper)  # checks them, writes nothing
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"SGD.step(): param_groups[{gi}]: {_reason(str(error))}") from None
+    return hyper
 
 
 class _Batch:
@@ -162,40 +178,6 @@ def _grad_views(params: list[torch.Tensor], grads: list[Any], active: list[int],
     """Checked NumPy views of the gradients of the parameters in ``active``."""
     return [_checked_view(grads[i], "its grad", params[i], (first_index + i, gi, i))
             for i in active]
-
-
-class _State(defaultdict):
-    """``Optimizer.state`` that counts its changes in ``version``.
-
-    While ``version`` is unchanged every parameter maps to the same
-    per-parameter dict, so the step's check need not look parameters up
-    (hashing a tensor is a Python call, slow next to small kernels).  Every
-    method that sets or removes an entry counts, ``defaultdict``'s
-    insertion of a missing key included (it goes through ``__setitem__``).
-    """
-
-    __slots__ = ("version",)
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.version = 0
-
-
-def _counted(name: str) -> Callable[..., Any]:
-    """``defaultdict``'s method ``name``, counting a change first."""
-    method = getattr(defaultdict, name)
-
-    def counted(self: _State, *args: Any, **kwargs: Any) -> Any:
-        self.version += 1
-        return method(self, *args, **kwargs)
-
-    counted.__name__ = counted.__qualname__ = name
-    return counted
-
-
-for _name in ("__setitem__", "__delitem__", "__ior__", "clear", "pop", "popitem",
-              "setdefault", "update"):
-    setattr(_State, _name, _counted(_name))
 
 
 def _lies_at(tensor: torch.Tensor, address: int, shape: Sequence[int],
@@ -263,7 +245,8 @@ class SGD(torch.optim.Optimizer):
     ``set_to_none`` says, as ``torch.optim.SGD`` after
     ``zero_grad(set_to_none=False)``: a parameter left out of a backward pass
     is stepped with a zero gradient rather than skipped.  A group must then
-    hold one dtype.
+    hold one dtype.  A copy (``copy.deepcopy``, pickling) is flat too, with
+    arenas of its own.
     """
 
     def __init__(self, params: Iterable[Any], lr: float | torch.Tensor = 1e-3,
@@ -298,19 +281,36 @@ class SGD(torch.optim.Optimizer):
         self._batches: dict[int, _Batch] = {}
         self._flats: list[_Flat] = []
         super().__init__(params, defaults)
-        self.state = _State(dict, self.state)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What ``torch.optim.Optimizer`` pickles, and ``flat``; no arena or
+        cached batch (a copy makes its own, see __setstate__)."""
+        return dict(super().__getstate__(), flat=self.flat)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Called by ``load_state_dict`` (which keeps the arenas) and on
-        unpickling (Optimizer pickles no arena: the copy steps per tensor)."""
+        unpickling or copying: a flat copy then moves its own parameters,
+        gradients and buffers into new arenas, as the constructor does, so
+        that it steps as the original and shares no memory with it."""
+        copied = "_flats" not in self.__dict__
         super().__setstate__(state)
-        self.state = _State(dict, self.state)
         for group in self.param_groups:
             group.setdefault("nesterov", False)
             group.setdefault("maximize", False)
         self.__dict__.setdefault("flat", False)
-        self.__dict__.setdefault("_flats", [])
         self._batches = {}
+        if copied:
+            self._flats = []
+            if self.flat:
+                for gi in range(len(self.param_groups)):
+                    self._flats.append(self._flatten(gi, self._first_index(gi), True))
+
+    def __repr__(self) -> str:
+        """torch's listing of the param groups, headed by this class's full
+        name (not torch's ``SGD (``) and ``flat``."""
+        listing = super().__repr__()[len(type(self).__name__) + len(" ("):]
+        return (f"{type(self).__module__}.{type(self).__qualname__} (\n"
+                f"flat: {self.flat}{listing}")
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group as ``torch.optim.Optimizer`` does (into an arena when flat)."""
@@ -511,9 +511,7 @@ class SGD(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        hypers = [_hyperparameters(group) for group in self.param_groups]
-        for hyper in hypers:
-            foreach.sgd((), (), (), **hyper)  # checks them, writes nothing
+        hypers = [_hyperparameters(gi, group) for gi, group in enumerate(self.param_groups)]
         current = [self._current(gi, group) for gi, group in enumerate(self.param_groups)]
         # Per tensor, a step whose tensors all passed their snapshots' checks
         # runs from the recorded addresses; else (a first step, an edit, an
@@ -525,20 +523,32 @@ class SGD(torch.optim.Optimizer):
         # groups too) before anything is written.  New buffers enter the
         # state only once the call has filled them.
         work = []
+        rebuilt = []
         first_index = 0
-        for gi, (group, hyper) in enumerate(zip(self.param_groups, hypers)):
-            batch = current[gi] if self.flat and current[gi] is not None \
-                else self._rebuild(gi, group, first_index)
-            work.append((batch, dict(hyper, params=batch.params, grads=batch.grads,
-                                     bufs=batch.bufs if hyper["momentum"] != 0 else None,
-                                     first_step=batch.first)))
-            first_index += len(group["params"])
         try:
-            foreach.sgd_groups([call for _, call in work])
-        except ValueError as error:
-            # Only an overlap gets past the checks above: name the tensors as
-            # the other errors here do, not by their place in the batch.
-            raise ValueError(self._name_tensors(str(error), [b for b, _ in work])) from None
+            for gi, (group, hyper) in enumerate(zip(self.param_groups, hypers)):
+                if self.flat and current[gi] is not None:
+                    batch = current[gi]
+                else:
+                    batch = self._rebuild(gi, group, first_index)
+                    rebuilt.append(gi)
+                work.append((batch, dict(hyper, params=batch.params, grads=batch.grads,
+                                         bufs=batch.bufs if hyper["momentum"] != 0 else None,
+                                         first_step=batch.first)))
+                first_index += len(group["params"])
+            try:
+                foreach.sgd_groups([call for _, call in work])
+            except ValueError as error:
+                # Only what _check leaves to foreach (an overlap, a misaligned
+                # tensor) gets here: name the tensors as the other errors
+                # here do, not by their place in the batch.
+                raise ValueError(self._name_tensors(str(error), [b for b, _ in work])) from None
+        except Exception:
+            # A snapshot must not outlive a step that refused its tensors:
+            # the next step would trust what the full path has just refused.
+            for gi in rebuilt:
+                del self._batches[gi]
+            raise
         for batch, _ in work:
             for p, buf in batch.adopt:
                 self.state[p]["momentum_buffer"] = buf
@@ -549,10 +559,11 @@ class SGD(torch.optim.Optimizer):
     _hooked_step = torch.optim.Optimizer.profile_hook_step(_step)
 
     def _name_tensors(self, message: str, batches: list[_Batch]) -> str:
-        """``message`` from foreach.sgd_groups with each array named by its
-        parameter (in flat mode an array is a run of parameters: kept)."""
+        """``message`` from foreach.sgd_groups, naming ``SGD.step()`` and each
+        array by its parameter (in flat mode an array is a run of
+        parameters: kept)."""
         if self.flat:
-            return message
+            return "SGD.step(): " + _reason(message)
         starts = [self._first_index(gi) for gi in range(len(batches))]
 
         def name(match: re.Match) -> str:
@@ -562,4 +573,4 @@ class SGD(torch.optim.Optimizer):
                      "bufs": "the momentum_buffer of "}[role]
             return f"{whose}parameter {starts[gi] + i} (param_groups[{gi}]['params'][{i}])"
 
-        return "SGD.step(): " + _BATCH_ARRAY.sub(name, message.split("(): ", 1)[-1])
+        return "SGD.step(): " + _BATCH_ARRAY.sub(name, _reason(message))
