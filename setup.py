@@ -18,11 +18,15 @@ import subprocess
 import sysconfig
 import tempfile
 
+import sys
+
 import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-import codegen
+# codegen.py sits beside this file, which an isolated build does not put on sys.path.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import codegen  # noqa: E402
 
 NATIVE = os.environ.get("MOMENTUM_NATIVE") == "1"
 DEBUG = os.environ.get("MOMENTUM_DEBUG") == "1"
