@@ -15,6 +15,7 @@ builds and runs single-threaded.
 import os
 import platform
 import subprocess
+import sys
 import sysconfig
 import tempfile
 
@@ -22,7 +23,10 @@ import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-import codegen
+# The PEP 517 backend (pip install .) runs this file without its folder on
+# sys.path: put it there for codegen.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import codegen  # noqa: E402
 
 NATIVE = os.environ.get("MOMENTUM_NATIVE") == "1"
 DEBUG = os.environ.get("MOMENTUM_DEBUG") == "1"
