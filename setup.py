@@ -15,6 +15,7 @@ builds and runs single-threaded.
 import os
 import platform
 import subprocess
+import sys
 import sysconfig
 import tempfile
 

@@ -1,9 +1,13 @@
 """Every kernel build this CPU runs (baseline, AVX2, AVX-512) gives the
 reference's bits, at sizes that straddle every vector width and at odd
-element offsets, so each build's peel and remainder loops are exercised."""
+element offsets, so each build's peel and remainder loops are exercised.
+The default is the best build the CPU (read from /proc/cpuinfo) and the
+install offer, and a build that was made but does not load is an error."""
 from __future__ import annotations
 
+import json
 import os
+import platform
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +17,7 @@ import pytest
 
 from conftest import ARGS, copies, offset_view, step_both, values
 import momentum
+import momentum._dispatch
 from conftest import case_id
 from test_parity import CASES, DTYPES
 
@@ -67,3 +72,60 @@ def test_environment_variable_with_unknown_build_fails_loudly():
     result = _isa_at_import("sse9")
     assert result.returncode != 0
     assert "MOMENTUM_ISA='sse9' is not available" in result.stderr
+
+
+# The x86-64 micro-architecture levels (the psABI's), as /proc/cpuinfo names
+# their flags, and the build each one runs.
+X86_64_LEVELS = [
+    ("avx2", {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"}),
+    ("avx512", {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}),
+]
+
+
+def _cpu_runs() -> list[str]:
+    """The builds this CPU runs, oldest first, read from /proc/cpuinfo
+    independently of momentum's own detection."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return ["baseline"]
+    try:
+        with open("/proc/cpuinfo") as f:
+            line = next(line for line in f if line.startswith("flags"))
+    except (OSError, StopIteration):
+        pytest.skip("no /proc/cpuinfo flags to check the CPU against")
+    flags = set(line.split(":", 1)[1].split())
+    runs = ["baseline"]
+    for name, needs in X86_64_LEVELS:
+        if not needs <= flags:
+            break
+        runs.append(name)
+    return runs
+
+
+def _fresh_import(code: str, **env: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a new interpreter, without MOMENTUM_ISA unless given."""
+    environment = {k: v for k, v in os.environ.items() if k != "MOMENTUM_ISA"}
+    return subprocess.run([sys.executable, "-c", code], env=environment | env,
+                          capture_output=True, text=True)
+
+
+def test_default_is_the_best_build_the_cpu_runs():
+    result = _fresh_import("import json, momentum, momentum._dispatch as d; print(json.dumps("
+                           "[momentum.get_isa(), momentum.available_isas(), d.BUILT_ISAS]))")
+    assert result.returncode == 0, result.stderr
+    default, available, built = json.loads(result.stdout)
+    assert default == available[-1]
+    assert available == [isa for isa in _cpu_runs() if isa in built]
+
+
+def test_a_built_build_that_does_not_load_is_an_error():
+    runs = [isa for isa in _cpu_runs() if isa in momentum._dispatch.BUILT_ISAS]
+    if len(runs) == 1:
+        pytest.skip("this CPU runs no build beyond baseline")
+    best = runs[-1]
+    module = momentum._dispatch.ISAS[best][0]
+    # None in sys.modules makes importing that module fail, as a broken or
+    # missing shared object would.
+    result = _fresh_import(f"import sys; sys.modules[{module!r}] = None; import momentum")
+    assert result.returncode != 0, "momentum imported without its " + best + " kernels"
+    assert "ImportError" in result.stderr
+    assert f"the {best} kernels were built but do not load" in result.stderr

@@ -11,9 +11,10 @@
  * and apart in memory, and the hyperparameters must pass momentum's checks.
  *
  * Get the table of the kernels built for the running CPU's best instruction
- * set (or the one momentum.set_isa chose) with momentum_import_kernels();
- * its run() runs a batch of tasks over momentum's thread pool, as
- * momentum.foreach does.
+ * set (or the one momentum.set_isa chose) with momentum_import_kernels(),
+ * declared when Python.h is included before this file; the table's isa and
+ * kernels follow later momentum.set_isa calls.  Its run() runs a batch of
+ * tasks over momentum's thread pool, as momentum.foreach does.
  */
 #ifndef MOMENTUM_H
 #define MOMENTUM_H
