@@ -2,6 +2,7 @@
 a message naming it, and leaves every array passed exactly as it was."""
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -181,3 +182,25 @@ def test_read_only_grad_is_accepted(rule):
     arrays["grad"] = read_only(arrays["grad"])
     with untouched({"grad": arrays["grad"]}):
         getattr(momentum, rule)(*(arrays[k] for k in ARGS[rule]), **HYPER[rule])
+
+
+@pytest.mark.parametrize("rule", list(ARGS))
+def test_the_checks_refuse_exactly_what_the_table_disallows(rule):
+    # Every combination of flags, with each optional value zero or not: the
+    # call succeeds exactly when Rule.allows says so (the tests' and the
+    # bench's cases come from Rule.cases, which trusts it).
+    spec = RULES[rule]
+    choices = [[False, True] if h.check == "flag" else
+               [HYPER[rule][h.name], 0.0] if h.default is None else [h.default, 0.5]
+               for h in spec.hypers]
+    seen = set()
+    for values in itertools.product(*choices):
+        hyper = dict(zip((h.name for h in spec.hypers), values))
+        arrays = good_arrays(rule)
+        if spec.allows(hyper):
+            getattr(momentum, rule)(*(arrays[k] for k in ARGS[rule]), **hyper)
+            seen.add(True)
+        else:
+            assert_rejected(rule, arrays, hyper, ValueError, "=True needs")
+            seen.add(False)
+    assert seen == ({True, False} if any(h.requires for h in spec.hypers) else {True})
