@@ -10,6 +10,7 @@ import pytest
 
 import momentum
 import momentum.foreach as fe
+from momentum.rules import RULES
 from conftest import ARGS, assert_bitwise_equal, offset_view, reference_step, untouched, values
 
 # Sizes straddling vector widths (SimSIMD's), each many times, so that the
@@ -36,8 +37,8 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
 ]
 CASE_IDS = [f"{rule}({', '.join(f'{k}={v}' for k, v in hyper.items())})"
             + (f"-{how.replace(' ', '-')}" if how else "") for rule, hyper, how in CASES]
-# foreach's sequence names for the arrays of each rule, in ARGS order.
-LISTS = {"param": "params", "grad": "grads", "buf": "bufs"}
+# foreach's sequence name for each array name of the rules (the table's plurals).
+LISTS = {a.name: a.plural for rule in RULES.values() for a in rule.arrays}
 
 
 def batch(rule: str, seed: int, how: str) -> tuple[list[dict], list[dict], list[bool]]:

@@ -36,14 +36,16 @@ import numpy as np
 import pytest
 
 import momentum.foreach as fe
+from momentum.rules import RULES
 from conftest import values
 from momentum import reference
 
 CASES = 300
 SHARED = {"A": 4096, "B": 512}          # bytes
 # The sequences of each call, in the order of its reference's arguments.
-ROLES = {"update_buffer": ("bufs", "grads"), "sgd": ("params", "grads", "bufs"),
-         "heavy_ball": ("params", "grads", "bufs"), "sgd_groups": ("params", "grads", "bufs")}
+# foreach's sequences of each call, from the rule table (and sgd in groups).
+ROLES = {name: tuple(a.plural for a in rule.arrays) for name, rule in RULES.items()}
+ROLES["sgd_groups"] = ROLES["sgd"]
 
 Where = tuple  # ("A" | "B", byte offset), ("own", name) or ("grad of", triple)
 Key = tuple[int, str]   # (triple, role)
@@ -86,8 +88,12 @@ class Case:
         return self.rule in ("sgd", "sgd_groups")
 
     def used(self, key: Key) -> bool:
+        """The call uses this array: the table's ``when`` holds (sgd's buf
+        only with momentum)."""
         i, role = key
-        return not (self.sgd and role == "bufs" and self.hyper(i)["momentum"] == 0)
+        spec = RULES["sgd" if self.rule == "sgd_groups" else self.rule]
+        array = next(a for a in spec.arrays if a.plural == role)
+        return array.when is None or bool(self.hyper(i).get(array.when, 0))
 
     def written(self, key: Key) -> bool:
         return key[1] != "grads" and self.used(key)
