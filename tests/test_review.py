@@ -1,0 +1,103 @@
+"""Regression tests for what a review of the rule-table reshaping found.
+
+* A NumPy complex scalar given as a real hyperparameter was taken (its
+  imaginary part dropped, with only a ComplexWarning), where a Python complex
+  is refused.
+* A flag or a real whose conversion raises (``nesterov=np.array([True,
+  False])``, a ``__float__`` that raises ValueError such as
+  ``Decimal('sNaN')``'s) let that error out as it was, naming no argument.
+* The kernel table's ``run`` skipped tasks silently on several threads when
+  the caller's offsets did not lay the tasks end to end (left 0, say); on one
+  thread it ran them all.
+* codegen accepted a rule whose per-tensor hyperparameter has a condition or
+  decides whether an array is used: foreach reads both per group, with the
+  per-tensor value taken as False, so the condition went unchecked and the
+  array unread (its Place uninitialised) where a tensor set it.
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import sys
+import types
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import momentum
+import momentum._dispatch
+import momentum.foreach as fe
+from conftest import ARGS, assert_bitwise_equal, untouched, values
+from momentum import reference
+from momentum.rules import MAX_ARRAYS, MAX_HYPER, RULES, Array, Hyper, Rule, kernel_name
+
+from test_bad_input import HYPER, assert_rejected, good_arrays
+
+REAL_HYPERS = [(rule, h.name) for rule, spec in RULES.items() for h in spec.hypers
+               if h.check != "flag"]
+FLAGS = [(rule, h.name) for rule, spec in RULES.items() for h in spec.hypers
+         if h.check == "flag"]
+
+
+def foreach_call(rule: str, arrays: dict[str, Any], hyper: dict[str, Any]) -> None:
+    getattr(fe, rule)(*([arrays[k]] for k in ARGS[rule]), **hyper)
+
+
+# ------------------------------------------------------------ hyperparameters
+
+@pytest.mark.parametrize("complex_type", [np.complex64, np.complex128])
+@pytest.mark.parametrize("rule, name", REAL_HYPERS)
+def test_numpy_complex_hyperparameter_is_refused(rule, name, complex_type):
+    # As for a Python complex (test_bad_input): TypeError naming it, nothing
+    # written, and no ComplexWarning on the way (it would be an error under
+    # -W error, naming nothing).
+    hyper = dict(HYPER[rule], **{name: complex_type(0.25 + 0.5j)})
+    arrays = good_arrays(rule)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_rejected(rule, arrays, hyper, TypeError, f"'{name}'", "real number")
+        with untouched(arrays), pytest.raises(TypeError, match=f"'{name}'"):
+            foreach_call(rule, arrays, hyper)
+
+
+class FloatRaises:
+    """A number whose conversion to float fails with ValueError."""
+
+    def __float__(self) -> float:
+        raise ValueError("no float here")
+
+
+@pytest.mark.parametrize("rule, name", REAL_HYPERS)
+def test_real_whose_conversion_raises_is_named(rule, name):
+    hyper = dict(HYPER[rule], **{name: FloatRaises()})
+    assert_rejected(rule, good_arrays(rule), hyper, ValueError, f"'{name}'", "no float here")
+
+
+@pytest.mark.parametrize("rule, name", FLAGS)
+def test_flag_without_a_truth_value_is_named(rule, name):
+    # NumPy refuses the truth value of a 2-element array with a ValueError
+    # that names no argument; the call must name the flag.
+    spec = RULES[rule]
+    hyper = dict(HYPER[rule], **{name: np.array([True, False])})
+    arrays = good_arrays(rule)
+    assert_rejected(rule, arrays, hyper, TypeError, f"'{name}'", "ndarray")
+    if name not in spec.per_tensor:   # a per-tensor flag takes a sequence
+        with untouched(arrays), pytest.raises(TypeError, match=f"'{name}'"):
+            foreach_call(rule, arrays, hyper)
+
+
+@pytest.mark.parametrize("value", [1, np.bool_(True), np.float64(1.0)])
+def test_flags_still_take_any_value_with_a_truth_value(value):
+    # As PyTorch does (and momentum did): the refusal above is only for
+    # objects whose truth value cannot be had.
+    a = {k: np.full(4, 1.0) for k in ("param", "grad", "buf")}
+    b = {k: v.copy() for k, v in a.items()}
+    momentum.sgd(a["param"], a["grad"], a["buf"], lr=0.1, momentum=0.9, nesterov=value)
+    reference.sgd(b["param"], b["grad"], b["buf"], lr=0.1, momentum=0.9, nesterov=True)
+    for k in a:
+        assert_bitwise_equal(a[k], b[k], k)
+
+
