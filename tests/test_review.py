@@ -101,3 +101,71 @@ def test_flags_still_take_any_value_with_a_truth_value(value):
         assert_bitwise_equal(a[k], b[k], k)
 
 
+# ------------------------------------------------------- the C table's run()
+
+class Task(ctypes.Structure):
+    _fields_ = [("kernel", ctypes.c_void_p), ("n", ctypes.c_size_t),
+                ("offset", ctypes.c_size_t), ("arrays", ctypes.c_void_p * MAX_ARRAYS),
+                ("hyper", ctypes.c_double * MAX_HYPER)]
+
+
+RUN = ctypes.CFUNCTYPE(None, ctypes.POINTER(Task), ctypes.c_size_t, ctypes.c_int)
+
+
+class Table(ctypes.Structure):
+    """momentum_kernel_table of momentum.h, as far as run()."""
+    _fields_ = [("abi_version", ctypes.c_uint32), ("struct_size", ctypes.c_uint32),
+                ("isa", ctypes.c_char_p), ("count", ctypes.c_size_t),
+                ("kernels", ctypes.POINTER(ctypes.c_void_p)),
+                ("names", ctypes.POINTER(ctypes.c_char_p)), ("run", RUN)]
+
+
+def kernel_table() -> Table:
+    get = ctypes.pythonapi.PyCapsule_GetPointer
+    get.restype = ctypes.c_void_p
+    get.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    return Table.from_address(get(momentum._dispatch.KERNELS, b"momentum._dispatch.KERNELS"))
+
+
+@pytest.fixture
+def two_threads():
+    before = momentum.get_num_threads()
+    momentum.set_num_threads(2)
+    yield
+    momentum.set_num_threads(0)
+    assert momentum.get_num_threads() == before
+
+
+@pytest.mark.parametrize("offsets", ["end to end", "all 0", "reversed"])
+def test_table_run_steps_every_task_whatever_the_offsets(offsets, rng, two_threads):
+    # The first and the last task alone are past the threaded size (128 Ki
+    # elements), so that the batch runs on two threads however run() sums it.
+    table = kernel_table()
+    names = [table.names[i].decode() for i in range(table.count)]
+    kernel = table.kernels[names.index(kernel_name(RULES["sgd"], ("float64",) * 3))]
+    sizes = (150_001, 17, 200_003)
+    params = [values(rng, n, np.float64) for n in sizes]
+    grads = [values(rng, n, np.float64) for n in sizes]
+    expected = [p.copy() for p in params]
+    for p, g in zip(expected, grads):
+        reference_sgd_plain(p, g)
+    ends = np.cumsum((0,) + sizes)
+    # "reversed": where each task would start were the tasks laid last first.
+    starts = {"end to end": ends[:-1], "all 0": [0] * len(sizes),
+              "reversed": ends[-1] - ends[1:]}[offsets]
+    tasks = (Task * len(sizes))()
+    for i, n in enumerate(sizes):
+        tasks[i].kernel, tasks[i].n, tasks[i].offset = kernel, n, int(starts[i])
+        tasks[i].arrays[0] = params[i].ctypes.data
+        tasks[i].arrays[1] = grads[i].ctypes.data
+        tasks[i].hyper[0] = 0.1   # lr; momentum 0, so no buf
+    table.run(tasks, len(sizes), 2)
+    for i, (p, e) in enumerate(zip(params, expected)):
+        assert_bitwise_equal(p, e, f"task {i}")
+
+
+def reference_sgd_plain(param: np.ndarray, grad: np.ndarray) -> None:
+    with np.errstate(all="ignore"):
+        reference.sgd(param, grad, None, lr=0.1)
+
+
