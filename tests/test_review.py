@@ -169,3 +169,37 @@ def reference_sgd_plain(param: np.ndarray, grad: np.ndarray) -> None:
         reference.sgd(param, grad, None, lr=0.1)
 
 
+# ----------------------------------------------------------------- codegen
+
+def load_codegen() -> types.ModuleType:
+    path = Path(__file__).resolve().parent.parent / "codegen.py"
+    if not path.exists():
+        pytest.skip("codegen.py is not beside the tests (an installed copy of them)")
+    spec = importlib.util.spec_from_file_location("_review_codegen", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def table_with(rule: Rule) -> types.SimpleNamespace:
+    """A stand-in for momentum.rules holding only ``rule``."""
+    rules = sys.modules["momentum.rules"]
+    return types.SimpleNamespace(RULES={rule.name: rule}, MAX_ARRAYS=MAX_ARRAYS,
+                                 MAX_HYPER=MAX_HYPER, DTYPES=rules.DTYPES)
+
+
+def test_codegen_accepts_the_table():
+    load_codegen().validate(sys.modules["momentum.rules"])
+
+
+@pytest.mark.parametrize("hazard", ["when", "requires"])
+def test_codegen_refuses_a_per_tensor_hyperparameter_read_per_group(hazard):
+    rule = Rule(name="odd", summary="", formula="",
+                arrays=(Array("param", written=True),
+                        Array("buf", written=True, when="first" if hazard == "when" else None)),
+                hypers=(Hyper("lr", "rate"),
+                        Hyper("first", "flag", False,
+                              requires="lr > 0" if hazard == "requires" else None)),
+                per_tensor=("first",))
+    with pytest.raises(ValueError, match="per tensor"):
+        load_codegen().validate(table_with(rule))
