@@ -212,12 +212,28 @@ def write_if_changed(path: str, text: str) -> None:
         f.write(text)
 
 
-def generate() -> None:
-    """Write the generated files."""
-    rules = load_rules()
+def validate(rules) -> None:
+    """ValueError for a rule the generated code and the checks cannot serve."""
     for rule in rules.RULES.values():
         if len(rule.arrays) > rules.MAX_ARRAYS or len(rule.hypers) > rules.MAX_HYPER:
             raise ValueError(f"rule {rule.name!r} needs more room than a task has")
+        # foreach checks conditions and picks the arrays in use once per
+        # group, with a per-tensor value counted as False: a per-tensor
+        # hyperparameter may do neither, or a tensor's True would skip them.
+        for h in rule.hypers:
+            if h.name in rule.per_tensor and h.requires:
+                raise ValueError(f"rule {rule.name!r}: {h.name!r}, given per tensor, "
+                                 f"may not require {h.requires!r}")
+        for a in rule.arrays:
+            if a.when in rule.per_tensor:
+                raise ValueError(f"rule {rule.name!r}: whether {a.name!r} is used may not "
+                                 f"depend on {a.when!r}, given per tensor")
+
+
+def generate() -> None:
+    """Write the generated files."""
+    rules = load_rules()
+    validate(rules)
     write_if_changed(os.path.join(PACKAGE, "include", "momentum_rules.h"), c_header(rules))
     write_if_changed(os.path.join(PACKAGE, "_hypers.pxi"), hypers_pxi(rules))
     write_if_changed(os.path.join(PACKAGE, "_entries.pxi"), entries_pxi(rules))

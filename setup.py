@@ -1,13 +1,14 @@
 """Build the momentum extension modules.
 
 Flags are fixed by the numerical contract: ``-O3 -ffp-contract=off`` and never
-``-ffast-math``/``-Ofast``/``-march=native`` by default.  Two opt-in switches:
+``-ffast-math``/``-Ofast``/``-march=native`` by default.  Opt-in switches:
 
 * ``MOMENTUM_NATIVE=1`` adds ``-march=native`` (a build for this CPU only);
 * ``MOMENTUM_DEBUG=1`` builds with ``-O0 -g`` and turns Cython's bounds and
   wrap-around checks back on;
 * ``MOMENTUM_VEC_REPORT=1`` adds ``-fopt-info-vec-optimized`` (GCC), so the
-  build log shows every loop that vectorised.
+  build log shows every loop that vectorised;
+* ``MOMENTUM_NO_OPENMP=1`` builds without OpenMP.
 
 OpenMP is used when the compiler accepts ``-fopenmp``; without it the package
 builds and runs single-threaded.
@@ -18,8 +19,6 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-
-import sys
 
 import numpy
 from Cython.Build import cythonize
@@ -87,7 +86,7 @@ def extension(name: str, isa_flags: tuple[str, ...] = ()) -> Extension:
 
 
 # The same kernels built again for newer x86-64 levels, picked at run time by
-# momentum._schedule from what the CPU reports (as NumPy's CPU dispatch does).
+# momentum._dispatch from what the CPU reports (as NumPy's CPU dispatch does).
 # Not with MOMENTUM_NATIVE: that build is already for this CPU.
 ISA_MODULES = {
     "momentum._kernels_avx2": ("-march=x86-64-v3",),

@@ -10,7 +10,8 @@
 # tensor.  check_task() also chooses the task's kernel.
 cimport numpy as cnp
 from cpython.buffer cimport PyObject_CheckBuffer
-from cpython.float cimport PyFloat_AsDouble
+from cpython.float cimport PyFloat_AsDouble, PyFloat_Check
+from cpython.long cimport PyLong_Check
 from cpython.object cimport PyObject, PyObject_IsTrue
 from libc.math cimport isfinite
 from libc.stddef cimport size_t
@@ -85,15 +86,26 @@ cdef const RuleSpec* spec_of(int rule) noexcept:
 
 # ------------------------------------------------------------ hyperparameters
 
+cdef object COMPLEX = np.complexfloating
+
+
 cdef double real_arg(object value, str name, str func) except? -1.0:
     """A hyperparameter as a double, or TypeError naming it."""
     if type(value) is float:
         return <double>value
+    # NumPy's complex scalars convert (with a ComplexWarning), dropping the
+    # imaginary part: refuse them, as PyFloat_AsDouble refuses a complex.
+    if not (PyFloat_Check(value) or PyLong_Check(value)) and isinstance(value, COMPLEX):
+        raise TypeError(f"{func}(): '{name}' must be a real number, "
+                        f"not {type(value).__name__}")
     try:
         return PyFloat_AsDouble(value)
     except TypeError:
         raise TypeError(f"{func}(): '{name}' must be a real number, "
                         f"not {type(value).__name__}") from None
+    except ValueError as error:   # e.g. Decimal('sNaN'): a real, but no float
+        raise ValueError(f"{func}(): '{name}' must be a real number; float() "
+                         f"of it raised: {error}") from None
     except OverflowError:
         raise ValueError(f"{func}(): '{name}' must be finite, got a number "
                          f"too large for a double") from None
@@ -113,7 +125,12 @@ cdef int read_hyper(int index, int j, object value, double* out, str func) excep
     cdef const RuleSpec* rule = &SPECS[index]
     cdef double v
     if rule.check[j] == CHECK_FLAG:
-        out[j] = 1.0 if PyObject_IsTrue(value) else 0.0
+        try:
+            out[j] = 1.0 if PyObject_IsTrue(value) else 0.0
+        except (TypeError, ValueError):
+            # e.g. a NumPy array of several elements: name the flag
+            raise TypeError(f"{func}(): '{HYPER_NAMES[index][j]}' must be a bool, "
+                            f"not {type(value).__name__}") from None
         return 0
     v = real_arg(value, (<tuple>HYPER_NAMES[index])[j], func)
     out[j] = v

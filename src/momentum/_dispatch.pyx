@@ -75,7 +75,9 @@ TABLE.run = run_table
 KERNELS = PyCapsule_New(&TABLE, MOMENTUM_CAPSULE_NAME, NULL)
 
 _isa = None
-_isa_name = None   # bytes behind TABLE.isa
+# Every build's name as bytes, kept for the module's life: TABLE.isa points
+# into one, and an extension may read it without the GIL while set_isa runs.
+cdef dict _ISA_NAMES = {name: name.encode() for name in ISAS}
 
 
 def available_isas():
@@ -103,14 +105,15 @@ def set_isa(str name):
     Every build gives bitwise the same results; only speed differs.  Applies
     to every later call, and to other extensions using the kernel table.
     """
-    global _isa, _isa_name
+    global _isa
+    cdef bytes isa_name
     isas = available_isas()
     if name not in isas:
         raise ValueError(f"set_isa(): {name!r} is not available here; choose from {isas}")
     capsule = importlib.import_module(ISAS[name][0]).KERNELS
     TABLE.kernels = <const momentum_kernel*>PyCapsule_GetPointer(capsule, "momentum.kernel_slots")
-    _isa_name = name.encode()
-    TABLE.isa = _isa_name
+    isa_name = _ISA_NAMES[name]
+    TABLE.isa = isa_name
     _isa = name
 
 

@@ -98,14 +98,21 @@ cdef void run_tasks(const momentum_task* tasks, size_t ntasks, size_t total,
 
 cdef void run_table(const momentum_task* tasks, size_t ntasks, int nthreads) noexcept nogil:
     """The kernel table's ``run``: run_tasks for C callers, who give at most
-    ``nthreads`` threads (0: as many as momentum would use)."""
-    cdef size_t total = 0
-    if ntasks:
-        total = tasks[ntasks - 1].offset + tasks[ntasks - 1].n
+    ``nthreads`` threads (0: as many as momentum would use).
+
+    The split over threads finds tasks by their offsets; where the caller's
+    do not lay the tasks end to end (left 0, say), the tasks run one after
+    another on this thread instead: every one of them, whole."""
+    cdef size_t total = 0, i
+    cdef bint laid = True
+    for i in range(ntasks):
+        if tasks[i].offset != total:
+            laid = False
+        total += tasks[i].n
     cdef int most = threads_for(total)
     if nthreads > 0 and nthreads < most:
         most = nthreads
-    run_tasks(tasks, ntasks, total, most)
+    run_tasks(tasks, ntasks, total, most if laid else 1)
 
 
 cdef void run_checked(const momentum_task* tasks, size_t ntasks, size_t total) noexcept:

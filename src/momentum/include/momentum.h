@@ -50,7 +50,8 @@ typedef struct momentum_kernel_table {
     const char *const *names;         /* by slot: "sgd:float32,float32,float32" */
     /* Run tasks[0:ntasks], whose offsets lay them end to end (task i starts
      * at the sum of the n of the tasks before it), on up to nthreads threads
-     * (0: momentum.get_num_threads()).  Safe to call without the GIL. */
+     * (0: momentum.get_num_threads()); on one thread where the offsets
+     * are not so.  Safe to call without the GIL. */
     void (*run)(const momentum_task *tasks, size_t ntasks, int nthreads);
 } momentum_kernel_table;
 
