@@ -42,7 +42,9 @@ def c_header(rules) -> str:
              f"#define MOMENTUM_ABI_VERSION {rules.ABI_VERSION}",
              f"#define MOMENTUM_MAX_ARRAYS {rules.MAX_ARRAYS}",
              f"#define MOMENTUM_MAX_HYPER {rules.MAX_HYPER}",
-             f"#define MOMENTUM_NDTYPES {len(rules.DTYPES)}"]
+             f"#define MOMENTUM_NDTYPES {len(rules.DTYPES)}",
+             "/* The rule table this build was made from (momentum.rules.fingerprint()). */",
+             f'#define MOMENTUM_TABLE_FINGERPRINT "{rules.fingerprint()}"']
     lines += [f"#define MOMENTUM_{d.upper()} {i}" for i, d in enumerate(rules.DTYPES)]
     slots = rules.kernel_slots()
     lines.append(f"#define MOMENTUM_KERNEL_COUNT {len(slots)}")

@@ -40,3 +40,22 @@ def test_show_config_flags_keep_the_numerical_contract(config):
     assert not {"-ffast-math", "-Ofast"} & set(flags)
     if os.environ.get("MOMENTUM_NATIVE") != "1":
         assert "-march=native" not in flags
+
+
+def test_a_build_from_another_rule_table_refuses_to_import():
+    # momentum.rules edited after the build: the generated kernel glue no
+    # longer matches the table the checks read, so the import must fail.
+    import subprocess
+    import sys
+    code = ("import importlib.util, os, sys\n"
+            "where = importlib.util.find_spec('momentum').submodule_search_locations[0]\n"
+            "spec = importlib.util.spec_from_file_location('momentum.rules',\n"
+            "    os.path.join(where, 'rules.py'))\n"
+            "rules = importlib.util.module_from_spec(spec)\n"
+            "sys.modules['momentum.rules'] = rules\n"
+            "spec.loader.exec_module(rules)\n"
+            "rules.fingerprint = lambda: 'another table'\n"
+            "import momentum\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "momentum.rules changed since the build" in result.stderr

@@ -229,7 +229,7 @@ cdef int check_task(const RuleSpec* rule, Place* places, momentum_task* task,
             task.arrays[i] = NULL
             continue
         p = &places[i]
-        if p.dtype == NOT_A_DTYPE:
+        if not 0 <= p.dtype < MOMENTUM_NDTYPES:
             raise TypeError(f"{func}(): '{names[i]}' has dtype {(<object>p.source).dtype}; "
                             f"expected {DTYPE_NAMES} in native byte order")
         if ref < 0:

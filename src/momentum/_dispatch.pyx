@@ -14,7 +14,7 @@ from momentum._kernels cimport (
     MOMENTUM_ABI_VERSION, MOMENTUM_CAPSULE_NAME, MOMENTUM_KERNEL_COUNT, momentum_kernel,
     momentum_kernel_table)
 from momentum._schedule cimport run_table
-from momentum.rules import kernel_name, kernel_slots
+from momentum.rules import fingerprint, kernel_name, kernel_slots
 
 cdef extern from *:
     """
@@ -62,8 +62,11 @@ BUILT_ISAS = tuple(MOMENTUM_BUILT_ISAS.decode().split(","))
 cdef list _names = [kernel_name(rule, dtypes).encode() for rule, dtypes in kernel_slots()]
 cdef const char* _name_pointers[MOMENTUM_KERNEL_COUNT]
 cdef size_t _i
-if len(_names) != MOMENTUM_KERNEL_COUNT:
-    raise ImportError("momentum.rules changed since the build: rebuild the package")
+cdef extern from "momentum_rules.h":
+    const char* MOMENTUM_TABLE_FINGERPRINT
+if MOMENTUM_TABLE_FINGERPRINT.decode() != fingerprint() or len(_names) != MOMENTUM_KERNEL_COUNT:
+    raise ImportError("momentum.rules changed since the build: rebuild the package "
+                      "(pip install ., or python setup.py build_ext --inplace)")
 for _i in range(MOMENTUM_KERNEL_COUNT):
     _name_pointers[_i] = _names[_i]
 

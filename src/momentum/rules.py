@@ -17,13 +17,14 @@ function per rule, named as the rule, taking one typed pointer per array,
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import operator
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 __all__ = ["Array", "Hyper", "Rule", "RULES", "DTYPES", "MAX_ARRAYS", "MAX_HYPER",
-           "ABI_VERSION", "kernel_name", "kernel_combos"]
+           "ABI_VERSION", "kernel_name", "kernel_combos", "kernel_slots", "fingerprint"]
 
 # The storage dtypes, in the order of their codes (a dtype's code is its index).
 DTYPES = ("float32", "float64")
@@ -237,3 +238,12 @@ def kernel_slots() -> list[tuple[Rule, tuple[str, ...]]]:
             slots.append((rule, tuple(DTYPES[index // len(DTYPES) ** i % len(DTYPES)]
                                       for i in range(n))))
     return slots
+
+
+def fingerprint() -> str:
+    """A digest of everything the build derives from this table (the rules,
+    the dtypes, the room in a task): a build made from another table refuses
+    to import (momentum._dispatch compares it with the one built in)."""
+    text = repr((ABI_VERSION, MAX_ARRAYS, MAX_HYPER, DTYPES, list(RULES.values()),
+                 [(r.name, d) for r, d in kernel_slots()], [kernel_combos(r) for r in RULES.values()]))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
