@@ -118,8 +118,8 @@ def api_faces_pxi(rules) -> str:
             f"or ValueError, writing nothing, on bad input."]
         out += ["", "", f"def {rule.name}({signature(rule, names)}):"] + docstring(text) + [
             "    cdef momentum_task task", f"    cdef PyObject* arrays[{len(names)}]"]
-        out += [f"    read_hyper({index}, {j}, {h.name}, task.hyper, {rule.name!r})"
-                for j, h in enumerate(rule.hypers)]
+        out += [f"    read_hyper_as(CHECK_{h.check.upper()}, {index}, {j}, {h.name}, task.hyper, "
+                f"{rule.name!r})" for j, h in enumerate(rule.hypers)]
         out += [f"    arrays[{i}] = <PyObject*>{name}" for i, name in enumerate(names)]
         out.append(f"    run_one({index}, {rule.name!r}, arrays, &task)")
     __all__ = [rule.name for rule in rules.RULES.values()]

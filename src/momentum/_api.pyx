@@ -11,8 +11,8 @@ cimport numpy as cnp
 from cpython.object cimport PyObject
 
 from momentum._checks cimport (
-    MAX_ARRAYS, Place, RuleSpec, as_array, check_requires, check_task, missing_array,
-    numpy_place, read_hyper, spec_of, uses)
+    CHECK_FLAG, CHECK_RATE, CHECK_UNIT, MAX_ARRAYS, Place, RuleSpec, as_array,
+    check_requires, check_task, missing_array, numpy_place, read_hyper_as, spec_of, uses)
 from momentum._kernels cimport momentum_task
 from momentum._schedule cimport run_checked
 from momentum import _checks

@@ -7,7 +7,7 @@
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stddef cimport size_t
 
-from momentum._checks cimport MAX_ARRAYS, check_task, nbytes
+from momentum._checks cimport MAX_ARRAYS, check_task
 from momentum._kernels cimport momentum_task
 from momentum._overlap cimport find_overlap, set_span
 from momentum._schedule cimport run_checked
@@ -45,7 +45,7 @@ cdef class Batch:
         cdef int i
         for i in range(rule.narrays):
             if t.arrays[i] != NULL and places[i].length:
-                set_span(&self.spans[self.nspans], <size_t>t.arrays[i], nbytes(&places[i]),
+                set_span(&self.spans[self.nspans], <size_t>t.arrays[i], places[i].nbytes,
                          self.ntasks, i, rule.written[i])
                 self.nspans += 1
         t.offset = self.total

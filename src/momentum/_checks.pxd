@@ -7,6 +7,7 @@ from momentum._kernels cimport (
 
 cdef enum:
     NOT_A_DTYPE = -1    # Place.dtype of an array no kernel takes
+    MAX_TERMS = 16      # terms of flag conditions, per rule
 
 # One rule of momentum.rules, as the checks read it.
 cdef struct RuleSpec:
@@ -16,16 +17,29 @@ cdef struct RuleSpec:
     int nhyper
     int check[MAX_HYPER]        # CHECK_RATE, CHECK_UNIT, CHECK_FLAG
     int first_slot              # in the kernel table
+    # The terms of the flags' conditions: when hyper[term_flag] is set,
+    # hyper[term_hyper] <term_op> term_value must hold.
+    int nterms
+    int term_flag[MAX_TERMS]
+    int term_hyper[MAX_TERMS]
+    int term_op[MAX_TERMS]      # OP_GT, OP_EQ, OP_GE
+    double term_value[MAX_TERMS]
 
 cdef enum:
     CHECK_RATE
     CHECK_UNIT
     CHECK_FLAG
 
+cdef enum:
+    OP_GT
+    OP_EQ
+    OP_GE
+
 # What the checks need to know of one array, from whatever holds it.
 cdef struct Place:
     char* address
     size_t length           # elements
+    size_t nbytes           # bytes (length times the dtype's size)
     int dtype               # the dtype's code in momentum.rules.DTYPES, or NOT_A_DTYPE
     bint writable
     bint contiguous         # its elements lie densely in the order the others' do
@@ -35,14 +49,33 @@ cdef struct Place:
 
 cdef const RuleSpec* spec_of(int rule) noexcept
 cdef int read_hyper(int index, int j, object value, double* out, str func) except -1
+
+
+cdef inline int read_hyper_as(int check, int index, int j, object value, double* out,
+                              str func) except -1:
+    """read_hyper() for a hyperparameter known to be checked as ``check``:
+    a plain float in range or a bool is stored here, anything else (and
+    every error) goes through read_hyper()."""
+    cdef double v
+    if check == CHECK_FLAG:
+        if value is True or value is False:
+            out[j] = 1.0 if value is True else 0.0
+            return 0
+    elif type(value) is float:
+        v = <double>value
+        if (0 <= v <= 1) if check == CHECK_UNIT else (v >= 0 and v <= 1.7976931348623157e308):
+            out[j] = v
+            return 0
+    return read_hyper(index, j, value, out, func)
 cdef int check_requires(int index, const double* hyper, str func) except -1
 cdef int read_hypers(const RuleSpec* rule, int index, tuple values, double* out,
                      str func) except -1
-cdef bint uses(const RuleSpec* rule, int array, const double* hyper) noexcept
+cdef inline bint uses(const RuleSpec* rule, int array, const double* hyper) noexcept:
+    """The rule, with these hyperparameters, reads or writes ``array``."""
+    return rule.when[array] < 0 or hyper[rule.when[array]] != 0
 cdef int numpy_place(object array, Place* place) except -1
 cdef object as_array(object obj, str func, str name)
 cdef int missing_array(int index, int array, const double* hyper, str func, str name,
                        str what) except -1
 cdef int check_task(const RuleSpec* rule, Place* places, momentum_task* task,
                     object names, str func) except -1
-cdef size_t nbytes(const Place* place) noexcept

@@ -36,15 +36,15 @@ cdef str DTYPE_NAMES = " or ".join(DTYPES)
 
 # The rules, in the order of momentum.rules.RULES.
 cdef RuleSpec SPECS[16]
-# Per rule: the hyperparameters' names, defaults, and each flag's condition
-# as [(flag, [(hyper, op, value), ...], text)].
+# Per rule: the hyperparameters' names, and the text of each flag's
+# condition by flag (for messages).
 cdef list HYPER_NAMES = []
 cdef list REQUIRES = []
 # Per rule: its arrays' names (for the faces' messages).
 ARRAY_NAMES = []
 
 _CHECKS = {"rate": CHECK_RATE, "unit": CHECK_UNIT, "flag": CHECK_FLAG}
-_OPS = {">": 0, "==": 1, ">=": 2}
+_OPS = {">": OP_GT, "==": OP_EQ, ">=": OP_GE}
 
 
 def _build_specs():
@@ -63,18 +63,24 @@ def _build_specs():
         for i, array in enumerate(rule.arrays):
             SPECS[r].written[i] = array.written
             SPECS[r].when[i] = -1 if array.when is None else names.index(array.when)
-        requires = []
+        SPECS[r].nterms = 0
         for j, hyper in enumerate(rule.hypers):
             SPECS[r].check[j] = _CHECKS[hyper.check]
             if hyper.requires:
-                terms = []
                 for term in hyper.requires.split(" and "):
                     name, op, value = term.split()
-                    terms.append((names.index(name), _OPS[op], float(value)))
-                requires.append((j, terms, hyper.requires))
+                    t = SPECS[r].nterms
+                    if t == MAX_TERMS:
+                        raise ImportError(f"rule {rule.name!r}: more than {MAX_TERMS} "
+                                          f"terms in its flags' conditions")
+                    SPECS[r].term_flag[t] = j
+                    SPECS[r].term_hyper[t] = names.index(name)
+                    SPECS[r].term_op[t] = _OPS[op]
+                    SPECS[r].term_value[t] = float(value)
+                    SPECS[r].nterms += 1
         HYPER_NAMES.append(tuple(names))
         ARRAY_NAMES.append(tuple(a.name for a in rule.arrays))
-        REQUIRES.append(requires)
+        REQUIRES.append({j: h.requires for j, h in enumerate(rule.hypers) if h.requires})
 
 
 _build_specs()
@@ -89,10 +95,16 @@ cdef const RuleSpec* spec_of(int rule) noexcept:
 cdef object COMPLEX = np.complexfloating
 
 
-cdef double real_arg(object value, str name, str func) except? -1.0:
-    """A hyperparameter as a double, or TypeError naming it."""
+cdef str hyper_name(int index, int j):
+    return (<tuple>HYPER_NAMES[index])[j]
+
+
+cdef double real_arg(object value, int index, int j, str func) except? -1.0:
+    """A hyperparameter (``j`` of rule ``index``) as a double, or TypeError
+    naming it."""
     if type(value) is float:
         return <double>value
+    cdef str name = hyper_name(index, j)
     # NumPy's complex scalars convert (with a ComplexWarning), dropping the
     # imaginary part: refuse them, as PyFloat_AsDouble refuses a complex.
     if not (PyFloat_Check(value) or PyLong_Check(value)) and isinstance(value, COMPLEX):
@@ -111,10 +123,10 @@ cdef double real_arg(object value, str name, str func) except? -1.0:
                          f"too large for a double") from None
 
 
-cdef bint holds(double a, int op, double b) noexcept:
-    if op == 0:
+cdef inline bint holds(double a, int op, double b) noexcept:
+    if op == OP_GT:
         return a > b
-    if op == 1:
+    if op == OP_EQ:
         return a == b
     return a >= b
 
@@ -132,7 +144,7 @@ cdef int read_hyper(int index, int j, object value, double* out, str func) excep
             raise TypeError(f"{func}(): '{HYPER_NAMES[index][j]}' must be a bool, "
                             f"not {type(value).__name__}") from None
         return 0
-    v = real_arg(value, (<tuple>HYPER_NAMES[index])[j], func)
+    v = real_arg(value, index, j, func)
     out[j] = v
     if rule.check[j] == CHECK_RATE:
         if not (isfinite(v) and v >= 0):
@@ -145,11 +157,14 @@ cdef int read_hyper(int index, int j, object value, double* out, str func) excep
 
 cdef int check_requires(int index, const double* hyper, str func) except -1:
     """Every set flag of rule ``index`` meets its condition (after read_hyper)."""
-    for flag, terms, text in <list>REQUIRES[index]:
-        if hyper[<int>flag] != 0:
-            for other, op, bound in terms:
-                if not holds(hyper[<int>other], op, bound):
-                    raise ValueError(f"{func}(): {HYPER_NAMES[index][flag]}=True needs {text}")
+    cdef const RuleSpec* rule = &SPECS[index]
+    cdef int t, flag
+    for t in range(rule.nterms):
+        flag = rule.term_flag[t]
+        if hyper[flag] != 0 and not holds(hyper[rule.term_hyper[t]], rule.term_op[t],
+                                          rule.term_value[t]):
+            raise ValueError(f"{func}(): {hyper_name(index, flag)}=True needs "
+                             f"{REQUIRES[index][flag]}")
     return 0
 
 
@@ -159,13 +174,8 @@ cdef int read_hypers(const RuleSpec* rule, int index, tuple values, double* out,
     in the table's order), then check_requires()."""
     cdef int j
     for j in range(rule.nhyper):
-        read_hyper(index, j, values[j], out, func)
+        read_hyper_as(rule.check[j], index, j, values[j], out, func)
     return check_requires(index, out, func)
-
-
-cdef bint uses(const RuleSpec* rule, int array, const double* hyper) noexcept:
-    """The rule, with these hyperparameters, reads or writes ``array``."""
-    return rule.when[array] < 0 or hyper[rule.when[array]] != 0
 
 
 # -------------------------------------------------------------------- arrays
@@ -191,16 +201,13 @@ cdef int numpy_place(object array, Place* place) except -1:
                 place.dtype = code
     place.address = cnp.PyArray_BYTES(a)
     place.length = <size_t>cnp.PyArray_SIZE(a)
+    place.nbytes = <size_t>cnp.PyArray_NBYTES(a)
     place.writable = cnp.PyArray_ISWRITEABLE(a)
     place.contiguous = cnp.PyArray_IS_C_CONTIGUOUS(a)
     place.ndim = cnp.PyArray_NDIM(a)
     place.dims = <const Py_ssize_t*>cnp.PyArray_DIMS(a)
     place.source = <PyObject*>a
     return 0
-
-
-cdef inline size_t nbytes(const Place* place) noexcept:
-    return place.length * ITEMSIZE[place.dtype]
 
 
 cdef str shape_of(const Place* p):
@@ -270,7 +277,7 @@ cdef int check_task(const RuleSpec* rule, Place* places, momentum_task* task,
 cdef inline bint apart(const Place* a, const Place* b) noexcept:
     """``a`` and ``b`` share no byte (an empty array holds none)."""
     cdef size_t a_lo = <size_t>a.address, b_lo = <size_t>b.address
-    cdef size_t a_hi = a_lo + nbytes(a), b_hi = b_lo + nbytes(b)
+    cdef size_t a_hi = a_lo + a.nbytes, b_hi = b_lo + b.nbytes
     return not (a_lo < a_hi and b_lo < b_hi and a_lo < b_hi and b_lo < a_hi)
 
 

@@ -419,6 +419,7 @@ cdef bint run_tasks_of(list snapshots, const double* templates, const RuleSpec* 
                 places[a].address = <char*>s.places[6 * i + 2 * a]
                 places[a].length = s.places[6 * i + 2 * a + 1]
                 places[a].dtype = s.kinds[i]
+                places[a].nbytes = places[a].length * (8 if s.kinds[i] == DTYPE_FLOAT64 else 4)
                 places[a].source = <PyObject*>s.params[i]
             try:
                 batch.add(rule, places, names, STEP)

@@ -209,11 +209,16 @@ cdef int add_group(Batch batch, int index, Group group, Py_ssize_t first,
             batch.add(rule, places, <tuple>SINGULARS[index], func)
         except (TypeError, ValueError):
             # Word the error with indexed names: the same check fails again.
-            names = names_of(index, groups, grouped)
-            batch.add(rule, places, tuple(names(first + j, i) for i in range(rule.narrays)),
-                      func)
+            batch.add(rule, places, task_names(names_of(index, groups, grouped), first + j,
+                                               rule.narrays), func)
             raise
     return 0
+
+
+cdef tuple task_names(Names names, Py_ssize_t task, int narrays):
+    """The names of task ``task``'s arrays (a function of its own: a
+    generator expression in add_group would cost a closure every call)."""
+    return tuple([names(task, i) for i in range(narrays)])
 
 
 cdef int run_groups(int index, str func, list groups, bint grouped) except -1:
