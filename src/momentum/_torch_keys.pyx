@@ -294,6 +294,24 @@ cdef class Snapshot:
         self.grads[i] = g
         return True
 
+    def touching(self, size_t lo, size_t hi):
+        """``(i, array, start, end)`` for every tensor the kernels step
+        (``array`` 0, 1, 2: kernel parameter ``i``, its grad, its buffer; a
+        parameter with a gradient) whose bytes ``[start, end)`` share one with
+        ``[lo, hi)``, as recorded by the last check()."""
+        cdef list found = []
+        cdef Py_ssize_t i, a
+        cdef size_t start, end
+        for i in range(self.n):
+            if not self.active[i]:
+                continue
+            for a in range(3):
+                start = self.places[6 * i + 2 * a]
+                end = start + self.places[6 * i + 2 * a + 1] * self.itemsize[i]
+                if start < end and start < hi and lo < end:
+                    found.append((i, a, start, end))
+        return found
+
     def forget_grads(self):
         """Let go of the gradients (``zero_grad(set_to_none=True)`` freed
         them); the next check() then reports at least GRADS."""
@@ -401,6 +419,10 @@ def prepare_groups(list snapshots, list hypers, list new_bufs, object name):
     cdef list where = []        # (group, parameter) of each task
     for k in range(ngroups):
         s = <Snapshot>snapshots[k]
+        if not s.valid:
+            # Its places may be half recorded: never run from them.
+            raise ValueError(f"{STEP}(): a tensor of param_groups[{k}] changed while "
+                             f"the step looked at it")
         try:
             read_hypers(rule, SGD, hypers[k], hyper, STEP)
         except (TypeError, ValueError) as e:
@@ -414,7 +436,8 @@ def prepare_groups(list snapshots, list hypers, list new_bufs, object name):
             task = batch.next()
             memcpy(task.hyper, hyper, sizeof(hyper))
             fill_places(s, i, places)
-            if s.uses_state and places[2].address == NULL:
+            # A missing buffer, not a NULL address: an empty tensor's may be NULL.
+            if s.uses_state and s.bufs[i] is None:
                 fresh = (<list>new_bufs[k])[i]
                 place_of(fresh, s, i, &places[2])
                 task.hyper[SGD_FIRST_STEP] = 1.0
@@ -422,7 +445,7 @@ def prepare_groups(list snapshots, list hypers, list new_bufs, object name):
             try:
                 batch.add(rule, places, ("param", "grad", "buf"), STEP)
             except (TypeError, ValueError):
-                batch.add(rule, places, tuple(name(k, i, a) for a in range(3)), STEP)
+                named(batch, rule, places, tuple(name(k, i, a) for a in range(3)))
                 raise
     cdef Py_ssize_t pair[4]
     if batch.overlap(pair):
@@ -430,6 +453,20 @@ def prepare_groups(list snapshots, list hypers, list new_bufs, object name):
         raise ValueError(f"{STEP}(): {name(k, i, pair[1])} and {name(k2, i2, pair[3])} "
                          f"overlap in memory")
     return batch
+
+
+cdef int named(Batch batch, const RuleSpec* rule, Place* places, tuple names) except -1:
+    """Raise the error the checks raise for ``places``, naming its tensors
+    ``names`` as the overlap message of prepare_groups does: unquoted (the
+    checks quote an argument's name, and a parameter's name holds quotes)."""
+    try:
+        batch.add(rule, places, names, STEP)
+    except (TypeError, ValueError) as error:
+        message = str(error)
+        for n in names:
+            message = message.replace(f"'{n}'", n)
+        raise type(error)(message) from None
+    return 0
 
 
 cdef inline void fill_places(Snapshot s, Py_ssize_t i, Place* places) noexcept:

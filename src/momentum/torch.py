@@ -24,6 +24,7 @@ This module imports torch; ``import momentum`` does not import this module.
 """
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from types import MappingProxyType
@@ -147,14 +148,40 @@ def _fallback_reason(p: torch.Tensor, g: torch.Tensor | None,
 
 def _refuse(tensor: torch.Tensor, what: str, param: torch.Tensor, place: Place) -> None:
     """Raise for what neither the kernels nor torch.optim.SGD step: a grad
-    or buffer of another shape than its parameter (ValueError), a plain
+    or buffer of another shape than its parameter (ValueError), or of a
+    dtype that cannot be cast to the parameter's (a complex grad of a real
+    parameter: torch raises only once it has written the buffer), a plain
     tensor with elements but no memory (TypeError)."""
     if tensor.shape != param.shape:
         raise ValueError(f"{_where(place)}: {what} has shape {tuple(tensor.shape)} but "
                          f"the parameter has shape {tuple(param.shape)}")
+    if not torch.can_cast(tensor.dtype, param.dtype):
+        raise TypeError(f"{_where(place)}: {what} has dtype {tensor.dtype}, which cannot "
+                        f"be cast to the parameter's dtype {param.dtype}")
     if type(tensor) in _PLAIN and tensor.is_cpu and tensor.layout == torch.strided \
             and tensor.numel() and tensor.data_ptr() == 0:
         raise TypeError(f"{_where(place)}: {what} has no memory to step in place")
+
+
+def _span(tensor: torch.Tensor) -> tuple[int, int] | None:
+    """The bytes ``[lo, hi)`` from ``tensor``'s first element to past its
+    last, or None if it has no element in CPU memory (empty, sparse, on
+    another device, a wrapper without storage)."""
+    if tensor.layout != torch.strided or not tensor.is_cpu or tensor.numel() == 0 \
+            or tensor.data_ptr() == 0:
+        return None
+    last = sum((n - 1) * s for n, s in zip(tensor.shape, tensor.stride()))
+    return tensor.data_ptr(), tensor.data_ptr() + (last + 1) * tensor.element_size()
+
+
+def _touches(tensor: torch.Tensor, lo: int, hi: int) -> bool:
+    """Some byte of ``tensor``'s elements (strided, in CPU memory) lies in
+    ``[lo, hi)``: exact where its elements do not fill its span (a slice)."""
+    size = tensor.element_size()
+    starts = torch.tensor(tensor.data_ptr(), dtype=torch.int64)
+    for n, stride in zip(tensor.shape, tensor.stride()):
+        starts = starts.unsqueeze(-1) + torch.arange(n) * (stride * size)
+    return bool(((starts < hi) & (starts + size > lo)).any())
 
 
 def _reason(message: str) -> str:
@@ -401,11 +428,19 @@ class SGD(torch.optim.Optimizer):
         return plan
 
     def _warn(self, why: str) -> None:
-        """Say once per optimizer and reason that torch's arithmetic steps some tensors."""
+        """Say once per optimizer and reason that torch's arithmetic steps
+        some tensors, from the line that called step()."""
         if why not in self._warned:
             self._warned.add(why)
+            # The first frame outside this module and torch's step wrappers
+            # (no_grad, the hooks' profiler range): how deep depends on the path.
+            frame, level = sys._getframe(1), 2
+            while frame.f_back is not None and (
+                    frame.f_globals.get("__name__") == __name__
+                    or frame.f_globals.get("__name__", "").startswith("torch.")):
+                frame, level = frame.f_back, level + 1
             warnings.warn(f"momentum.torch.SGD: {why}: stepped with PyTorch's own SGD "
-                          f"arithmetic, not the kernels", RuntimeWarning, stacklevel=4)
+                          f"arithmetic, not the kernels", RuntimeWarning, stacklevel=level)
 
     def _flat_current(self, gi: int, group: dict[str, Any]) -> _FlatBatch | None:
         """Flat group ``gi``'s cached batch if its snapshot still holds, else None."""
@@ -580,6 +615,8 @@ class SGD(torch.optim.Optimizer):
                                    [tuple(h.get(name, False) for name in _SGD_HYPERS)
                                     for h in hypers],
                                    new_bufs, self._name)
+            if any(plan.fallback for plan in plans):
+                self._check_fallback(plans)
         except Exception:
             # A plan must not outlive a step that refused its tensors: the
             # next step looks at them afresh.
@@ -593,6 +630,48 @@ class SGD(torch.optim.Optimizer):
             for p, buf in zip(group["params"], bufs):
                 if buf is not None:
                     self.state[p]["momentum_buffer"] = buf
+
+    def _check_fallback(self, plans: list[_Plan]) -> None:
+        """Refuse, before anything is written, what the parameters stepped
+        with torch's arithmetic must not bring: a grad or buffer _refuse()
+        refuses (checked each step, as their snapshot compares only which
+        tensors they are), or a tensor sharing memory with one the kernels
+        step (they run after torch's arithmetic, not in torch's order)."""
+        with torch._C.DisableTorchFunctionSubclass():  # what lies in memory
+            first_index = 0
+            for gi, (group, plan) in enumerate(zip(self.param_groups, plans)):
+                uses_state = group["momentum"] != 0
+                for i in plan.fallback:
+                    p = group["params"][i]
+                    if p.grad is None:
+                        continue
+                    place = (first_index + i, gi, i)
+                    b = self.state.get(p, _NO_STATE).get("momentum_buffer") \
+                        if uses_state else None
+                    tensors = (p, p.grad, b)
+                    for t, what in zip(tensors, ("the parameter", "its grad",
+                                                 "its momentum_buffer")):
+                        if t is not None:
+                            _refuse(t, what, p, place)
+                    for array, t in enumerate(tensors):
+                        span = None if t is None else _span(t)
+                        if span is not None:
+                            self._refuse_overlap(plans, t, span, array != 1, (gi, i, array))
+                first_index += len(group["params"])
+
+    def _refuse_overlap(self, plans: list[_Plan], tensor: torch.Tensor, span: tuple[int, int],
+                        written: bool, whose: tuple[int, int, int]) -> None:
+        """ValueError if ``tensor`` (array ``whose[2]`` of parameter
+        ``whose[1]`` of group ``whose[0]``, stepped with torch's arithmetic,
+        its bytes within ``span``) shares a byte with a tensor the kernels
+        step, unless both are only read (gradients)."""
+        dense = _dense(tensor)
+        for gk, plan in enumerate(plans):
+            for k, array, lo, hi in plan.snapshot.touching(*span):
+                if (written or array != 1) and (dense or _touches(tensor, lo, hi)):
+                    first, second = sorted([whose, (gk, k, array)])
+                    raise ValueError(f"SGD.step(): {self._name(*first)} and "
+                                     f"{self._name(*second)} overlap in memory")
 
     def _new_bufs(self, group: dict[str, Any], plan: _Plan) -> list[torch.Tensor | None]:
         """A new buffer, laid out as its parameter, for each parameter the
