@@ -56,6 +56,9 @@ _SGD_HYPERS = tuple(h.name for h in RULES["sgd"].hypers)
 know_torch(torch.Tensor, torch.strided, _KERNEL_DTYPES, _PLAIN)
 
 
+# How a message names a parameter's buffer.
+_BUFFER = "its momentum_buffer"
+
 # A parameter's place: (state-dict index, group index, index in the group).
 Place = tuple[int, int, int]
 
@@ -148,16 +151,21 @@ def _fallback_reason(p: torch.Tensor, g: torch.Tensor | None,
 
 def _refuse(tensor: torch.Tensor, what: str, param: torch.Tensor, place: Place) -> None:
     """Raise for what neither the kernels nor torch.optim.SGD step: a grad
-    or buffer of another shape than its parameter (ValueError), or of a
+    or buffer of another shape than its parameter (ValueError); one of a
     dtype that cannot be cast to the parameter's (a complex grad of a real
-    parameter: torch raises only once it has written the buffer), a plain
-    tensor with elements but no memory (TypeError)."""
+    parameter), a buffer that cannot hold ``momentum * buf`` (an integer
+    one, which torch makes from an integer grad), a plain tensor with
+    elements but no memory (TypeError).  torch raises for those dtypes too,
+    but only once it has written the tensors before them."""
     if tensor.shape != param.shape:
         raise ValueError(f"{_where(place)}: {what} has shape {tuple(tensor.shape)} but "
                          f"the parameter has shape {tuple(param.shape)}")
     if not torch.can_cast(tensor.dtype, param.dtype):
         raise TypeError(f"{_where(place)}: {what} has dtype {tensor.dtype}, which cannot "
                         f"be cast to the parameter's dtype {param.dtype}")
+    if what == _BUFFER and not (tensor.is_floating_point() or tensor.is_complex()):
+        raise TypeError(f"{_where(place)}: {what} has dtype {tensor.dtype}; a momentum "
+                        f"buffer must be floating point or complex")
     if type(tensor) in _PLAIN and tensor.is_cpu and tensor.layout == torch.strided \
             and tensor.numel() and tensor.data_ptr() == 0:
         raise TypeError(f"{_where(place)}: {what} has no memory to step in place")
@@ -305,8 +313,14 @@ class SGD(torch.optim.Optimizer):
         p = p - lr * g
 
     Every operation is rounded on its own (no fused multiply-add).  Parameters
-    whose ``grad`` is None are skipped.  Parameters, gradients and buffers
-    must be contiguous CPU tensors of float32 or float64.
+    whose ``grad`` is None are skipped.  The kernels step, in place, CPU
+    tensors of float32 or float64 (complex ones as their real views) whose
+    parameter, gradient and buffer share one dense layout (contiguous,
+    channels_last, a transpose); any other parameter is stepped with
+    PyTorch's own SGD arithmetic, with a RuntimeWarning once per reason.
+    A grad or buffer of another shape or of a dtype torch cannot step, and
+    a tensor the kernels step that shares memory with another tensor of the
+    step (but a gradient with another gradient), are refused.
 
     ``flat=True`` moves each group's parameters into one contiguous block
     (``p.data`` becomes a view into it) and gives every parameter that
@@ -412,7 +426,7 @@ class SGD(torch.optim.Optimizer):
             place = (first_index + i, gi, i)
             g = p.grad
             b = get(p, _NO_STATE).get("momentum_buffer") if uses_state else None
-            for t, what in ((g, "its grad"), (b, "its momentum_buffer")):
+            for t, what in ((g, "its grad"), (b, _BUFFER)):
                 if t is not None:
                     _refuse(t, what, p, place)
             _refuse(p, "the parameter", p, place)
@@ -649,8 +663,7 @@ class SGD(torch.optim.Optimizer):
                     b = self.state.get(p, _NO_STATE).get("momentum_buffer") \
                         if uses_state else None
                     tensors = (p, p.grad, b)
-                    for t, what in zip(tensors, ("the parameter", "its grad",
-                                                 "its momentum_buffer")):
+                    for t, what in zip(tensors, ("the parameter", "its grad", _BUFFER)):
                         if t is not None:
                             _refuse(t, what, p, place)
                     for array, t in enumerate(tensors):
