@@ -376,7 +376,8 @@ def test_grad_of_another_dtype_is_stepped_with_torchs_arithmetic():
         p = torch.nn.Parameter(torch.ones(4))
         p.grad_dtype = None  # else torch itself refuses the float64 grad
         return p, lambda step: torch.full((4,), step / 2, dtype=torch.float64)
-    _second_param_steps_as_torch(make, r"a torch\.float64 tensor beside a torch\.float32 parameter")
+    _second_param_steps_as_torch(make, r"a torch\.float64 tensor beside a torch\.float32 "
+                                       r"parameter")
 
 
 def test_sparse_grad_is_stepped_with_torchs_arithmetic():
@@ -899,12 +900,13 @@ def _no_memory(dtype: torch.dtype) -> torch.Tensor:
 # layout is refused by torch itself on assignment.
 BAD_GRADS = {
     "other float dtype": (_assigned(lambda a, b, opt, dt: torch.ones(SHAPE, dtype=_other_float(dt))),
-                          RuntimeWarning, r"a torch\.float(64|32) tensor beside a torch\.float(32|64) parameter"),
+                          RuntimeWarning,
+                          r"a torch\.float(64|32) tensor beside a torch\.float(32|64) parameter"),
     "float16": (_assigned(lambda a, b, opt, dt: torch.ones(SHAPE, dtype=torch.float16)),
                 RuntimeWarning, r"a torch\.float16 tensor beside"),
     "bfloat16": (_assigned(lambda a, b, opt, dt: torch.ones(SHAPE, dtype=torch.bfloat16)),
                  RuntimeWarning, r"a torch\.bfloat16 tensor beside"),
-    # torch raises too, but only once it has written the buffer
+    # (torch raises too, but on a warm step only once it has scaled the buffer)
     "complex64": (_assigned(lambda a, b, opt, dt: torch.ones(SHAPE, dtype=torch.complex64)),
                   TypeError, r"its grad has dtype torch\.complex64, which cannot be cast"),
     "int64": (_assigned(lambda a, b, opt, dt: torch.ones(SHAPE, dtype=torch.int64)),
