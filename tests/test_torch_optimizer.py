@@ -6,6 +6,7 @@ import pickle
 import re
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 
 import pytest
@@ -14,7 +15,8 @@ torch = pytest.importorskip("torch")
 
 from momentum.torch import SGD  # noqa: E402
 from torch_helpers import (  # noqa: E402
-    assert_same, flat_params, make_data, make_model, mse, sgd_flag_combinations)
+    assert_same, fallback_warnings, flat_params, make_data, make_model, mse,
+    sgd_flag_combinations)
 
 STEPS = 100
 FLAGS = sgd_flag_combinations(momentum=0.9, dampening=0.1)
@@ -334,47 +336,70 @@ def test_empty_parameter_list_raises_as_torch():
         SGD([], lr=0.1)
 
 
-def _second_param_breaks(param: torch.Tensor, grad: torch.Tensor, error: type, match: str):
-    """A bad second parameter raises naming index 1, and nothing is written."""
-    good = torch.nn.Parameter(torch.ones(4))
-    good.grad = torch.ones(4)
-    param.grad = grad
-    opt = SGD([good, param], lr=0.1, momentum=0.9)
-    with pytest.raises(error, match=match):
-        opt.step()
-    assert torch.equal(good.detach(), torch.ones(4))
-    assert len(opt.state[good]) == 0
+def _second_param_steps_as_torch(make: Callable[[], tuple[torch.Tensor, Callable]],
+                                 reason: str) -> None:
+    """Parameter 1, ``make()``'s (with a function giving its gradient of
+    each step), is one the kernels cannot step: it is stepped with torch's
+    own arithmetic, with one warning that says ``reason``, and it and the
+    kernels' parameter 0 end, with their buffers, bit for bit as under
+    torch.optim.SGD (every value and operation exact in float32)."""
+    runs = []
+    for cls in (SGD, torch.optim.SGD):
+        good = torch.nn.Parameter(torch.ones(4))
+        param, grad = make()
+        opt = cls([good, param], lr=0.5, momentum=0.5)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for step in range(3):
+                good.grad = torch.full((4,), step + 1.0)
+                param.grad = grad(step)
+                opt.step()
+        runs.append(([good, param, *(opt.state[p]["momentum_buffer"] for p in (good, param))],
+                     fallback_warnings(caught)))
+    (ours, said), (theirs, _) = runs
+    assert len(said) == 1 and re.search(reason, said[0]), said
+    for a, b in zip(ours, theirs, strict=True):
+        assert (a.dtype, a.device, a.shape, a.layout) == (b.dtype, b.device, b.shape, b.layout)
+        if a.device.type != "meta":
+            assert torch.equal(a.detach().to_dense(), b.detach().to_dense()), (a, b)
 
 
-def test_float16_param_is_a_type_error():
-    p = torch.nn.Parameter(torch.ones(4, dtype=torch.float16))
-    _second_param_breaks(p, torch.ones(4, dtype=torch.float16), TypeError,
-                         r"parameter 1 .*float16")
+def test_float16_param_is_stepped_with_torchs_arithmetic():
+    _second_param_steps_as_torch(
+        lambda: (torch.nn.Parameter(torch.ones(4, dtype=torch.float16)),
+                 lambda step: torch.full((4,), step / 2, dtype=torch.float16)),
+        r"dtype torch\.float16")
 
 
-def test_grad_dtype_differs_is_a_type_error():
-    p = torch.nn.Parameter(torch.ones(4))
-    p.grad_dtype = None  # else torch itself refuses the float64 grad
-    _second_param_breaks(p, torch.ones(4, dtype=torch.float64), TypeError,
-                         r"parameter 1 .*grad has dtype torch.float64")
+def test_grad_of_another_dtype_is_stepped_with_torchs_arithmetic():
+    def make():
+        p = torch.nn.Parameter(torch.ones(4))
+        p.grad_dtype = None  # else torch itself refuses the float64 grad
+        return p, lambda step: torch.full((4,), step / 2, dtype=torch.float64)
+    _second_param_steps_as_torch(make, r"a torch\.float64 tensor beside a torch\.float32 "
+                                       r"parameter")
 
 
-def test_sparse_grad_is_a_value_error():
-    p = torch.nn.Parameter(torch.ones(4))
-    _second_param_breaks(p, torch.ones(4).to_sparse(), ValueError, r"parameter 1 .*sparse")
+def test_sparse_grad_is_stepped_with_torchs_arithmetic():
+    _second_param_steps_as_torch(
+        lambda: (torch.nn.Parameter(torch.ones(4)),
+                 lambda step: torch.full((4,), step / 2).to_sparse()),
+        r"layout torch\.sparse_coo")
 
 
-def test_meta_device_is_a_value_error():
-    p = torch.nn.Parameter(torch.ones(4, device="meta"))
-    _second_param_breaks(p, torch.ones(4, device="meta"), ValueError,
-                         r"parameter 1 .*device meta")
+def test_meta_device_is_stepped_with_torchs_arithmetic():
+    _second_param_steps_as_torch(
+        lambda: (torch.nn.Parameter(torch.ones(4, device="meta")),
+                 lambda step: torch.ones(4, device="meta")),
+        r"a tensor on device meta")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_cuda_is_a_value_error():
-    p = torch.nn.Parameter(torch.ones(4, device="cuda"))
-    _second_param_breaks(p, torch.ones(4, device="cuda"), ValueError,
-                         r"parameter 1 .*device cuda")
+def test_cuda_is_stepped_with_torchs_arithmetic():
+    _second_param_steps_as_torch(
+        lambda: (torch.nn.Parameter(torch.ones(4, device="cuda")),
+                 lambda step: torch.full((4,), step / 2, device="cuda")),
+        r"a tensor on device cuda")
 
 
 def test_import_momentum_does_not_import_torch():
@@ -621,14 +646,13 @@ RELAID = {
 }
 
 
-@pytest.mark.parametrize("flat", [False, True])
 @pytest.mark.parametrize("which", RELAID)
-def test_tensor_relaid_at_the_same_address_is_refused_not_stepped_stale(flat, which):
+def test_flat_tensor_relaid_at_the_same_address_is_refused_not_stepped_stale(which):
     # ``t.data = t.data.t()`` keeps t's address but not its layout: a cached
-    # view would step the transpose.  The step refuses it, as it refuses any
-    # non-contiguous tensor, and writes nothing.
+    # view would step the transpose.  A flat step refuses it, as it refuses
+    # any non-contiguous tensor, and writes nothing.
     w = torch.nn.Parameter(torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64))
-    opt = SGD([w], lr=0.1, momentum=0.9, flat=flat)
+    opt = SGD([w], lr=0.1, momentum=0.9, flat=True)
     w.grad = torch.tensor([[0.0, 1.0], [0.0, 0.0]], dtype=torch.float64)
     opt.step()
     opt.step()
@@ -638,6 +662,32 @@ def test_tensor_relaid_at_the_same_address_is_refused_not_stepped_stale(flat, wh
         opt.step()
     assert torch.equal(w.detach(), before[0])
     assert torch.equal(opt.state[w]["momentum_buffer"], before[1])
+
+
+@pytest.mark.parametrize("which", RELAID)
+def test_tensor_relaid_at_the_same_address_is_stepped_as_torch_not_stale(which):
+    # Per tensor, the transposed tensor no longer shares its parameter's
+    # layout: it is stepped with torch's arithmetic (warned), as torch.optim.SGD
+    # steps it, not as the memory was laid out at the last step.  Every value
+    # and operation is exact, so the two agree to the bit.
+    runs = []
+    for cls in (SGD, torch.optim.SGD):
+        w = torch.nn.Parameter(torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64))
+        opt = cls([w], lr=0.5, momentum=0.5)
+        w.grad = torch.tensor([[0.0, 1.0], [0.0, 0.0]], dtype=torch.float64)
+        opt.step()
+        opt.step()
+        RELAID[which](w, opt)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            opt.step()
+            opt.step()
+        runs.append((w.detach().clone(), opt.state[w]["momentum_buffer"].clone(),
+                     fallback_warnings(caught)))
+    (w, buf, said), (w_torch, buf_torch, _) = runs
+    assert len(said) == 1 and "of different layouts" in said[0], said
+    assert torch.equal(w, w_torch) and w.stride() == w_torch.stride()
+    assert torch.equal(buf, buf_torch) and buf.stride() == buf_torch.stride()
 
 
 @pytest.mark.parametrize("flat", [False, True])
@@ -731,8 +781,11 @@ def test_constructor_takes_torchs_implementation_switches():
     ours = SGD([p], lr=0.1, momentum=0.9, foreach=True, fused=None)
     theirs = torch.optim.SGD([p], lr=0.1, momentum=0.9, foreach=True, fused=None)
     assert ours.param_groups[0].keys() == theirs.param_groups[0].keys()
-    with pytest.raises(ValueError, match="differentiable=True"):
-        SGD([p], lr=0.1, differentiable=True)
+    # differentiable=True is stepped with torch's arithmetic (see
+    # test_torch_layouts); an arena cannot be differentiated through.
+    assert SGD([p], lr=0.1, differentiable=True).param_groups[0]["differentiable"] is True
+    with pytest.raises(ValueError, match="flat=True cannot be differentiable"):
+        SGD([p], lr=0.1, differentiable=True, flat=True)
     with pytest.raises(RuntimeError, match="cannot be `True` together"):
         SGD([p], lr=0.1, fused=True, foreach=True)
 
@@ -745,24 +798,25 @@ def test_flat_accepts_an_empty_param_group():
     assert torch.allclose(p.detach(), torch.full((3,), 0.9))
 
 
-def _count_full_path_calls(monkeypatch) -> list[int]:
-    """Count the steps that go through foreach.sgd_groups (the full path)."""
-    import momentum.foreach
+def _count_fresh_looks(monkeypatch) -> list[int]:
+    """Count the parameters that steps look at afresh, in Python (a group
+    whose snapshot no longer holds), rather than run from the snapshot."""
+    import momentum.torch
     calls = [0]
-    full_path = momentum.foreach.sgd_groups
+    look = momentum.torch._fallback_reason
 
-    def counted(groups):
+    def counted(*args):
         calls[0] += 1
-        return full_path(groups)
-    monkeypatch.setattr(momentum.foreach, "sgd_groups", counted)
+        return look(*args)
+    monkeypatch.setattr(momentum.torch, "_fallback_reason", counted)
     return calls
 
 
 def test_warm_steps_run_from_the_snapshot_and_match_torch(monkeypatch):
     # After the first steps (which make and adopt the buffers), a training
     # loop's steps -- new gradients from backward, or the same ones -- run
-    # from the addresses the snapshot checked, not through foreach.
-    calls = _count_full_path_calls(monkeypatch)
+    # from the addresses the snapshot checked, without a fresh look.
+    calls = _count_fresh_looks(monkeypatch)
     results = []
     for cls in (SGD, torch.optim.SGD):
         model = make_model(torch.float64)
@@ -771,6 +825,8 @@ def test_warm_steps_run_from_the_snapshot_and_match_torch(monkeypatch):
         opt = cls(groups, lr=0.05, momentum=0.9, weight_decay=1e-3)
         loss = make_loss(model, torch.float64)
         train(model, opt, loss, 2)
+        if cls is SGD:
+            assert calls[0] == 8             # each parameter, at steps 1 and 2
         calls[0] = 0
         train(model, opt, loss, 5)           # new gradients each step
         opt.step()                           # the same gradients again
@@ -821,44 +877,66 @@ def _buffer_of(p, opt):
     return opt.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
 
 
+def _counting(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """0, 1, 2, ... in ``shape``: unlike ones, a gradient whose elements a
+    step must not mix up."""
+    return torch.arange(shape[0] * shape[1], dtype=dtype).view(shape)
+
+
+def _no_memory(dtype: torch.dtype) -> torch.Tensor:
+    """A plain tensor of SHAPE whose storage was freed (resized to 0 bytes,
+    as FSDP frees unsharded parameters): elements, but no memory."""
+    t = torch.ones(SHAPE, dtype=dtype)
+    t.untyped_storage().resize_(0)
+    return t
+
+
 # name: (install a bad gradient on parameter 1 (b), whose group-0 neighbour
-# is a; error type; what the message must say), every bad array of
-# test_bad_input that a torch gradient can be.  A read-only gradient is not
-# bad (it is only read), nor is one sharing memory with another gradient;
-# a gradient on another device or without a strided layout is refused by
-# torch itself on assignment.
+# is a; then either the error type and what its message says, or
+# RuntimeWarning and what the warning says where torch's arithmetic steps
+# it), every bad array of test_bad_input that a torch gradient can be.  A
+# read-only gradient is not bad (it is only read), nor is one sharing memory
+# with another gradient; a gradient on another device or without a strided
+# layout is refused by torch itself on assignment.
 BAD_GRADS = {
     "other float dtype": (_assigned(lambda a, b, opt, dt: torch.ones(SHAPE, dtype=_other_float(dt))),
-                          TypeError, "its grad has dtype"),
+                          RuntimeWarning,
+                          r"a torch\.float(64|32) tensor beside a torch\.float(32|64) parameter"),
     "float16": (_assigned(lambda a, b, opt, dt: torch.ones(SHAPE, dtype=torch.float16)),
-                TypeError, "its grad has dtype torch.float16"),
+                RuntimeWarning, r"a torch\.float16 tensor beside"),
     "bfloat16": (_assigned(lambda a, b, opt, dt: torch.ones(SHAPE, dtype=torch.bfloat16)),
-                 TypeError, "its grad has dtype torch.bfloat16"),
+                 RuntimeWarning, r"a torch\.bfloat16 tensor beside"),
+    # (torch raises too, but on a warm step only once it has scaled the buffer)
     "complex64": (_assigned(lambda a, b, opt, dt: torch.ones(SHAPE, dtype=torch.complex64)),
-                  TypeError, "its grad has dtype torch.complex64"),
+                  TypeError, r"its grad has dtype torch\.complex64, which cannot be cast"),
     "int64": (_assigned(lambda a, b, opt, dt: torch.ones(SHAPE, dtype=torch.int64)),
-              TypeError, "its grad has dtype torch.int64"),
+              RuntimeWarning, r"a torch\.int64 tensor beside"),
     "other shape": (_swapped_in(lambda dt: torch.ones(2, 8, dtype=dt)), ValueError,
                     r"its grad has shape \(2, 8\)"),
     "other size": (_swapped_in(lambda dt: torch.ones(15, dtype=dt)), ValueError,
                    r"its grad has shape \(15,\)"),
-    "transposed": (_assigned(lambda a, b, opt, dt: torch.ones(SHAPE, dtype=dt).t()),
-                   ValueError, "its grad is not contiguous"),
-    "strided": (_assigned(lambda a, b, opt, dt: torch.ones(4, 8, dtype=dt)[:, ::2]),
-                ValueError, "its grad is not contiguous"),
+    "transposed": (_assigned(lambda a, b, opt, dt: _counting(SHAPE, dt).t()),
+                   RuntimeWarning, "a parameter, gradient and buffer of different layouts"),
+    "strided": (_assigned(lambda a, b, opt, dt: _counting((4, 8), dt)[:, ::2]),
+                RuntimeWarning, "a parameter, gradient and buffer of different layouts"),
     "misaligned by a byte": (_assigned(lambda a, b, opt, dt: _ones_at(1, dt)),
-                             ValueError, "grad of parameter 1 .* not aligned"),
+                             RuntimeWarning, "a tensor not aligned to its dtype"),
     "misaligned by half an element": (
         _assigned(lambda a, b, opt, dt: _ones_at(dt.itemsize // 2, dt)),
-        ValueError, "grad of parameter 1 .* not aligned"),
+        RuntimeWarning, "a tensor not aligned to its dtype"),
     "misaligned memory swapped in": (_swapped_in(lambda dt: _ones_at(1, dt)),
-                                     ValueError, "grad of parameter 1 .* not aligned"),
-    "lazily negated": (_assigned(lambda a, b, opt, dt: torch._neg_view(torch.ones(SHAPE, dtype=dt))),
-                       ValueError, "its grad is a lazily negated view"),
+                                     RuntimeWarning, "a tensor not aligned to its dtype"),
+    "lazily negated": (_assigned(lambda a, b, opt, dt: torch._neg_view(_counting(SHAPE, dt))),
+                       RuntimeWarning, "a lazily negated or conjugated view"),
     "sparse": (_assigned(lambda a, b, opt, dt: torch.ones(SHAPE, dtype=dt).to_sparse()),
-               ValueError, "its grad has layout torch.sparse_coo"),
-    "no memory (a wrapper subclass)": (_assigned(lambda a, b, opt, dt: _two_tensor(dt)),
-                                       TypeError, r"its grad \(TwoTensor\) has no memory"),
+               RuntimeWarning, r"a tensor of layout torch\.sparse_coo"),
+    # A wrapper subclass has no memory of its own, but torch steps it (its
+    # inner tensors), and so does torch's arithmetic here.
+    "a wrapper subclass": (_assigned(lambda a, b, opt, dt: _two_tensor(dt)),
+                           RuntimeWarning, r"a tensor subclass \(TwoTensor\)"),
+    # (torch.optim.SGD crashes on it)
+    "no memory": (_assigned(lambda a, b, opt, dt: _no_memory(dt)), TypeError,
+                  "its grad has no memory"),
     "aliases parameter 0": (_assigned(lambda a, b, opt, dt: a.data), ValueError,
                             r"parameter 0 .* and the grad of parameter 1 .* overlap"),
     "overlaps parameter 0 in part": (
@@ -872,12 +950,14 @@ BAD_GRADS = {
                                ValueError, r"momentum_buffer of parameter 1 .* overlap"),
 }
 USES_BUFFERS = ("aliases parameter 0's buffer", "aliases its own buffer")
+STEPPED = [name for name, (_, what, _) in BAD_GRADS.items() if what is RuntimeWarning]
+REFUSED = [name for name in BAD_GRADS if name not in STEPPED]
 
 
-def _bad_grad_cases() -> list:
+def _bad_grad_cases(names: list[str], momenta: tuple[float, float]) -> list:
     return [pytest.param(name, dtype, momentum, id=f"{name}-{str(dtype)[6:]}-momentum={momentum}")
-            for name in BAD_GRADS for dtype in (torch.float32, torch.float64)
-            for momentum in (0.0, 0.9) if momentum or name not in USES_BUFFERS]
+            for name in names for dtype in (torch.float32, torch.float64)
+            for momentum in momenta if momentum or name not in USES_BUFFERS]
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -904,25 +984,33 @@ def _refused(opt: SGD, a, b) -> tuple[type, str]:
     return type(info.value), str(info.value)
 
 
-@pytest.mark.parametrize("bad, dtype, momentum", _bad_grad_cases())
+def _two_groups(cls, dtype: torch.dtype, momentum: float, lrs: tuple[float, float],
+                warm_steps: int, b_dtype: torch.dtype | None = None):
+    """Parameters a (group 0) and b (group 1, of ``b_dtype``, else ``dtype``)
+    of SHAPE under ``cls``, after ``warm_steps`` steps with gradients of
+    ones; a lies in a larger block, so that a gradient can overlap it in part."""
+    block = torch.ones(2 * SHAPE[0] * SHAPE[1], dtype=dtype)
+    a = torch.nn.Parameter(block[:SHAPE[0] * SHAPE[1]].view(SHAPE))
+    b = torch.nn.Parameter(torch.full(SHAPE, 2.0, dtype=b_dtype or dtype))
+    b.grad_dtype = None  # else torch itself refuses a gradient of another dtype
+    opt = cls([{"params": [a]}, {"params": [b], "lr": lrs[1]}], lr=lrs[0], momentum=momentum)
+    for _ in range(warm_steps):
+        a.grad, b.grad = torch.ones(SHAPE, dtype=dtype), torch.ones(SHAPE, dtype=b.dtype)
+        opt.step()
+    a.grad = torch.ones(SHAPE, dtype=dtype)
+    return a, b, opt
+
+
+@pytest.mark.parametrize("bad, dtype, momentum", _bad_grad_cases(REFUSED, (0.0, 0.9)))
 def test_bad_new_grad_is_refused_alike_on_a_first_and_a_warm_step(bad, dtype, momentum):
-    # The first step checks every tensor through the full path; later steps
-    # re-check a new gradient in the snapshot (momentum._torch_keys), which
-    # once let a misaligned one through.  Both must refuse the same way,
-    # and keep refusing on the next step.
+    # The first step looks at every tensor afresh; later steps re-check a
+    # new gradient in the snapshot (momentum._torch_keys), which once let a
+    # misaligned one through.  Both must refuse the same way, and keep
+    # refusing on the next step.
     install, error, match = BAD_GRADS[bad]
     errors = []
     for warm_steps in (0, 3):
-        # Parameter 0 lies in a larger block, so that a gradient can overlap it in part.
-        block = torch.ones(2 * SHAPE[0] * SHAPE[1], dtype=dtype)
-        a = torch.nn.Parameter(block[:SHAPE[0] * SHAPE[1]].view(SHAPE))
-        b = torch.nn.Parameter(torch.full(SHAPE, 2.0, dtype=dtype))
-        b.grad_dtype = None  # else torch itself refuses a gradient of another dtype
-        opt = SGD([{"params": [a]}, {"params": [b], "lr": 0.2}], lr=0.1, momentum=momentum)
-        for _ in range(warm_steps):
-            a.grad, b.grad = torch.ones(SHAPE, dtype=dtype), torch.ones(SHAPE, dtype=dtype)
-            opt.step()
-        a.grad = torch.ones(SHAPE, dtype=dtype)
+        a, b, opt = _two_groups(SGD, dtype, momentum, (0.1, 0.2), warm_steps)
         install(a, b, opt, dtype)
         errors.append(_refused(opt, a, b))
         assert _refused(opt, a, b) == errors[-1], "the next step did not refuse alike"
@@ -930,6 +1018,190 @@ def test_bad_new_grad_is_refused_alike_on_a_first_and_a_warm_step(bad, dtype, mo
     assert first[0] is error and re.search(match, first[1]), first
     assert first[1].startswith("SGD.step(): ") and "parameter 1" in first[1], first
     assert warm == first
+
+
+def _values(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s values as a plain dense tensor (a sparse one densified, a
+    TwoTensor as its first half: torch's arithmetic keeps both halves alike)."""
+    t = t.detach()
+    if type(t).__name__ == "TwoTensor":
+        t = t.a
+    return t.to_dense()
+
+
+@pytest.mark.parametrize("bad, dtype, momentum", _bad_grad_cases(STEPPED, (0.0, 0.5)))
+def test_bad_new_grad_torch_steps_is_stepped_as_torch_on_a_first_and_a_warm_step(
+        bad, dtype, momentum):
+    # What the kernels cannot step in place but torch.optim.SGD steps is
+    # stepped with torch's arithmetic, on a first step as after warm steps
+    # (the snapshot must not take the new gradient for one the kernels can
+    # step), with one warning.  Every value and operation is exact (lr 0.5
+    # and 0.25, momentum 0.5, gradients of small integers), so ours and
+    # torch's agree to the bit, whatever either fuses.
+    install, _, reason = BAD_GRADS[bad]
+    for warm_steps in (0, 3):
+        runs = []
+        for cls in (SGD, torch.optim.SGD):
+            a, b, opt = _two_groups(cls, dtype, momentum, (0.5, 0.25), warm_steps)
+            install(a, b, opt, dtype)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                opt.step()
+            runs.append(([a, b, *(opt.state[p]["momentum_buffer"] for p in (a, b)
+                                  if p in opt.state)], fallback_warnings(caught)))
+        (ours, said), (theirs, _) = runs
+        assert len(said) == 1 and re.search(reason, said[0]), said
+        for mine, torchs in zip(ours, theirs, strict=True):
+            assert (mine.dtype, mine.layout, mine.stride() if mine.layout == torch.strided
+                    else None) == (torchs.dtype, torchs.layout, torchs.stride()
+                                   if torchs.layout == torch.strided else None)
+            assert torch.equal(_values(mine), _values(torchs)), (warm_steps, mine, torchs)
+
+
+# Bad gradients of a float16 parameter, which torch's arithmetic steps: the
+# snapshot compares only which tensors such a parameter has, so each step
+# must check them again.  (name: install, error, message; as BAD_GRADS)
+BAD_GRADS_OF_FLOAT16 = {
+    "other shape": (_swapped_in(lambda dt: torch.ones(2, 8, dtype=torch.float16)), ValueError,
+                    r"its grad has shape \(2, 8\)"),
+    "broadcastable shape": (_swapped_in(lambda dt: torch.ones(4, dtype=torch.float16)),
+                            ValueError, r"its grad has shape \(4,\)"),
+    "no memory": (_assigned(lambda a, b, opt, dt: _no_memory(torch.float16)), TypeError,
+                  "its grad has no memory"),
+    "complex": (_assigned(lambda a, b, opt, dt: torch.ones(SHAPE, dtype=torch.complex64)),
+                TypeError, r"its grad has dtype torch\.complex64, which cannot be cast"),
+    # a is stepped by the kernels, after torch's arithmetic has stepped b
+    "aliases parameter 0": (
+        _assigned(lambda a, b, opt, dt: a.data.view(-1).view(torch.float16)[:16].view(SHAPE)),
+        ValueError, r"parameter 0 .* and the grad of parameter 1 .* overlap in memory"),
+}
+
+
+@pytest.mark.filterwarnings("ignore:momentum.torch.SGD:RuntimeWarning")
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("bad", BAD_GRADS_OF_FLOAT16)
+def test_bad_new_grad_of_a_param_torch_steps_is_refused_alike_on_a_first_and_a_warm_step(
+        bad, momentum):
+    install, error, match = BAD_GRADS_OF_FLOAT16[bad]
+    errors = []
+    for warm_steps in (0, 3):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            a, b, opt = _two_groups(SGD, torch.float32, momentum, (0.1, 0.2), warm_steps,
+                                    torch.float16)
+        assert bool(fallback_warnings(caught)) == bool(warm_steps)  # b: torch's arithmetic
+        install(a, b, opt, None)
+        errors.append(_refused(opt, a, b))
+        assert _refused(opt, a, b) == errors[-1], "the next step did not refuse alike"
+    first, warm = errors
+    assert first[0] is error and re.search(match, first[1]), first
+    assert warm == first
+
+
+@pytest.mark.parametrize("order", ["kernel first", "torch first"])
+def test_kernel_tensor_sharing_memory_with_one_torch_steps_is_refused(order):
+    # b (float32: the kernels) reads a (float16: torch's arithmetic) as its
+    # gradient's memory.  The kernels run after torch's arithmetic, so with b
+    # first they would read a already stepped, where torch.optim.SGD reads it
+    # before: refused, as any overlap of a tensor the kernels step.
+    a = torch.nn.Parameter(torch.ones(8, dtype=torch.float16))
+    b = torch.nn.Parameter(torch.ones(4))
+    a.grad = torch.ones(8, dtype=torch.float16)
+    b.grad = a.data.view(torch.float32)
+    params = [b, a] if order == "kernel first" else [a, b]
+    opt = SGD(params, lr=0.5)
+    names = ["the grad of parameter 0 (param_groups[0]['params'][0]) and parameter 1 "
+             "(param_groups[0]['params'][1])",
+             "parameter 0 (param_groups[0]['params'][0]) and the grad of parameter 1 "
+             "(param_groups[0]['params'][1])"]
+    with pytest.warns(RuntimeWarning, match="dtype torch.float16"):
+        with pytest.raises(ValueError, match=re.escape(
+                f"SGD.step(): {names[order == 'torch first']} overlap in memory")):
+            opt.step()
+    assert torch.equal(a.detach(), torch.ones(8, dtype=torch.float16))
+    assert torch.equal(b.detach(), torch.ones(4))
+
+
+def test_slices_sharing_no_byte_with_a_kernel_tensor_are_stepped_as_torch():
+    # Columns 0-1 of a block (a slice: torch's arithmetic) and row 1's
+    # columns 2-3 (dense: the kernels) lie within each other's span but share
+    # no byte: stepped, as torch.optim.SGD steps them.  So are two tensors
+    # that torch's arithmetic steps sharing memory: it steps them in torch's
+    # order, to torch's result.
+    runs = []
+    for cls in (SGD, torch.optim.SGD):
+        block = torch.arange(16.0).view(4, 4)
+        a = torch.nn.Parameter(block[:, :2])
+        b = torch.nn.Parameter(block[1, 2:])
+        c = torch.nn.Parameter(torch.arange(4.0, dtype=torch.float16))
+        a.grad, b.grad, c.grad = torch.ones(4, 2), torch.ones(2), c.data  # c's grad is c
+        opt = cls([a, b, c], lr=0.5, momentum=0.5)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(3):
+                opt.step()
+        runs.append(([block.clone(), c.detach().clone()], fallback_warnings(caught)))
+    (ours, said), (theirs, _) = runs
+    assert len(said) == 2, said  # a slice; a float16 parameter
+    assert all(torch.equal(x, y) for x, y in zip(ours, theirs, strict=True))
+
+
+def test_integer_buffer_torch_makes_is_refused_before_anything_is_written():
+    # An integer gradient (torch allows one when grad_dtype is None) is
+    # stepped with torch's arithmetic, whose first step makes the buffer its
+    # integer copy; the next step would multiply it by the momentum in place,
+    # which torch.optim.SGD refuses with a RuntimeError once it has stepped
+    # the parameters before it.  Ours refuses it before anything is written.
+    theirs = []
+    for cls in (SGD, torch.optim.SGD):
+        a, b = torch.nn.Parameter(torch.ones(4)), torch.nn.Parameter(torch.ones(4))
+        b.grad_dtype = None
+        opt = cls([a, b], lr=0.5, momentum=0.5)
+        a.grad, b.grad = torch.ones(4), torch.ones(4, dtype=torch.int64)
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            opt.step()
+        assert opt.state[b]["momentum_buffer"].dtype == torch.int64
+        if cls is torch.optim.SGD:
+            with pytest.raises(RuntimeError, match="can't be cast"):
+                opt.step()
+            assert torch.equal(a.detach(), torch.full((4,), -0.25))  # written
+        else:
+            with pytest.raises(TypeError, match=re.escape(
+                    "SGD.step(): parameter 1 (param_groups[0]['params'][1]): its "
+                    "momentum_buffer has dtype torch.int64; a momentum buffer must be "
+                    "floating point or complex")):
+                opt.step()
+            assert torch.equal(a.detach(), torch.full((4,), 0.5))   # as after step 1
+            assert torch.equal(b.detach(), torch.full((4,), 0.5))
+
+
+@pytest.mark.parametrize("hooked", [False, True])
+def test_fallback_warning_points_at_the_call_of_step(hooked):
+    p = torch.nn.Parameter(torch.ones(4, dtype=torch.float16))
+    opt = SGD([p], lr=0.5)
+    if hooked:  # steps then take torch's profiled, hooked path
+        opt.register_step_pre_hook(lambda *args: None)
+    p.grad = torch.ones(4, dtype=torch.float16)
+    with pytest.warns(RuntimeWarning, match="dtype torch.float16") as record:
+        opt.step()
+    assert [w.filename for w in record] == [__file__]
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_empty_parameter_steps_as_torch(momentum):
+    # An empty tensor's memory may be NULL: its buffer, once made, must not
+    # be taken for a missing one.
+    runs = []
+    for cls in (SGD, torch.optim.SGD):
+        empty, full = torch.nn.Parameter(torch.ones(0)), torch.nn.Parameter(torch.ones(3))
+        opt = cls([empty, full], lr=0.5, momentum=momentum)
+        for step in range(3):
+            empty.grad, full.grad = torch.ones(0), torch.full((3,), step + 1.0)
+            opt.step()
+        runs.append((full.detach().clone(), empty in opt.state))
+    assert runs[0][0].shape == (3,) and torch.equal(runs[0][0], runs[1][0])
+    assert runs[0][1] == runs[1][1]
 
 
 def _as_complex64(t):
@@ -954,11 +1226,13 @@ REVIEWED = {
 WHICH = ["param", "grad", "buffer"]
 
 
-def _warm(flat: bool) -> tuple[torch.nn.Parameter, SGD]:
+def _warm(cls=SGD, **extra) -> tuple[torch.nn.Parameter, torch.optim.Optimizer]:
+    """A float64 parameter after 3 steps of ``cls`` (exact values: lr and
+    momentum 0.5, gradients of ones)."""
     w = torch.nn.Parameter(torch.arange(4.0, dtype=torch.float64))
-    opt = SGD([w], lr=0.1, momentum=0.9, flat=flat)
+    opt = cls([w], lr=0.5, momentum=0.5, **extra)
     for _ in range(3):
-        if w.grad is None or not flat:
+        if w.grad is None or not extra.get("flat"):
             w.grad = torch.ones(4, dtype=torch.float64)
         opt.step()
     return w, opt
@@ -968,38 +1242,63 @@ def _tensors(w: torch.nn.Parameter, opt: SGD) -> dict[str, torch.Tensor]:
     return {"param": w, "grad": w.grad, "buffer": opt.state[w]["momentum_buffer"]}
 
 
-@pytest.mark.parametrize("flat", [False, True])
-@pytest.mark.parametrize("which", WHICH)
+def _refused_writing_nothing(w, opt, error: type, match: str) -> None:
+    kept = {name: t.detach().clone() for name, t in _tensors(w, opt).items()}
+    for _ in range(2):  # and the next step refuses alike
+        with pytest.raises(error, match=match):
+            opt.step()
+        for name, t in _tensors(w, opt).items():
+            assert torch.equal(t.detach(), kept[name]), name
+
+
+# A per-tensor parameter of another dtype is stepped (test_param_viewed_as_...).
+@pytest.mark.parametrize("flat, which", [(flat, which) for flat in (False, True)
+                                         for which in WHICH if flat or which != "param"])
 @pytest.mark.parametrize("how", REVIEWED)
 def test_tensor_viewed_as_another_dtype_at_the_same_address_is_refused(flat, which, how):
     # Between steps a tensor may come to lie at its old address with another
     # dtype: the step refuses it, writing nothing, rather than read the
-    # memory as the old dtype.
+    # memory as the old dtype.  (Per tensor: a complex grad or buffer of a
+    # real parameter, which torch's arithmetic cannot step either.)
     relay, match = REVIEWED[how]
-    w, opt = _warm(flat)
+    w, opt = _warm(flat=flat)
     relay(_tensors(w, opt)[which])
-    kept = {name: t.detach().clone() for name, t in _tensors(w, opt).items()}
-    with pytest.raises(TypeError, match=match):
-        opt.step()
-    for name, t in _tensors(w, opt).items():
-        assert torch.equal(t.detach(), kept[name]), name
+    _refused_writing_nothing(w, opt, TypeError, match)
+
+
+@pytest.mark.parametrize("how", REVIEWED)
+def test_param_viewed_as_another_dtype_at_the_same_address_is_stepped_as_torch(how):
+    # A complex64 parameter with float64 grad and buffer: torch.optim.SGD
+    # steps it (complex = real + real), and so does torch's arithmetic here,
+    # warned, rather than the kernels reading the memory as float64.
+    runs = []
+    for cls in (SGD, torch.optim.SGD):
+        w, opt = _warm(cls)
+        REVIEWED[how][0](w)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            opt.step()
+        runs.append(({name: t.detach().clone() for name, t in _tensors(w, opt).items()},
+                     fallback_warnings(caught)))
+    (ours, said), (theirs, _) = runs
+    assert len(said) == 1 and "a torch.float64 tensor beside a torch.complex64 parameter" \
+        in said[0], said
+    for name in WHICH:
+        assert ours[name].dtype == theirs[name].dtype and torch.equal(ours[name], theirs[name])
 
 
 @pytest.mark.parametrize("flat", [False, True])
 @pytest.mark.parametrize("which", WHICH)
-def test_tensor_viewed_as_another_shape_in_place_is_stepped_as_its_memory_lies(flat, which):
-    # A contiguous view of the same memory with the same length (the shape is
-    # not checked each step, see Snapshot.moved): stepped element for
-    # element, as the same tensors not re-viewed are.
-    results = []
-    for relay in (lambda t: None, _as_other_shape):
-        w, opt = _warm(flat)
-        relay(_tensors(w, opt)[which])
-        opt.step()
-        results.append({name: t.detach().reshape(-1).clone()
-                        for name, t in _tensors(w, opt).items()})
-    for name in WHICH:
-        assert torch.equal(results[0][name], results[1][name]), name
+def test_tensor_viewed_as_another_shape_in_place_is_refused(flat, which):
+    # A view of the same memory with the same length and another shape: a
+    # grad or buffer whose shape differs from its parameter's, refused before
+    # anything is written.  (torch.optim.SGD steps a parameter so re-viewed,
+    # broadcasting its gradient into it, and raises for a grad or buffer so
+    # re-viewed only once it has written the buffer.)
+    w, opt = _warm(flat=flat)
+    _as_other_shape(_tensors(w, opt)[which])
+    _refused_writing_nothing(w, opt, ValueError, r"has shape \((1, )?4,?\) but the "
+                                                 r"parameter has shape \((1, )?4,?\)")
 
 
 def test_nesterov_is_ignored_when_momentum_is_set_to_zero_later():
@@ -1030,31 +1329,45 @@ class _Plain(torch.Tensor):
     """A tensor subclass with nothing changed."""
 
 
-def test_tensor_subclasses_take_the_full_path_every_step(monkeypatch):
+def test_tensor_subclass_grads_are_stepped_with_torchs_arithmetic_every_step():
     # A subclass's answers (dtype, address...) may come from Python code, so
-    # its tensors never run from a snapshot: every step takes the full path,
-    # which reads their memory through NumPy.
-    calls = _count_full_path_calls(monkeypatch)
-    results = []
+    # the kernels never step its tensors: every step, new subclass gradient
+    # or not, is torch's own arithmetic, as torch.optim.SGD's, to the bit.
+    runs = []
     for cls in (SGD, torch.optim.SGD):
         p = torch.nn.Parameter(torch.ones(4))
         opt = cls([p], lr=0.5, momentum=0.9)
-        for step in range(4):
-            p.grad = torch.full((4,), step + 1.0).as_subclass(_Plain)
-            opt.step()
-        results.append(p.detach().clone())
-    assert calls[0] == 4
-    torch.testing.assert_close(*results, rtol=1e-6, atol=0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for step in range(4):
+                p.grad = torch.full((4,), step + 1.0).as_subclass(_Plain)
+                opt.step()
+        runs.append((p.detach().clone(), opt.state[p]["momentum_buffer"].clone(),
+                     fallback_warnings(caught)))
+    (p, buf, said), (p_torch, buf_torch, _) = runs
+    assert said == ["momentum.torch.SGD: a tensor subclass (_Plain): stepped with "
+                    "PyTorch's own SGD arithmetic, not the kernels"]
+    assert torch.equal(p, p_torch) and torch.equal(buf, buf_torch)
 
 
-def test_subclass_that_misreports_its_dtype_is_refused_not_misread():
+def test_subclass_that_misreports_its_dtype_is_stepped_by_torch_not_misread():
     # float32 memory that says float64: reading it as float64 would run past
-    # its end.  The step refuses the mismatch it sees, writing nothing.
-    p = _Reports64(torch.ones(4))
-    opt = SGD([p], lr=0.5, momentum=0.9)
-    p.grad = _Reports64(torch.ones(4), requires_grad=False)
-    with pytest.raises(TypeError, match="momentum_buffer has dtype torch.float32 but "
-                                        "the parameter has dtype torch.float64"):
-        opt.step()
-    assert torch.equal(p.detach().as_subclass(torch.Tensor), torch.ones(4))
-    assert not opt.state
+    # its end.  The kernels never see it; torch's arithmetic steps it as
+    # torch.optim.SGD does.
+    runs = []
+    for cls in (SGD, torch.optim.SGD):
+        p = _Reports64(torch.ones(4))
+        opt = cls([p], lr=0.5, momentum=0.9)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for step in range(3):
+                p.grad = _Reports64(torch.full((4,), step + 1.0), requires_grad=False)
+                opt.step()
+        with torch._C.DisableTorchFunctionSubclass():
+            runs.append((p.detach().clone(), opt.state[p]["momentum_buffer"].clone(),
+                         fallback_warnings(caught)))
+    (p, buf, said), (p_torch, buf_torch, _) = runs
+    assert len(said) == 1 and "a tensor subclass (_Reports64)" in said[0], said
+    assert p.dtype == buf.dtype == torch.float32
+    assert torch.equal(p, p_torch) and torch.equal(buf, buf_torch)
+    assert not torch.equal(p, torch.ones(4))

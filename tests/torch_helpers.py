@@ -45,3 +45,26 @@ def assert_same(ours: torch.Tensor, theirs: torch.Tensor, rtol: float) -> None:
     error is meaningless for weights that pass through zero)."""
     err = (ours - theirs).abs().max().item() / theirs.abs().max().item()
     assert err <= rtol, f"relative difference {err:.3g} > {rtol:g}"
+
+
+def assert_within_ulps(ours: torch.Tensor, theirs: torch.Tensor, ulps: float) -> None:
+    """``|ours - theirs| <= ulps * eps * max|theirs|`` everywhere (complex
+    tensors as their real views): test_torch_parity's bound for a step that
+    PyTorch computes with fused multiply-adds where we round twice."""
+    if theirs.is_complex():
+        ours, theirs = torch.view_as_real(ours), torch.view_as_real(theirs)
+    scale = theirs.abs().max().item()
+    if scale == 0:
+        assert torch.equal(ours, theirs)
+        return
+    worst = (ours.double() - theirs.double()).abs().max().item()
+    eps = torch.finfo(theirs.dtype).eps
+    assert worst <= ulps * eps * scale, f"{worst / (eps * scale):.3g} eps * scale > {ulps}"
+
+
+def fallback_warnings(caught) -> list[str]:
+    """The messages of momentum.torch.SGD's warnings that torch's own
+    arithmetic stepped some tensors, among the warnings ``caught``."""
+    return [str(w.message) for w in caught
+            if issubclass(w.category, RuntimeWarning)
+            and str(w.message).startswith("momentum.torch.SGD: ")]

@@ -14,4 +14,4 @@ cdef class Batch:
     cdef int add(self, const RuleSpec* rule, Place* places, object names,
                  str func) except -1
     cdef bint overlap(self, Py_ssize_t* pair) except -1
-    cdef int run(self) except -1
+    cpdef int run(self) except -1

@@ -67,7 +67,7 @@ cdef class Batch:
         pair[0], pair[1], pair[2], pair[3] = s.index, s.role, t.index, t.role
         return True
 
-    cdef int run(self) except -1:
+    cpdef int run(self) except -1:
         """Run every task, after overlap() has said False."""
         run_checked(self.tasks, self.ntasks, self.total)
         return 0

@@ -33,9 +33,11 @@ from momentum._kernels cimport momentum_task
 from momentum._tensor_facts cimport Fact
 from momentum.rules import RULES
 
-# The rule a step runs, and where its momentum sits among the hyperparameters.
+# The rule a step runs, and where its momentum and first_step sit among the
+# hyperparameters.
 cdef int SGD = list(RULES).index("sgd")
 cdef int SGD_MOMENTUM = [h.name for h in RULES["sgd"].hypers].index("momentum")
+cdef int SGD_FIRST_STEP = [h.name for h in RULES["sgd"].hypers].index("first_step")
 
 cdef extern from "Python.h":
     PyObject* PyDict_GetItemWithError(object, object) except? NULL
@@ -99,56 +101,58 @@ HOLDS = 0    # everything as snapshot: the cached batch is current
 GRADS = 1    # only gradients differ (other tensors or other memory)
 CHANGED = 2  # a parameter, its memory, a state entry or a buffer differs
 
-# A parameter's dtype, as its code in momentum.rules.DTYPES, or NOT_KERNEL_DTYPE.
-cdef enum:
-    NOT_KERNEL_DTYPE = 255
-cdef enum:
-    DTYPE_FLOAT32 = 0
-    DTYPE_FLOAT64 = 1
-
 cdef object MOMENTUM_BUFFER = "momentum_buffer"
 cdef str STEP = "SGD.step"
 
 # What the checks ask of torch, set once by know_torch().
-cdef Fact DATA_PTR, NUMEL, IS_CONTIGUOUS, IS_NEG, GRAD, DTYPE, SHAPE, IS_CPU, LAYOUT
-cdef object STRIDED, FLOAT32, FLOAT64
+cdef Fact DATA_PTR, NUMEL, IS_CONTIGUOUS, IS_NEG, IS_CONJ, GRAD, DTYPE, SHAPE, STRIDE
+cdef Fact IS_CPU, LAYOUT
+cdef object STRIDED
 cdef object PLAIN_TENSOR, PLAIN_PARAMETER, PLAIN_BUFFER
+# torch dtype -> (kernel dtype code, reals per tensor element, bytes per
+# real): a complex tensor is stepped as its real view, two reals an element.
+cdef dict KERNEL_DTYPES = {}
 
 
-def know_torch(tensor_type, strided, float32, float64, plain_types):
-    """Tell this module torch's tensor type, strided layout, the dtypes of
-    the kernels' float32 and float64, and the three tensor types (Tensor,
-    Parameter, Buffer) whose answers no Python code can change (it does not
-    import torch itself)."""
-    global DATA_PTR, NUMEL, IS_CONTIGUOUS, IS_NEG, GRAD, DTYPE, SHAPE, IS_CPU, LAYOUT
-    global STRIDED, FLOAT32, FLOAT64, PLAIN_TENSOR, PLAIN_PARAMETER, PLAIN_BUFFER
-    DATA_PTR, NUMEL, IS_CONTIGUOUS, IS_NEG, GRAD, DTYPE, SHAPE, IS_CPU, LAYOUT = (
-        Fact(getattr(tensor_type, name)) for name in
-        ("data_ptr", "numel", "is_contiguous", "is_neg", "grad", "dtype", "shape",
-         "is_cpu", "layout"))
-    STRIDED, FLOAT32, FLOAT64 = strided, float32, float64
+def know_torch(tensor_type, strided, kernel_dtypes, plain_types):
+    """Tell this module torch's tensor type, strided layout, the dtypes the
+    kernels step (torch dtype -> (code in momentum.rules.DTYPES, reals per
+    element, bytes per real)), and the three tensor types (Tensor, Parameter, Buffer) whose
+    answers no Python code can change (it does not import torch itself)."""
+    global DATA_PTR, NUMEL, IS_CONTIGUOUS, IS_NEG, IS_CONJ, GRAD, DTYPE, SHAPE, STRIDE
+    global IS_CPU, LAYOUT, STRIDED, PLAIN_TENSOR, PLAIN_PARAMETER, PLAIN_BUFFER
+    DATA_PTR, NUMEL, IS_CONTIGUOUS, IS_NEG, IS_CONJ, GRAD, DTYPE, SHAPE, STRIDE, IS_CPU, \
+        LAYOUT = (Fact(getattr(tensor_type, name)) for name in
+                  ("data_ptr", "numel", "is_contiguous", "is_neg", "is_conj", "grad", "dtype",
+                   "shape", "stride", "is_cpu", "layout"))
+    STRIDED = strided
+    KERNEL_DTYPES.clear()
+    KERNEL_DTYPES.update(kernel_dtypes)
     PLAIN_TENSOR, PLAIN_PARAMETER, PLAIN_BUFFER = plain_types
 
 
 cdef inline bint plain(object tensor):
     """``tensor`` is exactly a Tensor, Parameter or Buffer: no subclass whose
     ``__torch_function__`` or Python attributes could answer the checks with
-    something other than what lies in memory (a subclass's tensors always
-    take the optimizer's full path, which reads them through NumPy)."""
+    something other than what lies in memory."""
     cdef object kind = type(tensor)
     return kind is PLAIN_TENSOR or kind is PLAIN_PARAMETER or kind is PLAIN_BUFFER
 
 
 cdef class Snapshot:
-    """The tensors one param group's batch was built from, and where they lie.
+    """The tensors one param group was last stepped with, and where the
+    kernels' ones lie.
 
-    ``Snapshot(params, state, uses_state)`` records, for every
-    parameter ``p`` of ``params``: ``p`` itself and its place, ``p.grad`` and
-    its place, and when ``uses_state`` the per-parameter dict
-    ``state.get(p)``, its ``"momentum_buffer"`` and that buffer's place.  A
-    tensor's place is its address and element count; each step a tensor
-    must still lie there, contiguous and with its parameter's dtype (see
-    moved()).  Call know_torch() first.
+    ``Snapshot(params, state, uses_state, kernel)`` records, for every
+    parameter ``p`` of ``params``: ``p`` itself, ``p.grad``, and when
+    ``uses_state`` the per-parameter dict ``state.get(p)`` and its
+    ``"momentum_buffer"``.  For a parameter the kernels step (``kernel[i]``
+    true: the optimizer has found its tensors plain, on the CPU, of a kernel
+    dtype and of one dense layout) it also records each tensor's place:
+    address, element count, dtype, shape and layout (contiguous, or the
+    parameter's strides); each step a tensor must still lie so (moved()).
+    The other parameters are the optimizer's to step with torch's own
+    arithmetic: only their identities are compared.  Call know_torch() first.
 
     While ``state``'s dict version (see momentum_dict_version) is
     unchanged, every parameter still maps to the same per-parameter dict,
@@ -157,71 +161,77 @@ cdef class Snapshot:
     does.
     """
 
-    cdef list params, grads, entries, bufs, dtypes, shapes
+    cdef list params, grads, entries, bufs, dtypes, shapes, strides
     cdef object state
     cdef bint uses_state, valid, grads_forgotten
     cdef bint versioned         # state_version is state's dict version
     cdef uint64_t state_version
-    cdef bytearray active   # per parameter: it had a gradient at the snapshot
-    cdef bytearray kinds    # per parameter: its DType, or NOT_KERNEL_DTYPE
-    cdef Py_ssize_t nactive
-    # Every active parameter has a kernel dtype and, if the group uses
-    # state, a buffer: run_groups() can step it without the first-step path.
-    cdef bint ready
+    cdef bytes kernel       # per parameter: the kernels step it
+    cdef bytearray had_grad  # per parameter: it had a gradient at the snapshot
+    cdef bytearray active   # per parameter: the kernels step it, and it had a gradient
+    cdef bytearray kinds    # per kernel parameter: its kernel dtype code
+    cdef bytearray reals    # per kernel parameter: reals per element (2: complex)
+    cdef bytearray itemsize  # per kernel parameter: bytes per real
+    cdef Py_ssize_t nactive  # kernel parameters with a gradient
     # Per parameter, the places of the parameter, its grad and its buffer:
-    # address then element count; (0, 0) for a missing tensor.
+    # address then element count (of reals); (0, 0) for a missing tensor.
     cdef uintptr_t* places
     cdef Py_ssize_t n
 
-    def __cinit__(self, object params, object state, bint uses_state):
+    def __cinit__(self, object params, object state, bint uses_state, bytes kernel):
         self.params = list(params)
         self.n = PyList_GET_SIZE(self.params)
+        if len(kernel) != self.n:
+            raise ValueError("one kernel flag per parameter")
         self.places = <uintptr_t*>PyMem_Malloc(6 * max(self.n, 1) * sizeof(uintptr_t))
         if self.places == NULL:
             raise MemoryError()
         if DATA_PTR is None:
             raise RuntimeError("call know_torch() first")
-        self.state, self.uses_state = state, uses_state
-        self.grads, self.entries, self.bufs, self.dtypes, self.shapes = [], [], [], [], []
+        self.state, self.uses_state, self.kernel = state, uses_state, kernel
+        self.grads, self.entries, self.bufs = [], [], []
+        self.dtypes, self.shapes, self.strides = [], [], []
+        self.had_grad = bytearray(self.n)
         self.active = bytearray(self.n)
         self.kinds = bytearray(self.n)
-        self.ready = True
+        self.reals = bytearray(self.n)
+        self.itemsize = bytearray(self.n)
         cdef Py_ssize_t i
         cdef PyObject* entry
+        if uses_state and not isinstance(state, dict):
+            raise TypeError("state is not a dict")
+        if uses_state:
+            self.versioned = momentum_watch_dict(state)
+            self.state_version = momentum_dict_version(state)
         try:
-            if uses_state and not isinstance(state, dict):
-                raise TypeError("state is not a dict")
-            if uses_state:
-                self.versioned = momentum_watch_dict(state)
-                self.state_version = momentum_dict_version(state)
             for i in range(self.n):
                 p = self.params[i]
                 g = GRAD.of(p)
                 entry = PyDict_GetItemWithError(state, p) if uses_state else NULL
                 b = None if entry == NULL else (<object>entry).get(MOMENTUM_BUFFER)
-                if not (plain(p) and (g is None or plain(g)) and (b is None or plain(b))):
-                    raise TypeError("a tensor subclass")
                 self.grads.append(g)
-                self.active[i] = g is not None
+                self.had_grad[i] = g is not None
+                self.active[i] = g is not None and self.kernel[i]
                 self.entries.append(None if entry == NULL else <object>entry)
                 self.bufs.append(b)
                 self.dtypes.append(DTYPE.of(p))
                 self.shapes.append(SHAPE.of(p))
-                self.kinds[i] = (DTYPE_FLOAT32 if self.dtypes[i] is FLOAT32 else
-                                 DTYPE_FLOAT64 if self.dtypes[i] is FLOAT64 else
-                                 NOT_KERNEL_DTYPE)
-                if g is not None:
-                    self.nactive += 1
-                    self.ready &= (self.kinds[i] != NOT_KERNEL_DTYPE
-                                   and (b is not None or not uses_state))
+                self.strides.append(None)
+                if not self.kernel[i]:
+                    self.places[6 * i + 1] = 0
+                    continue
+                if IS_CONTIGUOUS.of(p) is not True:
+                    self.strides[i] = STRIDE.of(p)
+                self.kinds[i], self.reals[i], self.itemsize[i] = KERNEL_DTYPES[self.dtypes[i]]
+                self.nactive += self.active[i]
                 self.record(p, 6 * i)
                 self.record(g, 6 * i + 2)
                 self.record(b, 6 * i + 4)
             self.valid = True
         except Exception:
-            # A tensor subclass, or a tensor without memory (sparse, meta):
-            # never holds, so every step takes the full path, which steps
-            # the subclass through NumPy or reports the tensor.
+            # A tensor the optimizer found fit that lies otherwise now
+            # (another thread, a __torch_function__): never holds, so every
+            # step looks at the tensors afresh.
             self.valid = False
 
     def __dealloc__(self):
@@ -230,9 +240,8 @@ cdef class Snapshot:
     cdef int record(self, object tensor, Py_ssize_t k) except -1:
         """Store ``tensor``'s place at ``places[k:k + 2]`` (it belongs to
         parameter ``k // 6``); ValueError if it has elements but no memory
-        behind them (a meta or fake tensor), or if its address is not a
-        multiple of its parameter's kernel dtype's size (the kernels and the
-        single-array checks need that: the full path then words the error)."""
+        behind them (a meta or fake tensor), or is not aligned to its real
+        dtype (the optimizer then steps it with torch's arithmetic)."""
         if tensor is None:
             self.places[k] = self.places[k + 1] = 0
             return 0
@@ -240,51 +249,68 @@ cdef class Snapshot:
         cdef uintptr_t length = <uintptr_t>PyLong_AsSsize_t(NUMEL.of(tensor))
         if address == 0 and length != 0:
             raise ValueError("a tensor with no memory")
-        cdef unsigned char kind = self.kinds[k // 6]
-        if address % (8 if kind == DTYPE_FLOAT64 else 4 if kind == DTYPE_FLOAT32 else 1):
+        if address % self.itemsize[k // 6]:
             raise ValueError("a misaligned tensor")
         self.places[k] = address
-        self.places[k + 1] = length
+        self.places[k + 1] = length * self.reals[k // 6]
         return 0
 
+    cdef bint laid_out(self, object tensor, Py_ssize_t i) except -1:
+        """``tensor`` has kernel parameter ``i``'s dtype, shape and layout
+        (contiguous, or the parameter's strides), on the CPU, strided, and
+        its memory holds its values (not a lazily negated or conjugated view)."""
+        cdef object strides = <object>PyList_GET_ITEM(self.strides, i)
+        return (plain(tensor)
+                and DTYPE.of(tensor) is <object>PyList_GET_ITEM(self.dtypes, i)
+                and SHAPE.of(tensor) == <object>PyList_GET_ITEM(self.shapes, i)
+                and (IS_CONTIGUOUS.of(tensor) is True if strides is None
+                     else STRIDE.of(tensor) == strides)
+                and IS_CPU.of(tensor) is True
+                and LAYOUT.of(tensor) is STRIDED
+                and IS_NEG.of(tensor) is False
+                and IS_CONJ.of(tensor) is False)
+
     cdef bint moved(self, object tensor, Py_ssize_t i, Py_ssize_t k) except -1:
-        """``tensor`` (not None; parameter ``i`` or its grad or buffer) no
-        longer lies at the place ``places[k:k + 2]`` with parameter ``i``'s
-        dtype, or is no longer contiguous.
+        """``tensor`` (not None; kernel parameter ``i`` or its grad or
+        buffer) no longer lies at the place ``places[k:k + 2]`` as
+        laid_out() says.
 
         The address alone is not enough: ``t.data = ...`` can put other
         memory (freed and reused) or another view of the same memory
         (``t.data.t()``, ``t.data[:k]``, ``t.data.view(torch.int64)``) at
-        the same address.  The shape is not compared (a Python call as
-        dear as all the others): a tensor re-viewed in place to another
-        shape of the same length is stepped as its memory lies, element
-        for element, where torch.optim.SGD would refuse the shapes.  Nor is
-        the negative bit: only torch's private ``torch._neg_view`` can lay
-        a lazily negated view at a tensor's own address.
-        """
-        return (not plain(tensor)
-                or <uintptr_t>PyLong_AsVoidPtr(DATA_PTR.of(tensor)) != self.places[k]
-                or <uintptr_t>PyLong_AsSsize_t(NUMEL.of(tensor)) != self.places[k + 1]
-                or DTYPE.of(tensor) is not <object>PyList_GET_ITEM(self.dtypes, i)
-                or IS_CONTIGUOUS.of(tensor) is not True)
+        the same address."""
+        return (<uintptr_t>PyLong_AsVoidPtr(DATA_PTR.of(tensor)) != self.places[k]
+                or <uintptr_t>PyLong_AsSsize_t(NUMEL.of(tensor)) * self.reals[i]
+                != self.places[k + 1]
+                or not self.laid_out(tensor, i))
 
     cdef bint take_grad(self, object g, Py_ssize_t i) except -1:
-        """Record ``g``, parameter ``i``'s new gradient, as the snapshot's,
-        if it is a plain contiguous CPU tensor of the parameter's dtype and
-        shape whose memory holds its values (not lazily negated); else
-        False, or ValueError for one with no memory or misaligned (see
-        record(); nothing recorded)."""
-        if (not plain(g)
-                or IS_CPU.of(g) is not True
-                or LAYOUT.of(g) is not STRIDED
-                or DTYPE.of(g) is not <object>PyList_GET_ITEM(self.dtypes, i)
-                or SHAPE.of(g) != <object>PyList_GET_ITEM(self.shapes, i)
-                or IS_CONTIGUOUS.of(g) is not True
-                or IS_NEG.of(g) is not False):
+        """Record ``g``, kernel parameter ``i``'s new gradient, as the
+        snapshot's if it is laid out as the parameter (laid_out()); else
+        False, or ValueError as record() (nothing recorded)."""
+        if not self.laid_out(g, i):
             return False
-        self.record(g, 6 * i + 2)   # raises for a tensor with no memory or misaligned
+        self.record(g, 6 * i + 2)
         self.grads[i] = g
         return True
+
+    def touching(self, size_t lo, size_t hi):
+        """``(i, array, start, end)`` for every tensor the kernels step
+        (``array`` 0, 1, 2: kernel parameter ``i``, its grad, its buffer; a
+        parameter with a gradient) whose bytes ``[start, end)`` share one with
+        ``[lo, hi)``, as recorded by the last check()."""
+        cdef list found = []
+        cdef Py_ssize_t i, a
+        cdef size_t start, end
+        for i in range(self.n):
+            if not self.active[i]:
+                continue
+            for a in range(3):
+                start = self.places[6 * i + 2 * a]
+                end = start + self.places[6 * i + 2 * a + 1] * self.itemsize[i]
+                if start < end and start < hi and lo < end:
+                    found.append((i, a, start, end))
+        return found
 
     def forget_grads(self):
         """Let go of the gradients (``zero_grad(set_to_none=True)`` freed
@@ -295,12 +321,13 @@ cdef class Snapshot:
     def check(self, object params, object state, bint uses_state,
               bint take_grads=False) -> int:
         """HOLDS if ``params`` and ``state`` show exactly the snapshot's
-        tensors at the snapshot's places, GRADS if only gradients differ,
-        else CHANGED (also when a parameter gained or lost its gradient).
+        tensors (and the kernel ones at the snapshot's places), GRADS if
+        only gradients differ, else CHANGED (also when a parameter gained
+        or lost its gradient).
 
         With ``take_grads``, a GRADS answer means the snapshot now records
-        the new gradients: every one checked (as take_grad() does; else
-        CHANGED) and its place recorded, whatever the caller then runs.
+        the new gradients: every kernel one checked (as take_grad() does;
+        else CHANGED) and its place recorded, whatever the caller then runs.
         After CHANGED the snapshot is spent: every later check says CHANGED.
         """
         cdef int found = self.compare(params, state, uses_state, take_grads)
@@ -321,11 +348,14 @@ cdef class Snapshot:
         cdef PyObject* entry
         cdef PyObject* buf
         cdef object p, g
+        cdef bint kernel
         cdef int found = GRADS if self.grads_forgotten else HOLDS
         try:
             for i in range(self.n):
+                kernel = self.kernel[i]
                 p = <object>PyList_GET_ITEM(params, i)
-                if p is not <object>PyList_GET_ITEM(self.params, i) or self.moved(p, i, 6 * i):
+                if p is not <object>PyList_GET_ITEM(self.params, i) or (
+                        kernel and self.moved(p, i, 6 * i)):
                     return CHANGED
                 if self.uses_state:
                     if not versioned:
@@ -339,94 +369,125 @@ cdef class Snapshot:
                         if (<PyObject*>None if buf == NULL else buf) \
                                 != PyList_GET_ITEM(self.bufs, i):
                             return CHANGED
-                        if buf != NULL and <object>buf is not None and \
+                        if kernel and buf != NULL and <object>buf is not None and \
                                 self.moved(<object>buf, i, 6 * i + 4):
                             return CHANGED
                 g = GRAD.of(p)
-                if (g is None) == self.active[i]:
+                if (g is None) == self.had_grad[i]:
                     return CHANGED
                 if g is None or (found == GRADS and not take_grads):
                     continue
-                if g is not <object>PyList_GET_ITEM(self.grads, i) or self.moved(g, i, 6 * i + 2):
+                if g is not <object>PyList_GET_ITEM(self.grads, i) or (
+                        kernel and self.moved(g, i, 6 * i + 2)):
                     found = GRADS
-                    if take_grads and not self.take_grad(g, i):
-                        return CHANGED
+                    if take_grads:
+                        if kernel and not self.take_grad(g, i):
+                            return CHANGED
+                        self.grads[i] = g
         except Exception:
-            return CHANGED  # the rebuild reports what is wrong
+            return CHANGED  # the optimizer looks at the tensors afresh
         if found == GRADS and take_grads:
             self.grads_forgotten = False
         return found
 
 
-def run_groups(list snapshots, list hypers) -> bool:
-    """Step every group from its snapshot, all as one batch: False (nothing
-    written) if one is not ``ready``, or a tensor fails the checks every
-    kernel call passes (momentum._checks.check_task), or a written tensor
-    overlaps a tensor of another parameter, so that the caller's full path
-    decides and words the error.
+def prepare_groups(list snapshots, list hypers, list new_bufs, object name):
+    """The kernels' part of a step over every group, checked and ready to
+    run (a Batch: call ``run()``), or TypeError/ValueError naming the tensor
+    with ``name(group, index, array)`` (array 0, 1, 2: the parameter, its
+    grad, its buffer); nothing is written either way.
 
     ``snapshots[k]`` must have just passed check() (HOLDS, or GRADS with
-    ``take_grads``); ``hypers[k]`` is the dict of ``foreach.sgd``'s
-    hyperparameters for that group.  Raises as ``foreach.sgd`` does for a
-    bad hyperparameter, before anything is written.
+    ``take_grads``); ``hypers[k]`` is the tuple of sgd's hyperparameters in
+    the table's order for that group (first_step False); ``new_bufs[k][i]``
+    is the new buffer of a kernel parameter with a gradient and no buffer
+    (when the group uses state; it is then stepped as a first step), else
+    None.  Every task passes the checks of every kernel call (check_task),
+    and no written tensor may overlap a tensor of another parameter.
     """
-    cdef Py_ssize_t k, ngroups = len(snapshots), ntasks = 0
-    if len(hypers) != ngroups:
-        raise ValueError("one hyperparameter dict per snapshot")
+    cdef Py_ssize_t k, i, ngroups = len(snapshots), ntasks = 0
+    if len(hypers) != ngroups or len(new_bufs) != ngroups:
+        raise ValueError("one hyperparameter tuple and buffer list per snapshot")
     cdef Snapshot s
     for s in snapshots:
-        if not s.ready:
-            return False
         ntasks += s.nactive
     cdef const RuleSpec* rule = spec_of(SGD)
-    cdef double* templates = <double*>PyMem_Malloc(max(ngroups, 1) * MAX_HYPER * sizeof(double))
-    if templates == NULL:
-        raise MemoryError()
-    try:
-        for k in range(ngroups):
-            h = hypers[k]
-            read_hypers(rule, SGD, (h["lr"], h["momentum"], h["dampening"], h["weight_decay"],
-                                    h["nesterov"], h["maximize"], False),
-                        templates + k * MAX_HYPER, STEP)
-            if (templates[k * MAX_HYPER + SGD_MOMENTUM] != 0) != (<Snapshot>snapshots[k]).uses_state:
-                return False
-        return run_tasks_of(snapshots, templates, rule, ntasks)
-    finally:
-        PyMem_Free(templates)
-
-
-cdef bint run_tasks_of(list snapshots, const double* templates, const RuleSpec* rule,
-                       Py_ssize_t ntasks) except -1:
-    """run_groups() once its hyperparameters are checked into ``templates``."""
-    cdef Py_ssize_t k, i, a
-    cdef Snapshot s
+    cdef double hyper[MAX_HYPER]
     cdef momentum_task* task
     cdef Place places[MAX_ARRAYS]
     cdef Batch batch = Batch(ntasks)
-    cdef tuple names = ("param", "grad", "buf")
-    for a in range(3):
-        places[a].writable = True    # torch tensors are writable
-        places[a].contiguous = True  # check() compared it
-        places[a].ndim = -1          # the snapshot compares lengths, not shapes
-    for k in range(len(snapshots)):
+    cdef list where = []        # (group, parameter) of each task
+    for k in range(ngroups):
         s = <Snapshot>snapshots[k]
+        if not s.valid:
+            # Its places may be half recorded: never run from them.
+            raise ValueError(f"{STEP}(): a tensor of param_groups[{k}] changed while "
+                             f"the step looked at it")
+        try:
+            read_hypers(rule, SGD, hypers[k], hyper, STEP)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"SGD.step(): param_groups[{k}]: {str(e).split('(): ', 1)[1]}") \
+                from None
+        if (hyper[SGD_MOMENTUM] != 0) != s.uses_state:
+            raise ValueError("the snapshot was made for another momentum")
         for i in range(s.n):
             if not s.active[i]:
                 continue
             task = batch.next()
-            memcpy(task.hyper, templates + k * MAX_HYPER, MAX_HYPER * sizeof(double))
-            for a in range(3):
-                places[a].address = <char*>s.places[6 * i + 2 * a]
-                places[a].length = s.places[6 * i + 2 * a + 1]
-                places[a].dtype = s.kinds[i]
-                places[a].nbytes = places[a].length * (8 if s.kinds[i] == DTYPE_FLOAT64 else 4)
-                places[a].source = <PyObject*>s.params[i]
+            memcpy(task.hyper, hyper, sizeof(hyper))
+            fill_places(s, i, places)
+            # A missing buffer, not a NULL address: an empty tensor's may be NULL.
+            if s.uses_state and s.bufs[i] is None:
+                fresh = (<list>new_bufs[k])[i]
+                place_of(fresh, s, i, &places[2])
+                task.hyper[SGD_FIRST_STEP] = 1.0
+            where.append((k, i))
             try:
-                batch.add(rule, places, names, STEP)
+                batch.add(rule, places, ("param", "grad", "buf"), STEP)
             except (TypeError, ValueError):
-                return False
+                named(batch, rule, places, tuple(name(k, i, a) for a in range(3)))
+                raise
     cdef Py_ssize_t pair[4]
     if batch.overlap(pair):
-        return False
-    batch.run()
-    return True
+        (k, i), (k2, i2) = where[pair[0]], where[pair[2]]
+        raise ValueError(f"{STEP}(): {name(k, i, pair[1])} and {name(k2, i2, pair[3])} "
+                         f"overlap in memory")
+    return batch
+
+
+cdef int named(Batch batch, const RuleSpec* rule, Place* places, tuple names) except -1:
+    """Raise the error the checks raise for ``places``, naming its tensors
+    ``names`` as the overlap message of prepare_groups does: unquoted (the
+    checks quote an argument's name, and a parameter's name holds quotes)."""
+    try:
+        batch.add(rule, places, names, STEP)
+    except (TypeError, ValueError) as error:
+        message = str(error)
+        for n in names:
+            message = message.replace(f"'{n}'", n)
+        raise type(error)(message) from None
+    return 0
+
+
+cdef inline void fill_places(Snapshot s, Py_ssize_t i, Place* places) noexcept:
+    """The kernel parameter ``i``'s three places, from the snapshot."""
+    cdef int a
+    for a in range(3):
+        places[a].address = <char*>s.places[6 * i + 2 * a]
+        places[a].length = s.places[6 * i + 2 * a + 1]
+        places[a].dtype = s.kinds[i]
+        places[a].nbytes = places[a].length * s.itemsize[i]
+        places[a].writable = True       # a tensor's memory is writable
+        places[a].contiguous = True     # laid_out(): one dense layout for all three
+        places[a].ndim = -1             # laid_out() compared the shapes
+        places[a].source = <PyObject*>s.params[i]
+
+
+cdef int place_of(object tensor, Snapshot s, Py_ssize_t i, Place* place) except -1:
+    """``place`` for a new buffer of kernel parameter ``i`` (made like it)."""
+    if tensor is None or not s.laid_out(tensor, i):
+        raise ValueError("a new buffer must be laid out as its parameter")
+    place.address = <char*>PyLong_AsVoidPtr(DATA_PTR.of(tensor))
+    place.length = <size_t>PyLong_AsSsize_t(NUMEL.of(tensor)) * s.reals[i]
+    place.nbytes = place.length * s.itemsize[i]
+    return 0

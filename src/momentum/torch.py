@@ -2,10 +2,17 @@
 
 A step is one batch of kernel calls over every param group, in place on the
 memory of the parameters, gradients and momentum buffers, so nothing is
-copied or converted.  A first step, or one after any edit, runs
-:func:`momentum.foreach.sgd_groups` on NumPy views of the tensors (which
-checks everything and words the errors); later steps run from what the
-group's snapshot (:mod:`momentum._torch_keys`) re-checks each step.  State
+copied or converted.  Every step takes one path: each group's snapshot
+(:mod:`momentum._torch_keys`) says which tensors it was last stepped with
+and where they lie, re-checked in C each step; where anything changed (a
+first step, an edit) the group's tensors are looked at afresh here, in
+Python, and a new snapshot made.  Then the tensors' addresses go through
+the batch builder and the checks every kernel call passes
+(:mod:`momentum._batch`, :mod:`momentum._checks`), with no NumPy view.
+What the kernels cannot step in place (a sparse gradient, a dtype they do
+not take, tensors of different or non-dense layouts, a lazily negated
+view, another device, a tensor subclass, ``differentiable=True``) is stepped
+with PyTorch's own SGD arithmetic, with a warning the first time.  State
 (``state[p]["momentum_buffer"]``) and param groups are laid out as
 ``torch.optim.SGD``'s, so state dicts move between the two both ways.
 
@@ -17,7 +24,8 @@ This module imports torch; ``import momentum`` does not import this module.
 """
 from __future__ import annotations
 
-import re
+import sys
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -25,20 +33,31 @@ from typing import Any
 import numpy as np
 import torch
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
+from torch.optim.sgd import sgd as _torch_sgd
 
 from momentum import foreach
-from momentum._torch_keys import GRADS, HOLDS, Snapshot, know_torch, run_groups
+from momentum._torch_keys import GRADS, HOLDS, Snapshot, know_torch, prepare_groups
 from momentum.arena import Arena
+from momentum.rules import DTYPES, RULES
 
 __all__ = ["SGD"]
 
-_DTYPES = (torch.float32, torch.float64)
+# The kernels' storage dtypes as torch's, and the complex dtypes stepped as
+# their real views: torch dtype -> (code in DTYPES, reals an element, bytes a real).
+_REAL = {getattr(torch, name): code for code, name in enumerate(DTYPES)}
+_KERNEL_DTYPES = {**{real: (code, 1, real.itemsize) for real, code in _REAL.items()},
+                  **{torch.complex(torch.zeros(1, dtype=real), torch.zeros(1, dtype=real)).dtype:
+                     (code, 2, real.itemsize) for real, code in _REAL.items()}}
+_DTYPES = tuple(_REAL)
+_PLAIN = (torch.Tensor, torch.nn.Parameter, torch.nn.Buffer)
 _NO_STATE = MappingProxyType({})
-# How foreach.sgd_groups names an array: 'groups[1].grads[0]'.
-_BATCH_ARRAY = re.compile(r"'groups\[(\d+)\]\.(params|grads|bufs)\[(\d+)\]'")
-know_torch(torch.Tensor, torch.strided, torch.float32, torch.float64,
-           (torch.Tensor, torch.nn.Parameter, torch.nn.Buffer))
+# sgd's hyperparameters, in the table's order.
+_SGD_HYPERS = tuple(h.name for h in RULES["sgd"].hypers)
+know_torch(torch.Tensor, torch.strided, _KERNEL_DTYPES, _PLAIN)
 
+
+# How a message names a parameter's buffer.
+_BUFFER = "its momentum_buffer"
 
 # A parameter's place: (state-dict index, group index, index in the group).
 Place = tuple[int, int, int]
@@ -84,17 +103,93 @@ def _check(tensor: torch.Tensor, what: str, param: torch.Tensor, place: Place) -
                      f".resolve_neg() on it before the step")
 
 
-def _checked_view(tensor: torch.Tensor, what: str, param: torch.Tensor,
-                  place: Place) -> np.ndarray:
-    """A flat NumPy view of ``tensor``, after _check; TypeError naming the
-    parameter for a tensor subclass without memory of its own (a wrapper or
-    fake tensor), which NumPy cannot view."""
-    _check(tensor, what, param, place)
-    try:
-        return tensor.detach().numpy().reshape(-1)
-    except RuntimeError as error:
-        raise TypeError(f"{_where(place)}: {what} ({type(tensor).__name__}) has no "
-                        f"memory to step in place ({error}); use torch.optim.SGD") from None
+def _dense(tensor: torch.Tensor) -> bool:
+    """``tensor``'s elements fill ``numel()`` consecutive elements of memory,
+    in some order of its dimensions (contiguous, channels_last, a
+    transpose), so an elementwise rule can step that memory as one array."""
+    if tensor.is_contiguous() or tensor.numel() == 0:
+        return True
+    expected = 1
+    for size, stride in sorted(zip(tensor.shape, tensor.stride()), key=lambda d: d[1]):
+        if size != 1:
+            if stride != expected:
+                return False
+            expected *= size
+    return True
+
+
+def _fallback_reason(p: torch.Tensor, g: torch.Tensor | None,
+                     b: torch.Tensor | None) -> str | None:
+    """Why the kernels cannot step parameter ``p`` with gradient ``g`` and
+    buffer ``b`` (None where there is none) in place, or None if they can:
+    every tensor a plain CPU tensor holding its own values, of one kernel
+    dtype (complex: as its real view), laid out alike and densely, aligned."""
+    tensors = [t for t in (p, g, b) if t is not None]
+    for t in tensors:
+        if type(t) not in _PLAIN:
+            return f"a tensor subclass ({type(t).__name__})"
+        if not t.is_cpu:
+            return f"a tensor on device {t.device}"
+        if t.layout != torch.strided:
+            return f"a tensor of layout {t.layout}"
+        if t.is_neg() or t.is_conj():
+            return "a lazily negated or conjugated view"
+        if t.dtype != p.dtype:
+            return f"a {t.dtype} tensor beside a {p.dtype} parameter"
+    if p.dtype not in _KERNEL_DTYPES:
+        return f"dtype {p.dtype}"
+    if not _dense(p):
+        return "a parameter that is not dense (a slice or a strided view)"
+    if not all(t.is_contiguous() for t in tensors) and \
+            any(t.stride() != p.stride() for t in tensors):
+        return "a parameter, gradient and buffer of different layouts"
+    itemsize = _KERNEL_DTYPES[p.dtype][2]
+    if any(t.data_ptr() % itemsize for t in tensors):
+        return "a tensor not aligned to its dtype"
+    return None
+
+
+def _refuse(tensor: torch.Tensor, what: str, param: torch.Tensor, place: Place) -> None:
+    """Raise for what neither the kernels nor torch.optim.SGD step: a grad
+    or buffer of another shape than its parameter (ValueError); one of a
+    dtype that cannot be cast to the parameter's (a complex grad of a real
+    parameter), a buffer that cannot hold ``momentum * buf`` (an integer
+    one, which torch makes from an integer grad), a plain tensor with
+    elements but no memory (TypeError).  torch raises for those dtypes too,
+    but only once it has written the tensors before them."""
+    if tensor.shape != param.shape:
+        raise ValueError(f"{_where(place)}: {what} has shape {tuple(tensor.shape)} but "
+                         f"the parameter has shape {tuple(param.shape)}")
+    if not torch.can_cast(tensor.dtype, param.dtype):
+        raise TypeError(f"{_where(place)}: {what} has dtype {tensor.dtype}, which cannot "
+                        f"be cast to the parameter's dtype {param.dtype}")
+    if what == _BUFFER and not (tensor.is_floating_point() or tensor.is_complex()):
+        raise TypeError(f"{_where(place)}: {what} has dtype {tensor.dtype}; a momentum "
+                        f"buffer must be floating point or complex")
+    if type(tensor) in _PLAIN and tensor.is_cpu and tensor.layout == torch.strided \
+            and tensor.numel() and tensor.data_ptr() == 0:
+        raise TypeError(f"{_where(place)}: {what} has no memory to step in place")
+
+
+def _span(tensor: torch.Tensor) -> tuple[int, int] | None:
+    """The bytes ``[lo, hi)`` from ``tensor``'s first element to past its
+    last, or None if it has no element in CPU memory (empty, sparse, on
+    another device, a wrapper without storage)."""
+    if tensor.layout != torch.strided or not tensor.is_cpu or tensor.numel() == 0 \
+            or tensor.data_ptr() == 0:
+        return None
+    last = sum((n - 1) * s for n, s in zip(tensor.shape, tensor.stride()))
+    return tensor.data_ptr(), tensor.data_ptr() + (last + 1) * tensor.element_size()
+
+
+def _touches(tensor: torch.Tensor, lo: int, hi: int) -> bool:
+    """Some byte of ``tensor``'s elements (strided, in CPU memory) lies in
+    ``[lo, hi)``: exact where its elements do not fill its span (a slice)."""
+    size = tensor.element_size()
+    starts = torch.tensor(tensor.data_ptr(), dtype=torch.int64)
+    for n, stride in zip(tensor.shape, tensor.stride()):
+        starts = starts.unsqueeze(-1) + torch.arange(n) * (stride * size)
+    return bool(((starts < hi) & (starts + size > lo)).any())
 
 
 def _reason(message: str) -> str:
@@ -131,53 +226,36 @@ def _hyperparameters(gi: int, group: dict[str, Any]) -> dict[str, Any]:
     return hyper
 
 
-class _Batch:
-    """One param group's arguments to ``foreach.sgd_groups``, and what they show.
+class _Plan:
+    """How one param group is stepped, while its snapshot holds.
 
     ``snapshot`` (a :class:`momentum._torch_keys.Snapshot`) records the
-    identity of every parameter, gradient, state entry and buffer, and where
-    each tensor lies (address, length, dtype, contiguous); while all hold, the
-    batch is current.  Gradients alone differing is common (a training loop
-    makes new ones every step): the snapshot then records the new ones and
-    the step runs from its addresses (run_groups), not from these views.
-    ``numpy`` maps ``id(tensor)`` to ``(tensor, layout, view)`` for
-    parameters and buffers, so the next batch converts only new ones.
-    ``active`` lists the parameters that have a gradient; ``adopt`` the
-    (parameter, buffer) pairs to enter into the state once the step has
-    filled them.
+    group's tensors and, for the parameters the kernels step, where they
+    lie; ``fallback`` lists the positions of the parameters stepped with
+    torch's own arithmetic instead.
     """
 
-    __slots__ = ("snapshot", "numpy", "active",
-                 "params", "grads", "bufs", "first", "adopt")
+    __slots__ = ("snapshot", "fallback")
+
+    def __init__(self, snapshot: Snapshot, fallback: list[int]) -> None:
+        self.snapshot = snapshot
+        self.fallback = fallback
+
+
+class _FlatBatch:
+    """One flat param group's arguments to ``foreach.sgd_groups``: block
+    slices of its arena, and the (parameter, buffer) pairs to enter into the
+    state once the step has filled them; ``snapshot`` tells while it holds."""
+
+    __slots__ = ("snapshot", "params", "grads", "bufs", "first", "adopt")
 
     def __init__(self) -> None:
         self.snapshot: Snapshot | None = None
-        self.numpy: dict[int, tuple[torch.Tensor, tuple, np.ndarray]] = {}
-        self.active: list[int] = []
         self.params: list[np.ndarray] = []
         self.grads: list[np.ndarray] = []
-        self.bufs: list[np.ndarray | None] = []
+        self.bufs: list[np.ndarray] = []
         self.first: list[bool] = []
         self.adopt: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def view(self, tensor: torch.Tensor, what: str, param: torch.Tensor, place: Place,
-             old: dict[int, tuple[torch.Tensor, tuple, np.ndarray]]) -> np.ndarray:
-        """The NumPy view of ``tensor``: the previous batch's if the tensor
-        still has its memory and layout (``p.data = p.data.t()`` or
-        ``p.data = p.data.view(dtype)`` keep the address), else a checked new one."""
-        hit = old.get(id(tensor))
-        layout = (tensor.data_ptr(), tensor.dtype, tensor.shape, tensor.stride())
-        if hit is None or hit[0] is not tensor or hit[1] != layout:
-            hit = (tensor, layout, _checked_view(tensor, what, param, place))
-        self.numpy[id(tensor)] = hit
-        return hit[2]
-
-
-def _grad_views(params: list[torch.Tensor], grads: list[Any], active: list[int],
-                gi: int, first_index: int) -> list[np.ndarray]:
-    """Checked NumPy views of the gradients of the parameters in ``active``."""
-    return [_checked_view(grads[i], "its grad", params[i], (first_index + i, gi, i))
-            for i in active]
 
 
 def _lies_at(tensor: torch.Tensor, address: int, shape: Sequence[int],
@@ -235,8 +313,14 @@ class SGD(torch.optim.Optimizer):
         p = p - lr * g
 
     Every operation is rounded on its own (no fused multiply-add).  Parameters
-    whose ``grad`` is None are skipped.  Parameters, gradients and buffers
-    must be contiguous CPU tensors of float32 or float64.
+    whose ``grad`` is None are skipped.  The kernels step, in place, CPU
+    tensors of float32 or float64 (complex ones as their real views) whose
+    parameter, gradient and buffer share one dense layout (contiguous,
+    channels_last, a transpose); any other parameter is stepped with
+    PyTorch's own SGD arithmetic, with a RuntimeWarning once per reason.
+    A grad or buffer of another shape or of a dtype torch cannot step, and
+    a tensor the kernels step that shares memory with another tensor of the
+    step (but a gradient with another gradient), are refused.
 
     ``flat=True`` moves each group's parameters into one contiguous block
     (``p.data`` becomes a view into it) and gives every parameter that
@@ -267,9 +351,6 @@ class SGD(torch.optim.Optimizer):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         if fused and foreach:
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
-        if differentiable:
-            raise ValueError("momentum.torch.SGD does not support differentiable=True; "
-                             "use torch.optim.SGD")
         # foreach and fused are torch.optim.SGD's choice of implementation:
         # accepted and kept in the groups, so that state dicts match
         # torch's, but every step here is one fused multi-tensor call.
@@ -277,9 +358,13 @@ class SGD(torch.optim.Optimizer):
                     "weight_decay": weight_decay, "nesterov": nesterov,
                     "maximize": maximize, "foreach": foreach,
                     "differentiable": differentiable, "fused": fused}
+        if flat and differentiable:
+            raise ValueError("momentum.torch.SGD: flat=True cannot be differentiable")
         self.flat = flat
-        self._batches: dict[int, _Batch] = {}
+        self._plans: dict[int, _Plan] = {}
+        self._batches: dict[int, _FlatBatch] = {}
         self._flats: list[_Flat] = []
+        self._warned: set[str] = set()
         super().__init__(params, defaults)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -298,6 +383,8 @@ class SGD(torch.optim.Optimizer):
             group.setdefault("nesterov", False)
             group.setdefault("maximize", False)
         self.__dict__.setdefault("flat", False)
+        self.__dict__.setdefault("_warned", set())
+        self._plans = {}
         self._batches = {}
         if copied:
             self._flats = []
@@ -323,58 +410,67 @@ class SGD(torch.optim.Optimizer):
         """The state-dict index of group ``gi``'s first parameter."""
         return sum(len(g["params"]) for g in self.param_groups[:gi])
 
-    def _current(self, gi: int, group: dict[str, Any]) -> _Batch | None:
-        """This group's cached batch if its snapshot still holds, else None.
+    def _plan(self, gi: int, group: dict[str, Any], first_index: int) -> _Plan:
+        """Group ``gi``'s plan: the cached one while its snapshot holds (new
+        gradients recorded), else a new one from the tensors as they are."""
+        plan = self._plans.get(gi)
+        uses_state = group["momentum"] != 0
+        if plan is not None and plan.snapshot.check(group["params"], self.state, uses_state,
+                                                    True) in (HOLDS, GRADS):
+            return plan
+        params = group["params"]
+        get = self.state.get
+        kernel = bytearray(len(params))
+        fallback = []
+        for i, p in enumerate(params):
+            place = (first_index + i, gi, i)
+            g = p.grad
+            b = get(p, _NO_STATE).get("momentum_buffer") if uses_state else None
+            for t, what in ((g, "its grad"), (b, _BUFFER)):
+                if t is not None:
+                    _refuse(t, what, p, place)
+            _refuse(p, "the parameter", p, place)
+            why = "differentiable=True" if self.defaults["differentiable"] else \
+                _fallback_reason(p, g, b)
+            if why is None:
+                kernel[i] = 1
+            else:
+                fallback.append(i)
+                self._warn(why)
+        plan = self._plans[gi] = _Plan(Snapshot(list(params), self.state, uses_state,
+                                                bytes(kernel)), fallback)
+        return plan
 
-        Per tensor (not flat), new gradients do not spoil it: the snapshot
-        checks and records them, for run_groups; the batch's NumPy views
-        (for foreach) are then out of date.
-        """
+    def _warn(self, why: str) -> None:
+        """Say once per optimizer and reason that torch's arithmetic steps
+        some tensors, from the line that called step()."""
+        if why not in self._warned:
+            self._warned.add(why)
+            # The first frame outside this module and torch's step wrappers
+            # (no_grad, the hooks' profiler range): how deep depends on the path.
+            frame, level = sys._getframe(1), 2
+            while frame.f_back is not None and (
+                    frame.f_globals.get("__name__") == __name__
+                    or frame.f_globals.get("__name__", "").startswith("torch.")):
+                frame, level = frame.f_back, level + 1
+            warnings.warn(f"momentum.torch.SGD: {why}: stepped with PyTorch's own SGD "
+                          f"arithmetic, not the kernels", RuntimeWarning, stacklevel=level)
+
+    def _flat_current(self, gi: int, group: dict[str, Any]) -> _FlatBatch | None:
+        """Flat group ``gi``'s cached batch if its snapshot still holds, else None."""
         batch = self._batches.get(gi)
         if batch is None:
             return None
-        found = batch.snapshot.check(group["params"], self.state, group["momentum"] != 0,
-                                     not self.flat)
-        return batch if found == HOLDS or (found == GRADS and not self.flat) else None
+        found = batch.snapshot.check(group["params"], self.state, group["momentum"] != 0)
+        return batch if found == HOLDS else None
 
-    def _rebuild(self, gi: int, group: dict[str, Any], first_index: int) -> _Batch:
-        """A new batch (and snapshot) for group ``gi``."""
+    def _flat_rebuild(self, gi: int, group: dict[str, Any], first_index: int) -> _FlatBatch:
+        """A new batch (and snapshot) for flat group ``gi``."""
+        batch = self._flat_batch(gi, group, first_index)
         params = group["params"]
-        uses_state = group["momentum"] != 0
-        old = self._batches.get(gi)
-        if self.flat:
-            batch = self._flat_batch(gi, group, first_index)
-        else:
-            grads = [p.grad for p in params]
-            get = self.state.get
-            bufs = [get(p, _NO_STATE).get("momentum_buffer") for p in params] \
-                if uses_state else ()
-            batch = self._tensor_batch(gi, group, first_index, grads, bufs,
-                                       old.numpy if old is not None else {})
-        batch.snapshot = Snapshot(params, self.state, uses_state)
+        batch.snapshot = Snapshot(list(params), self.state, group["momentum"] != 0,
+                                  b"\x01" * len(params))
         self._batches[gi] = batch
-        return batch
-
-    def _tensor_batch(self, gi: int, group: dict[str, Any], first_index: int,
-                      grads: list[Any], bufs: Sequence[Any],
-                      old: dict[int, tuple[torch.Tensor, tuple, np.ndarray]]) -> _Batch:
-        """One triple of views per parameter that has a gradient."""
-        batch = _Batch()
-        params = group["params"]
-        uses_buf = group["momentum"] != 0
-        batch.active = [i for i, g in enumerate(grads) if g is not None]
-        for i in batch.active:
-            p = params[i]
-            place = (first_index + i, gi, i)
-            batch.params.append(batch.view(p, "the parameter", p, place, old))
-            b = bufs[i] if uses_buf else None
-            if b is None and uses_buf:
-                b = torch.empty_like(p, memory_format=torch.contiguous_format)
-                batch.adopt.append((p, b))
-            batch.bufs.append(None if b is None else
-                              batch.view(b, "its momentum_buffer", p, place, old))
-            batch.first.append(uses_buf and bufs[i] is None)
-        batch.grads = _grad_views(params, grads, batch.active, gi, first_index)
         return batch
 
     def _flatten(self, gi: int, first_index: int, give_grads: bool) -> _Flat:
@@ -419,7 +515,7 @@ class SGD(torch.optim.Optimizer):
         home.copy_(buf)
         self.state[p]["momentum_buffer"] = home
 
-    def _flat_batch(self, gi: int, group: dict[str, Any], first_index: int) -> _Batch:
+    def _flat_batch(self, gi: int, group: dict[str, Any], first_index: int) -> _FlatBatch:
         """One triple of block slices per run of neighbouring parameters that
         alike have a gradient (or not) and a buffer (or not).
 
@@ -444,7 +540,7 @@ class SGD(torch.optim.Optimizer):
             if buf is not None and buf is not home:
                 self._move_buf(p, buf, home, place)
             runs.append((p.grad is not None, uses_buf and buf is None, i))
-        batch = _Batch()
+        batch = _FlatBatch()
         arena = flat.arena
         start = 0
         for end in range(1, len(runs) + 1):
@@ -472,13 +568,12 @@ class SGD(torch.optim.Optimizer):
             if set_to_none:
                 # Let the old gradients go now, not at the next step: the
                 # backward pass in between would hold two sets.
-                for batch in self._batches.values():
-                    batch.grads = []
-                    batch.snapshot.forget_grads()
+                for plan in self._plans.values():
+                    plan.snapshot.forget_grads()
             return
         for gi, group in enumerate(self.param_groups):
-            if self._current(gi, group) is None:
-                self._rebuild(gi, group, self._first_index(gi))  # moves stray tensors in
+            if self._flat_current(gi, group) is None:
+                self._flat_rebuild(gi, group, self._first_index(gi))  # moves stray tensors in
             flat = self._flats[gi]
             for i, p in enumerate(group["params"]):
                 if p.grad is None and p.requires_grad:
@@ -512,25 +607,135 @@ class SGD(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         hypers = [_hyperparameters(gi, group) for gi, group in enumerate(self.param_groups)]
-        current = [self._current(gi, group) for gi, group in enumerate(self.param_groups)]
-        # Per tensor, a step whose tensors all passed their snapshots' checks
-        # runs from the recorded addresses; else (a first step, an edit, an
-        # overlap to report) every group goes through foreach.
-        if (not self.flat and None not in current
-                and run_groups([batch.snapshot for batch in current], hypers)):
-            return loss
-        # One call for every group: all of it is checked (overlaps across
-        # groups too) before anything is written.  New buffers enter the
-        # state only once the call has filled them.
+        if self.flat:
+            self._flat_step(hypers)
+        else:
+            self._tensor_step(hypers)
+        return loss
+
+    def _tensor_step(self, hypers: list[dict[str, Any]]) -> None:
+        """Per tensor: every group's kernel tensors in one checked batch, the
+        others with torch's arithmetic; all of it checked before anything is
+        written, new buffers entered into the state only once filled."""
+        plans, new_bufs = [], []
+        first_index = 0
+        try:
+            for gi, group in enumerate(self.param_groups):
+                plan = self._plan(gi, group, first_index)
+                plans.append(plan)
+                new_bufs.append(self._new_bufs(group, plan))
+                first_index += len(group["params"])
+            batch = prepare_groups([plan.snapshot for plan in plans],
+                                   [tuple(h.get(name, False) for name in _SGD_HYPERS)
+                                    for h in hypers],
+                                   new_bufs, self._name)
+            if any(plan.fallback for plan in plans):
+                self._check_fallback(plans)
+        except Exception:
+            # A plan must not outlive a step that refused its tensors: the
+            # next step looks at them afresh.
+            self._plans.clear()
+            raise
+        for plan, group, hyper in zip(plans, self.param_groups, hypers):
+            if plan.fallback:
+                self._torch_sgd(group, hyper, plan.fallback)
+        batch.run()
+        for group, bufs in zip(self.param_groups, new_bufs):
+            for p, buf in zip(group["params"], bufs):
+                if buf is not None:
+                    self.state[p]["momentum_buffer"] = buf
+
+    def _check_fallback(self, plans: list[_Plan]) -> None:
+        """Refuse, before anything is written, what the parameters stepped
+        with torch's arithmetic must not bring: a grad or buffer _refuse()
+        refuses (checked each step, as their snapshot compares only which
+        tensors they are), or a tensor sharing memory with one the kernels
+        step (they run after torch's arithmetic, not in torch's order)."""
+        with torch._C.DisableTorchFunctionSubclass():  # what lies in memory
+            first_index = 0
+            for gi, (group, plan) in enumerate(zip(self.param_groups, plans)):
+                uses_state = group["momentum"] != 0
+                for i in plan.fallback:
+                    p = group["params"][i]
+                    if p.grad is None:
+                        continue
+                    place = (first_index + i, gi, i)
+                    b = self.state.get(p, _NO_STATE).get("momentum_buffer") \
+                        if uses_state else None
+                    tensors = (p, p.grad, b)
+                    for t, what in zip(tensors, ("the parameter", "its grad", _BUFFER)):
+                        if t is not None:
+                            _refuse(t, what, p, place)
+                    for array, t in enumerate(tensors):
+                        span = None if t is None else _span(t)
+                        if span is not None:
+                            self._refuse_overlap(plans, t, span, array != 1, (gi, i, array))
+                first_index += len(group["params"])
+
+    def _refuse_overlap(self, plans: list[_Plan], tensor: torch.Tensor, span: tuple[int, int],
+                        written: bool, whose: tuple[int, int, int]) -> None:
+        """ValueError if ``tensor`` (array ``whose[2]`` of parameter
+        ``whose[1]`` of group ``whose[0]``, stepped with torch's arithmetic,
+        its bytes within ``span``) shares a byte with a tensor the kernels
+        step, unless both are only read (gradients)."""
+        dense = _dense(tensor)
+        for gk, plan in enumerate(plans):
+            for k, array, lo, hi in plan.snapshot.touching(*span):
+                if (written or array != 1) and (dense or _touches(tensor, lo, hi)):
+                    first, second = sorted([whose, (gk, k, array)])
+                    raise ValueError(f"SGD.step(): {self._name(*first)} and "
+                                     f"{self._name(*second)} overlap in memory")
+
+    def _new_bufs(self, group: dict[str, Any], plan: _Plan) -> list[torch.Tensor | None]:
+        """A new buffer, laid out as its parameter, for each parameter the
+        kernels step that has a gradient and no buffer yet (momentum != 0)."""
+        if group["momentum"] == 0:
+            return [None] * len(group["params"])
+        get = self.state.get
+        fallback = set(plan.fallback)
+        return [torch.empty_like(p) if i not in fallback and p.grad is not None
+                and get(p, _NO_STATE).get("momentum_buffer") is None else None
+                for i, p in enumerate(group["params"])]
+
+    def _torch_sgd(self, group: dict[str, Any], hyper: dict[str, Any],
+                   positions: list[int]) -> None:
+        """Step the parameters at ``positions`` of ``group`` that have a
+        gradient with torch's own SGD arithmetic (its for-loop), as
+        torch.optim.SGD would, buffers kept in the state alike."""
+        params = [group["params"][i] for i in positions if group["params"][i].grad is not None]
+        if not params:
+            return
+        uses_buf = group["momentum"] != 0
+        bufs = [self.state.get(p, _NO_STATE).get("momentum_buffer") if uses_buf else None
+                for p in params]
+        with torch.set_grad_enabled(self.defaults["differentiable"]):
+            _torch_sgd(params, [p.grad for p in params], bufs,
+                                has_sparse_grad=any(p.grad.is_sparse for p in params),
+                                foreach=False, fused=False,
+                                weight_decay=group["weight_decay"], momentum=group["momentum"],
+                                lr=group["lr"], dampening=group["dampening"],
+                                nesterov=hyper["nesterov"], maximize=group["maximize"])
+        if uses_buf:
+            for p, buf in zip(params, bufs):
+                self.state[p]["momentum_buffer"] = buf
+
+    def _name(self, gi: int, i: int, array: int) -> str:
+        """Array ``array`` (0: the parameter, 1: its grad, 2: its buffer) of
+        parameter ``i`` of group ``gi``, for a message."""
+        whose = ("", "the grad of ", "the momentum_buffer of ")[array]
+        return f"{whose}parameter {self._first_index(gi) + i} (param_groups[{gi}]['params'][{i}])"
+
+    def _flat_step(self, hypers: list[dict[str, Any]]) -> None:
+        """Flat: one call of foreach.sgd_groups over every group's block
+        slices, checked before anything is written."""
         work = []
         rebuilt = []
         first_index = 0
         try:
             for gi, (group, hyper) in enumerate(zip(self.param_groups, hypers)):
-                if self.flat and current[gi] is not None:
-                    batch = current[gi]
-                else:
-                    batch = self._rebuild(gi, group, first_index)
+                batch = self._flat_current(gi, group)
+                if batch is None:
+                    batch = self._flat_rebuild(gi, group, first_index)
                     rebuilt.append(gi)
                 work.append((batch, dict(hyper, params=batch.params, grads=batch.grads,
                                          bufs=batch.bufs if hyper["momentum"] != 0 else None,
@@ -539,38 +744,13 @@ class SGD(torch.optim.Optimizer):
             try:
                 foreach.sgd_groups([call for _, call in work])
             except ValueError as error:
-                # Only what _check leaves to foreach (an overlap, a misaligned
-                # tensor) gets here: name the tensors as the other errors
-                # here do, not by their place in the batch.
-                raise ValueError(self._name_tensors(str(error), [b for b, _ in work])) from None
+                raise ValueError("SGD.step(): " + _reason(str(error))) from None
         except Exception:
-            # A snapshot must not outlive a step that refused its tensors:
-            # the next step would trust what the full path has just refused.
             for gi in rebuilt:
                 del self._batches[gi]
             raise
         for batch, _ in work:
             for p, buf in batch.adopt:
                 self.state[p]["momentum_buffer"] = buf
-            if not self.flat:
-                batch.grads = []  # later steps run from the snapshot: hold no old gradients
-        return loss
 
     _hooked_step = torch.optim.Optimizer.profile_hook_step(_step)
-
-    def _name_tensors(self, message: str, batches: list[_Batch]) -> str:
-        """``message`` from foreach.sgd_groups, naming ``SGD.step()`` and each
-        array by its parameter (in flat mode an array is a run of
-        parameters: kept)."""
-        if self.flat:
-            return "SGD.step(): " + _reason(message)
-        starts = [self._first_index(gi) for gi in range(len(batches))]
-
-        def name(match: re.Match) -> str:
-            gi, role, j = int(match[1]), match[2], int(match[3])
-            i = batches[gi].active[j]
-            whose = {"params": "", "grads": "the grad of ",
-                     "bufs": "the momentum_buffer of "}[role]
-            return f"{whose}parameter {starts[gi] + i} (param_groups[{gi}]['params'][{i}])"
-
-        return "SGD.step(): " + _BATCH_ARRAY.sub(name, _reason(message))
