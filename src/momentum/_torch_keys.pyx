@@ -1,22 +1,24 @@
-"""What a cached batch of ``momentum.torch.SGD`` was built from, re-checked in C,
-and the step run straight from it.
+"""The tensors each param group of ``momentum.torch.SGD`` was last stepped
+with, re-checked in C each step, and the kernels' share of a step built from
+them through the one batch builder.
 
-The optimizer caches, per param group, the batch it hands to the kernels.  It
-stays valid while every parameter, gradient and momentum buffer is the same
-plain tensor object, lying at the same address with the same length, dtype
-and contiguity.  Checking that in a Python loop costs about 1 µs per
-parameter, more than the kernel on small tensors; this loop asks torch
-through the C functions behind its tensor descriptors
-(:mod:`momentum._tensor_facts`), which know_torch() hands over, so torch is
-not a build dependency.
+A group's Snapshot stays valid while every parameter, gradient, state entry
+and momentum buffer is the same tensor object and, for the parameters the
+kernels step, lies at the same address with the same length, dtype, shape
+and layout.  Checking that in a Python loop costs about 1 µs per parameter,
+more than the kernel on small tensors; this loop asks torch through the C
+functions behind its tensor descriptors (:mod:`momentum._tensor_facts`),
+which know_torch() hands over, so torch is not a build dependency.
 
 Every checked object is held by the snapshot, so no identity it compares can
 be reused by another object while it lives.  Memory can be (``t.data = ...``
 frees it), which is why a tensor's layout is compared as well as its address.
 
-A training loop replaces every gradient each step: check() can take the new
-ones (checked and recorded), and run_groups() then steps every group from
-the recorded addresses, with no NumPy view and no per-tensor Python call.
+A training loop replaces every gradient each step: check() takes the new
+ones (checked and recorded), and prepare_groups() builds every group's
+kernel tasks from the recorded addresses, checked as every kernel call is
+(momentum._checks.check_task), with no NumPy view and no per-tensor Python
+call.
 """
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.long cimport PyLong_AsSsize_t, PyLong_AsVoidPtr
