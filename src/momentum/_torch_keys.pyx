@@ -175,6 +175,8 @@ cdef class Snapshot:
     cdef bytearray reals    # per kernel parameter: reals per element (2: complex)
     cdef bytearray itemsize  # per kernel parameter: bytes per real
     cdef Py_ssize_t nactive  # kernel parameters with a gradient
+    # Kernel parameters with a gradient and, the group using state, no buffer.
+    cdef readonly tuple missing
     # Per parameter, the places of the parameter, its grad and its buffer:
     # address then element count (of reals); (0, 0) for a missing tensor.
     cdef uintptr_t* places
@@ -191,6 +193,7 @@ cdef class Snapshot:
         if DATA_PTR is None:
             raise RuntimeError("call know_torch() first")
         self.state, self.uses_state, self.kernel = state, uses_state, kernel
+        self.missing = ()
         self.grads, self.entries, self.bufs = [], [], []
         self.dtypes, self.shapes, self.strides = [], [], []
         self.had_grad = bytearray(self.n)
@@ -229,6 +232,8 @@ cdef class Snapshot:
                 self.record(p, 6 * i)
                 self.record(g, 6 * i + 2)
                 self.record(b, 6 * i + 4)
+            self.missing = tuple(i for i in range(self.n)
+                                 if uses_state and self.active[i] and self.bufs[i] is None)
             self.valid = True
         except Exception:
             # A tensor the optimizer found fit that lies otherwise now
@@ -257,20 +262,23 @@ cdef class Snapshot:
         self.places[k + 1] = length * self.reals[k // 6]
         return 0
 
-    cdef bint laid_out(self, object tensor, Py_ssize_t i) except -1:
+    cdef bint laid_out(self, object tensor, Py_ssize_t i, bint fresh) except -1:
         """``tensor`` has kernel parameter ``i``'s dtype, shape and layout
-        (contiguous, or the parameter's strides), on the CPU, strided, and
-        its memory holds its values (not a lazily negated or conjugated view)."""
+        (contiguous, or the parameter's strides) and its memory holds its
+        values (not a lazily negated or, complex, conjugated view); a
+        ``fresh`` one (a new gradient or buffer) is also asked whether it is
+        on the CPU and strided.  A tensor found at its recorded address
+        needs neither: no other device's memory, and no sparse tensor's,
+        lies at a CPU tensor's address (a sparse one has none to ask)."""
         cdef object strides = <object>PyList_GET_ITEM(self.strides, i)
         return (plain(tensor)
                 and DTYPE.of(tensor) is <object>PyList_GET_ITEM(self.dtypes, i)
                 and SHAPE.of(tensor) == <object>PyList_GET_ITEM(self.shapes, i)
                 and (IS_CONTIGUOUS.of(tensor) is True if strides is None
                      else STRIDE.of(tensor) == strides)
-                and IS_CPU.of(tensor) is True
-                and LAYOUT.of(tensor) is STRIDED
+                and (not fresh or (IS_CPU.of(tensor) is True and LAYOUT.of(tensor) is STRIDED))
                 and IS_NEG.of(tensor) is False
-                and IS_CONJ.of(tensor) is False)
+                and (self.reals[i] == 1 or IS_CONJ.of(tensor) is False))
 
     cdef bint moved(self, object tensor, Py_ssize_t i, Py_ssize_t k) except -1:
         """``tensor`` (not None; kernel parameter ``i`` or its grad or
@@ -284,13 +292,13 @@ cdef class Snapshot:
         return (<uintptr_t>PyLong_AsVoidPtr(DATA_PTR.of(tensor)) != self.places[k]
                 or <uintptr_t>PyLong_AsSsize_t(NUMEL.of(tensor)) * self.reals[i]
                 != self.places[k + 1]
-                or not self.laid_out(tensor, i))
+                or not self.laid_out(tensor, i, False))
 
     cdef bint take_grad(self, object g, Py_ssize_t i) except -1:
         """Record ``g``, kernel parameter ``i``'s new gradient, as the
         snapshot's if it is laid out as the parameter (laid_out()); else
         False, or ValueError as record() (nothing recorded)."""
-        if not self.laid_out(g, i):
+        if not self.laid_out(g, i, True):
             return False
         self.record(g, 6 * i + 2)
         self.grads[i] = g
@@ -401,10 +409,10 @@ def prepare_groups(list snapshots, list hypers, list new_bufs, object name):
 
     ``snapshots[k]`` must have just passed check() (HOLDS, or GRADS with
     ``take_grads``); ``hypers[k]`` is the tuple of sgd's hyperparameters in
-    the table's order for that group (first_step False); ``new_bufs[k][i]``
-    is the new buffer of a kernel parameter with a gradient and no buffer
-    (when the group uses state; it is then stepped as a first step), else
-    None.  Every task passes the checks of every kernel call (check_task),
+    the table's order for that group (first_step False); ``new_bufs[k]``
+    maps each of ``snapshots[k].missing`` (kernel parameters with a
+    gradient and no buffer, when the group uses state) to its new buffer;
+    such a parameter is stepped as a first step.  Every task passes the checks of every kernel call (check_task),
     and no written tensor may overlap a tensor of another parameter.
     """
     cdef Py_ssize_t k, i, ngroups = len(snapshots), ntasks = 0
@@ -418,7 +426,6 @@ def prepare_groups(list snapshots, list hypers, list new_bufs, object name):
     cdef momentum_task* task
     cdef Place places[MAX_ARRAYS]
     cdef Batch batch = Batch(ntasks)
-    cdef list where = []        # (group, parameter) of each task
     for k in range(ngroups):
         s = <Snapshot>snapshots[k]
         if not s.valid:
@@ -440,10 +447,8 @@ def prepare_groups(list snapshots, list hypers, list new_bufs, object name):
             fill_places(s, i, places)
             # A missing buffer, not a NULL address: an empty tensor's may be NULL.
             if s.uses_state and s.bufs[i] is None:
-                fresh = (<list>new_bufs[k])[i]
-                place_of(fresh, s, i, &places[2])
+                place_of((<dict>new_bufs[k]).get(i), s, i, &places[2])
                 task.hyper[SGD_FIRST_STEP] = 1.0
-            where.append((k, i))
             try:
                 batch.add(rule, places, ("param", "grad", "buf"), STEP)
             except (TypeError, ValueError):
@@ -451,7 +456,7 @@ def prepare_groups(list snapshots, list hypers, list new_bufs, object name):
                 raise
     cdef Py_ssize_t pair[4]
     if batch.overlap(pair):
-        (k, i), (k2, i2) = where[pair[0]], where[pair[2]]
+        (k, i), (k2, i2) = task_of(snapshots, pair[0]), task_of(snapshots, pair[2])
         raise ValueError(f"{STEP}(): {name(k, i, pair[1])} and {name(k2, i2, pair[3])} "
                          f"overlap in memory")
     return batch
@@ -471,6 +476,19 @@ cdef int named(Batch batch, const RuleSpec* rule, Place* places, tuple names) ex
     return 0
 
 
+cdef tuple task_of(list snapshots, Py_ssize_t task):
+    """(group, parameter) of task ``task`` of prepare_groups' batch."""
+    cdef Snapshot s
+    cdef Py_ssize_t i
+    for k, s in enumerate(snapshots):
+        for i in range(s.n):
+            if s.active[i]:
+                if task == 0:
+                    return k, i
+                task -= 1
+    raise IndexError(task)
+
+
 cdef inline void fill_places(Snapshot s, Py_ssize_t i, Place* places) noexcept:
     """The kernel parameter ``i``'s three places, from the snapshot."""
     cdef int a
@@ -487,7 +505,7 @@ cdef inline void fill_places(Snapshot s, Py_ssize_t i, Place* places) noexcept:
 
 cdef int place_of(object tensor, Snapshot s, Py_ssize_t i, Place* place) except -1:
     """``place`` for a new buffer of kernel parameter ``i`` (made like it)."""
-    if tensor is None or not s.laid_out(tensor, i):
+    if tensor is None or not s.laid_out(tensor, i, True):
         raise ValueError("a new buffer must be laid out as its parameter")
     place.address = <char*>PyLong_AsVoidPtr(DATA_PTR.of(tensor))
     place.length = <size_t>PyLong_AsSsize_t(NUMEL.of(tensor)) * s.reals[i]

@@ -641,9 +641,8 @@ class SGD(torch.optim.Optimizer):
                 self._torch_sgd(group, hyper, plan.fallback)
         batch.run()
         for group, bufs in zip(self.param_groups, new_bufs):
-            for p, buf in zip(group["params"], bufs):
-                if buf is not None:
-                    self.state[p]["momentum_buffer"] = buf
+            for i, buf in bufs.items():
+                self.state[group["params"][i]]["momentum_buffer"] = buf
 
     def _check_fallback(self, plans: list[_Plan]) -> None:
         """Refuse, before anything is written, what the parameters stepped
@@ -686,16 +685,13 @@ class SGD(torch.optim.Optimizer):
                     raise ValueError(f"SGD.step(): {self._name(*first)} and "
                                      f"{self._name(*second)} overlap in memory")
 
-    def _new_bufs(self, group: dict[str, Any], plan: _Plan) -> list[torch.Tensor | None]:
+    @staticmethod
+    def _new_bufs(group: dict[str, Any], plan: _Plan) -> dict[int, torch.Tensor]:
         """A new buffer, laid out as its parameter, for each parameter the
-        kernels step that has a gradient and no buffer yet (momentum != 0)."""
-        if group["momentum"] == 0:
-            return [None] * len(group["params"])
-        get = self.state.get
-        fallback = set(plan.fallback)
-        return [torch.empty_like(p) if i not in fallback and p.grad is not None
-                and get(p, _NO_STATE).get("momentum_buffer") is None else None
-                for i, p in enumerate(group["params"])]
+        kernels step that has a gradient and no buffer yet (momentum != 0),
+        by its position in the group."""
+        params = group["params"]
+        return {i: torch.empty_like(params[i]) for i in plan.snapshot.missing}
 
     def _torch_sgd(self, group: dict[str, Any], hyper: dict[str, Any],
                    positions: list[int]) -> None:
