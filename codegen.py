@@ -87,7 +87,7 @@ def entries_pxi(rules) -> str:
             args.append(ptr)
         out += ["", "",
                 f"cdef void {name}(char* const* arrays, size_t start, size_t n,",
-                f"        const double* hyper) noexcept nogil:",
+                "        const double* hyper) noexcept nogil:",
                 f"    {rule.name}({', '.join(args)}, n,",
                 f"        <const {rule.name}_hyper*>hyper)"]
         fill.append(f"    slots[{slot}] = {name}")

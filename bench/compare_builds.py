@@ -91,7 +91,7 @@ def main(argv: list[str]) -> int:
         for name, src in (("old", old), ("new", new)) if r % 2 == 0 else (("new", new), ("old", old)):
             samples[name].append(run(src))
             print(f"round {r + 1}/{rounds}: {name} done", file=sys.stderr, flush=True)
-    print(f"| row | old | new | new/old |\n|---|---|---|---|")
+    print("| row | old | new | new/old |\n|---|---|---|---|")
     for row in samples["old"][0]:
         o = statistics.median(s[row] for s in samples["old"])
         n = statistics.median(s[row] for s in samples["new"])

@@ -12,7 +12,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
-import numpy as np
 import pytest
 
 from conftest import ARGS, copies, offset_view, step_both, values

@@ -1152,7 +1152,6 @@ def test_integer_buffer_torch_makes_is_refused_before_anything_is_written():
     # integer copy; the next step would multiply it by the momentum in place,
     # which torch.optim.SGD refuses with a RuntimeError once it has stepped
     # the parameters before it.  Ours refuses it before anything is written.
-    theirs = []
     for cls in (SGD, torch.optim.SGD):
         a, b = torch.nn.Parameter(torch.ones(4)), torch.nn.Parameter(torch.ones(4))
         b.grad_dtype = None
