@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import momentum
+from momentum.rules import DTYPES, RULES
 from momentum import bench
 from momentum.__main__ import main as cli
 from momentum._bench import report
@@ -47,8 +48,7 @@ def test_quick_run_writes_every_section_with_positive_rates(quick_run):
     assert results["correctness"] == {"passed": True, "failures": []}
     assert results["plan"]["threads"] == [1]
     assert {(r["rule"], r["dtype"]) for r in results["kernels"]} == {
-        (rule, dtype) for rule in ("update_buffer", "sgd", "heavy_ball")
-        for dtype in ("float32", "float64")}
+        (rule, dtype) for rule in RULES for dtype in DTYPES}
     for row in results["kernels"] + results["bandwidth"]:
         for res in row["results"].values():
             assert res["GB_per_s"] > 0 and res["Melem_per_s"] > 0
@@ -86,8 +86,8 @@ def _off_by_one_ulp(param, grad, buf, **hyper):
 
 
 def test_gate_names_a_kernel_one_ulp_off():
-    impl = {"update_buffer": momentum.update_buffer, "sgd": _off_by_one_ulp,
-            "heavy_ball": momentum.heavy_ball}
+    impl = {rule: getattr(momentum, rule) for rule in RULES}
+    impl["sgd"] = _off_by_one_ulp
     failures = bench.gate(impl)
     assert failures and all(f.startswith("sgd ") and "'param'" in f for f in failures)
 

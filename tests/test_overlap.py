@@ -37,7 +37,7 @@ import pytest
 
 import momentum.foreach as fe
 from momentum.rules import RULES
-from conftest import values
+from conftest import flag_cases, values
 from momentum import reference
 
 CASES = 300
@@ -96,18 +96,20 @@ class Case:
         return array.when is None or bool(self.hyper(i).get(array.when, 0))
 
     def written(self, key: Key) -> bool:
-        return key[1] != "grads" and self.used(key)
+        spec = RULES["sgd" if self.rule == "sgd_groups" else self.rule]
+        return self.used(key) and next(a for a in spec.arrays if a.plural == key[1]).written
 
 
 def hyperparameters(rng: np.random.Generator, rule: str) -> dict[str, Any]:
-    """One group's hyperparameters (sgd's momentum 0 or 0.9)."""
-    if rule == "update_buffer":
-        return dict(momentum=0.9, dampening=0.1)
-    if rule == "heavy_ball":
-        return dict(lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=bool(rng.integers(2)))
-    m = float(rng.choice([0.0, 0.9]))
-    return dict(lr=0.1, momentum=m, weight_decay=0.01, maximize=bool(rng.integers(2)),
-                nesterov=m > 0 and bool(rng.integers(2)))
+    """One group's hyperparameters: a random valid flag case of the rule
+    (conftest.flag_cases, from the table: sgd's momentum 0 or not, ...),
+    its per-tensor flags left to the triples."""
+    spec = RULES["sgd" if rule == "sgd_groups" else rule]
+    cases = [hyper for hyper, absent in flag_cases(spec.name) if not absent]
+    hyper = dict(cases[int(rng.integers(len(cases)))])
+    for name in spec.per_tensor:
+        del hyper[name]
+    return hyper
 
 
 def make_case(rng: np.random.Generator, rule: str) -> Case:

@@ -6,8 +6,8 @@ rule is an entry of :mod:`momentum.rules`.
 """
 import os as _os
 
-from momentum import foreach
-from momentum._api import heavy_ball, sgd, update_buffer
+from momentum import _api, foreach
+from momentum._api import *  # noqa: F401,F403  (one function per rule of momentum.rules)
 from momentum._config import show_config
 from momentum._dispatch import available_isas, get_isa, set_isa
 from momentum._threads import get_num_threads, set_num_threads
@@ -16,7 +16,7 @@ from momentum.arena import Arena
 __version__ = "0.1.0"
 
 __all__ = [
-    "update_buffer", "sgd", "heavy_ball", "foreach", "Arena",
+    *_api.__all__, "foreach", "Arena",
     "set_num_threads", "get_num_threads", "set_isa", "get_isa", "available_isas",
     "get_include", "show_config", "__version__",
 ]
