@@ -171,6 +171,28 @@ def _refuse(tensor: torch.Tensor, what: str, param: torch.Tensor, place: Place) 
         raise TypeError(f"{_where(place)}: {what} has no memory to step in place")
 
 
+def _refuse_sparse(param: torch.Tensor, grad: torch.Tensor, buf: torch.Tensor | None,
+                   hyper: dict[str, Any]) -> None:
+    """Raise, before anything is written, the RuntimeError torch's SGD
+    arithmetic raises where it would add a dense tensor to a sparse one:
+    torch raises it only once it has written the parameters before this one
+    (and, for a sparse buffer, scaled it).  Those additions are a nonzero
+    weight_decay to a sparse gradient, a dense gradient to a sparse buffer,
+    a dense buffer to a sparse gradient with nesterov; each is tried here
+    out of place, writing nothing, so that the error is torch's own (and a
+    torch that can add them steps them).  ``buf`` is None without momentum."""
+    sparse_grad = grad.layout != torch.strided
+    if sparse_grad and hyper["weight_decay"] != 0:
+        grad.add(param, alpha=hyper["weight_decay"])
+    if buf is None:
+        return
+    sparse_buf = buf.layout != torch.strided
+    if sparse_buf and not sparse_grad:
+        buf.add(grad, alpha=1 - hyper["dampening"])
+    if sparse_grad and not sparse_buf and hyper["nesterov"]:
+        grad.add(buf, alpha=hyper["momentum"])
+
+
 def _span(tensor: torch.Tensor) -> tuple[int, int] | None:
     """The bytes ``[lo, hi)`` from ``tensor``'s first element to past its
     last, or None if it has no element in CPU memory (empty, sparse, on
@@ -630,7 +652,7 @@ class SGD(torch.optim.Optimizer):
                                     for h in hypers],
                                    new_bufs, self._name)
             if any(plan.fallback for plan in plans):
-                self._check_fallback(plans)
+                self._check_fallback(plans, hypers)
         except Exception:
             # A plan must not outlive a step that refused its tensors: the
             # next step looks at them afresh.
@@ -644,10 +666,11 @@ class SGD(torch.optim.Optimizer):
             for i, buf in bufs.items():
                 self.state[group["params"][i]]["momentum_buffer"] = buf
 
-    def _check_fallback(self, plans: list[_Plan]) -> None:
+    def _check_fallback(self, plans: list[_Plan], hypers: list[dict[str, Any]]) -> None:
         """Refuse, before anything is written, what the parameters stepped
         with torch's arithmetic must not bring: a grad or buffer _refuse()
-        refuses (checked each step, as their snapshot compares only which
+        refuses or torch's arithmetic would raise for midway (_refuse_sparse;
+        both checked each step, as their snapshot compares only which
         tensors they are), or a tensor sharing memory with one the kernels
         step (they run after torch's arithmetic, not in torch's order)."""
         with torch._C.DisableTorchFunctionSubclass():  # what lies in memory
@@ -665,6 +688,7 @@ class SGD(torch.optim.Optimizer):
                     for t, what in zip(tensors, ("the parameter", "its grad", _BUFFER)):
                         if t is not None:
                             _refuse(t, what, p, place)
+                    _refuse_sparse(p, p.grad, b, hypers[gi])
                     for array, t in enumerate(tensors):
                         span = None if t is None else _span(t)
                         if span is not None:
