@@ -109,3 +109,53 @@ def test_complex_step_keeps_torchs_sign_of_zero():
     ours, theirs = results
     assert torch.equal(ours, theirs)
     assert torch.equal(torch.signbit(ours), torch.signbit(theirs))
+
+
+SUBCLASS_FREES_A_KERNEL_TENSOR = r"""
+import warnings
+import torch
+from momentum.torch import SGD
+
+warnings.simplefilter("ignore", RuntimeWarning)
+N = 1 << 16          # 512 KiB: freed memory goes back to the system
+victim = torch.nn.Parameter(torch.zeros(N, dtype=torch.float64))
+
+
+class Sneaky(torch.Tensor):
+    # Its Python code runs while torch's arithmetic steps it, and replaces
+    # (frees) the memory of a parameter the kernels step.
+    fired = False
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if not Sneaky.fired and getattr(func, "__name__", "") == "add_":
+            Sneaky.fired = True
+            victim.data = torch.full((N,), 7.0, dtype=torch.float64)
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+s = Sneaky(torch.ones(4, dtype=torch.float64)).requires_grad_()
+opt = SGD([s, victim], lr=0.5)
+s.grad = torch.ones(4, dtype=torch.float64)
+victim.grad = torch.ones(N, dtype=torch.float64)
+opt.step()
+assert Sneaky.fired
+assert torch.equal(s.detach(), torch.full((4,), 0.5, dtype=torch.float64))
+print(victim[0].item())
+"""
+
+
+def test_torch_share_freeing_a_kernel_tensor_does_not_make_the_kernels_write_freed_memory():
+    # The kernels hold the tensors' addresses from the checks to their run;
+    # Python code run by torch's share (a subclass's __torch_function__)
+    # must not come in between.  Run apart: a write to freed memory may kill
+    # the process.
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, "-c", SUBCLASS_FREES_A_KERNEL_TENSOR],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # the kernels stepped the old memory, then the subclass replaced it
+    assert done.stdout.split() == ["7.0"]

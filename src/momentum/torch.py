@@ -647,24 +647,33 @@ class SGD(torch.optim.Optimizer):
                 plans.append(plan)
                 new_bufs.append(self._new_bufs(group, plan))
                 first_index += len(group["params"])
+            # torch's share is checked first: its checks run torch operations
+            # (a subclass's Python code), which must not come between the
+            # batch's addresses being taken and the kernels running.
+            if any(plan.fallback for plan in plans):
+                self._check_fallback(plans, hypers)
             batch = prepare_groups([plan.snapshot for plan in plans],
                                    [tuple(h.get(name, False) for name in _SGD_HYPERS)
                                     for h in hypers],
                                    new_bufs, self._name)
-            if any(plan.fallback for plan in plans):
-                self._check_fallback(plans, hypers)
         except Exception:
             # A plan must not outlive a step that refused its tensors: the
             # next step looks at them afresh.
             self._plans.clear()
             raise
-        for plan, group, hyper in zip(plans, self.param_groups, hypers):
-            if plan.fallback:
-                self._torch_sgd(group, hyper, plan.fallback)
+        # The kernels first, straight after their batch was built: torch's
+        # arithmetic can run Python code (a tensor subclass's
+        # __torch_function__) that frees the memory the batch holds
+        # addresses of (``t.data = ...``).  Their new buffers are entered
+        # before torch's share runs, so that an error in it cannot leave a
+        # stepped parameter without the buffer its first step filled.
         batch.run()
         for group, bufs in zip(self.param_groups, new_bufs):
             for i, buf in bufs.items():
                 self.state[group["params"][i]]["momentum_buffer"] = buf
+        for plan, group, hyper in zip(plans, self.param_groups, hypers):
+            if plan.fallback:
+                self._torch_sgd(group, hyper, plan.fallback)
 
     def _check_fallback(self, plans: list[_Plan], hypers: list[dict[str, Any]]) -> None:
         """Refuse, before anything is written, what the parameters stepped
@@ -672,7 +681,7 @@ class SGD(torch.optim.Optimizer):
         refuses or torch's arithmetic would raise for midway (_refuse_sparse;
         both checked each step, as their snapshot compares only which
         tensors they are), or a tensor sharing memory with one the kernels
-        step (they run after torch's arithmetic, not in torch's order)."""
+        step (they run before torch's arithmetic, not in torch's order)."""
         with torch._C.DisableTorchFunctionSubclass():  # what lies in memory
             first_index = 0
             for gi, (group, plan) in enumerate(zip(self.param_groups, plans)):
