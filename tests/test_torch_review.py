@@ -159,3 +159,21 @@ def test_torch_share_freeing_a_kernel_tensor_does_not_make_the_kernels_write_fre
     assert done.returncode == 0, done.stderr[-2000:]
     # the kernels stepped the old memory, then the subclass replaced it
     assert done.stdout.split() == ["7.0"]
+
+
+@pytest.mark.parametrize("where", ["another group", "the same group"])
+@pytest.mark.parametrize("flat", [False, True])
+def test_parameter_put_twice_into_the_groups_is_refused_not_stepped_once(flat, where):
+    # torch.optim.SGD steps such a parameter twice; a flat group can hold
+    # it in one arena only, so it was stepped once, silently.  Both modes
+    # now refuse it, before anything is written.
+    p = torch.nn.Parameter(torch.tensor([1.0, 2.0], dtype=F64))
+    q = torch.nn.Parameter(torch.tensor([3.0], dtype=F64))
+    opt = SGD([{"params": [p]}, {"params": [q]}], lr=0.5, flat=flat)
+    opt.param_groups[1 if where == "another group" else 0]["params"].append(p)
+    p.grad = torch.ones(2, dtype=F64)
+    q.grad = torch.ones(1, dtype=F64)
+    with pytest.raises(ValueError, match=r"parameter 0 \(param_groups\[0\]\['params'\]\[0\]\) "
+                                         r"and parameter \d .* overlap in memory"):
+        opt.step()
+    assert p.tolist() == [1.0, 2.0] and q.tolist() == [3.0]

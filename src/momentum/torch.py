@@ -486,6 +486,19 @@ class SGD(torch.optim.Optimizer):
         found = batch.snapshot.check(group["params"], self.state, group["momentum"] != 0)
         return batch if found == HOLDS else None
 
+    def _refuse_shared_param(self, gi: int) -> None:
+        """ValueError if a parameter of flat group ``gi`` is also one of
+        another group's or appears twice in it (an edit of ``param_groups``;
+        ``add_param_group`` refuses it): it can lie in one arena only, so it
+        would be stepped once, where torch.optim.SGD steps it each time."""
+        found: dict[int, tuple[int, int]] = {}
+        for gk, group in enumerate(self.param_groups):
+            for k, p in enumerate(group["params"]):
+                first = found.setdefault(id(p), (gk, k))
+                if first != (gk, k) and gi in (first[0], gk):
+                    raise ValueError(f"SGD.step(): {self._name(*first, 0)} and "
+                                     f"{self._name(gk, k, 0)} overlap in memory")
+
     def _flat_rebuild(self, gi: int, group: dict[str, Any], first_index: int) -> _FlatBatch:
         """A new batch (and snapshot) for flat group ``gi``."""
         batch = self._flat_batch(gi, group, first_index)
@@ -764,6 +777,7 @@ class SGD(torch.optim.Optimizer):
             for gi, (group, hyper) in enumerate(zip(self.param_groups, hypers)):
                 batch = self._flat_current(gi, group)
                 if batch is None:
+                    self._refuse_shared_param(gi)
                     batch = self._flat_rebuild(gi, group, first_index)
                     rebuilt.append(gi)
                 work.append((batch, dict(hyper, params=batch.params, grads=batch.grads,
