@@ -171,6 +171,28 @@ def _refuse(tensor: torch.Tensor, what: str, param: torch.Tensor, place: Place) 
         raise TypeError(f"{_where(place)}: {what} has no memory to step in place")
 
 
+def _refuse_sparse(param: torch.Tensor, grad: torch.Tensor, buf: torch.Tensor | None,
+                   hyper: dict[str, Any]) -> None:
+    """Raise, before anything is written, the RuntimeError torch's SGD
+    arithmetic raises where it would add a dense tensor to a sparse one:
+    torch raises it only once it has written the parameters before this one
+    (and, for a sparse buffer, scaled it).  Those additions are a nonzero
+    weight_decay to a sparse gradient, a dense gradient to a sparse buffer,
+    a dense buffer to a sparse gradient with nesterov; each is tried here
+    out of place, writing nothing, so that the error is torch's own (and a
+    torch that can add them steps them).  ``buf`` is None without momentum."""
+    sparse_grad = grad.layout != torch.strided
+    if sparse_grad and hyper["weight_decay"] != 0:
+        grad.add(param, alpha=hyper["weight_decay"])
+    if buf is None:
+        return
+    sparse_buf = buf.layout != torch.strided
+    if sparse_buf and not sparse_grad:
+        buf.add(grad, alpha=1 - hyper["dampening"])
+    if sparse_grad and not sparse_buf and hyper["nesterov"]:
+        grad.add(buf, alpha=hyper["momentum"])
+
+
 def _span(tensor: torch.Tensor) -> tuple[int, int] | None:
     """The bytes ``[lo, hi)`` from ``tensor``'s first element to past its
     last, or None if it has no element in CPU memory (empty, sparse, on
@@ -464,6 +486,19 @@ class SGD(torch.optim.Optimizer):
         found = batch.snapshot.check(group["params"], self.state, group["momentum"] != 0)
         return batch if found == HOLDS else None
 
+    def _refuse_shared_param(self, gi: int) -> None:
+        """ValueError if a parameter of flat group ``gi`` is also one of
+        another group's or appears twice in it (an edit of ``param_groups``;
+        ``add_param_group`` refuses it): it can lie in one arena only, so it
+        would be stepped once, where torch.optim.SGD steps it each time."""
+        found: dict[int, tuple[int, int]] = {}
+        for gk, group in enumerate(self.param_groups):
+            for k, p in enumerate(group["params"]):
+                first = found.setdefault(id(p), (gk, k))
+                if first != (gk, k) and gi in (first[0], gk):
+                    raise ValueError(f"SGD.step(): {self._name(*first, 0)} and "
+                                     f"{self._name(gk, k, 0)} overlap in memory")
+
     def _flat_rebuild(self, gi: int, group: dict[str, Any], first_index: int) -> _FlatBatch:
         """A new batch (and snapshot) for flat group ``gi``."""
         batch = self._flat_batch(gi, group, first_index)
@@ -625,31 +660,41 @@ class SGD(torch.optim.Optimizer):
                 plans.append(plan)
                 new_bufs.append(self._new_bufs(group, plan))
                 first_index += len(group["params"])
+            # torch's share is checked first: its checks run torch operations
+            # (a subclass's Python code), which must not come between the
+            # batch's addresses being taken and the kernels running.
+            if any(plan.fallback for plan in plans):
+                self._check_fallback(plans, hypers)
             batch = prepare_groups([plan.snapshot for plan in plans],
                                    [tuple(h.get(name, False) for name in _SGD_HYPERS)
                                     for h in hypers],
                                    new_bufs, self._name)
-            if any(plan.fallback for plan in plans):
-                self._check_fallback(plans)
         except Exception:
             # A plan must not outlive a step that refused its tensors: the
             # next step looks at them afresh.
             self._plans.clear()
             raise
-        for plan, group, hyper in zip(plans, self.param_groups, hypers):
-            if plan.fallback:
-                self._torch_sgd(group, hyper, plan.fallback)
+        # The kernels first, straight after their batch was built: torch's
+        # arithmetic can run Python code (a tensor subclass's
+        # __torch_function__) that frees the memory the batch holds
+        # addresses of (``t.data = ...``).  Their new buffers are entered
+        # before torch's share runs, so that an error in it cannot leave a
+        # stepped parameter without the buffer its first step filled.
         batch.run()
         for group, bufs in zip(self.param_groups, new_bufs):
             for i, buf in bufs.items():
                 self.state[group["params"][i]]["momentum_buffer"] = buf
+        for plan, group, hyper in zip(plans, self.param_groups, hypers):
+            if plan.fallback:
+                self._torch_sgd(group, hyper, plan.fallback)
 
-    def _check_fallback(self, plans: list[_Plan]) -> None:
+    def _check_fallback(self, plans: list[_Plan], hypers: list[dict[str, Any]]) -> None:
         """Refuse, before anything is written, what the parameters stepped
         with torch's arithmetic must not bring: a grad or buffer _refuse()
-        refuses (checked each step, as their snapshot compares only which
+        refuses or torch's arithmetic would raise for midway (_refuse_sparse;
+        both checked each step, as their snapshot compares only which
         tensors they are), or a tensor sharing memory with one the kernels
-        step (they run after torch's arithmetic, not in torch's order)."""
+        step (they run before torch's arithmetic, not in torch's order)."""
         with torch._C.DisableTorchFunctionSubclass():  # what lies in memory
             first_index = 0
             for gi, (group, plan) in enumerate(zip(self.param_groups, plans)):
@@ -665,6 +710,7 @@ class SGD(torch.optim.Optimizer):
                     for t, what in zip(tensors, ("the parameter", "its grad", _BUFFER)):
                         if t is not None:
                             _refuse(t, what, p, place)
+                    _refuse_sparse(p, p.grad, b, hypers[gi])
                     for array, t in enumerate(tensors):
                         span = None if t is None else _span(t)
                         if span is not None:
@@ -731,6 +777,7 @@ class SGD(torch.optim.Optimizer):
             for gi, (group, hyper) in enumerate(zip(self.param_groups, hypers)):
                 batch = self._flat_current(gi, group)
                 if batch is None:
+                    self._refuse_shared_param(gi)
                     batch = self._flat_rebuild(gi, group, first_index)
                     rebuilt.append(gi)
                 work.append((batch, dict(hyper, params=batch.params, grads=batch.grads,
