@@ -93,22 +93,28 @@ def test_after_the_refused_sparse_step_a_dense_step_matches_torch():
     assert all(torch.equal(a, b) for a, b in zip(*results))
 
 
-@pytest.mark.xfail(strict=True, reason="complex parameters are stepped as their real "
-                   "view; torch multiplies by lr as the complex number (lr + 0j), "
-                   "whose cross terms set the sign of a zero component")
-def test_complex_step_keeps_torchs_sign_of_zero():
-    # p = -0 + 0j, grad = 0 - 1j, lr = 0.5: torch's real part is
-    # -0 + ((-0.5) * 0 - 0 * (-1)) = -0 + (-0 + 0) = +0; stepping the real
-    # view gives -0 + (-0.5) * 0 = -0.
-    results = []
-    for cls in (SGD, torch.optim.SGD):
-        p = torch.nn.Parameter(torch.full((4,), complex(-0.0, 0.0), dtype=torch.complex128))
-        p.grad = torch.full((4,), complex(0.0, -1.0), dtype=torch.complex128)
-        cls([p], lr=0.5).step()
-        results.append(torch.view_as_real(p.detach()).clone())
-    ours, theirs = results
-    assert torch.equal(ours, theirs)
-    assert torch.equal(torch.signbit(ours), torch.signbit(theirs))
+def test_complex_parameters_step_as_their_real_view_signed_zeros_and_infinities_too():
+    # momentum's definition (README): SGD on a complex tensor is SGD on its
+    # real view.  torch.optim.SGD on the complex tensor multiplies by lr as the
+    # complex number lr + 0j, whose cross terms can flip the sign of a zero
+    # component (p = -0 + 0j, grad = 0 - 1j, lr = 0.5: torch's real part is
+    # +0) or turn an infinite component's partner into NaN; torch.optim.SGD
+    # on the real views gives exactly ours (README, "What a step runs on").
+    values = [complex(-0.0, 0.0), complex(0.0, -1.0), complex(1.0, float("inf")),
+              complex(-2.5, 0.25)]
+    ours = torch.nn.Parameter(torch.tensor(values, dtype=torch.complex128))
+    ours.grad = torch.tensor(values[::-1], dtype=torch.complex128)
+    real = torch.nn.Parameter(torch.view_as_real(ours.detach()).clone())
+    real.grad = torch.view_as_real(ours.grad).clone()
+    for opt in (SGD([ours], lr=0.5, momentum=0.5, weight_decay=0.25),
+                torch.optim.SGD([real], lr=0.5, momentum=0.5, weight_decay=0.25)):
+        opt.step()
+        opt.step()
+    got, want = torch.view_as_real(ours.detach()), real.detach()
+    assert torch.equal(torch.isnan(got), torch.isnan(want))
+    finite = ~torch.isnan(want)
+    assert torch.equal(got[finite], want[finite])
+    assert torch.equal(torch.signbit(got[finite]), torch.signbit(want[finite]))
 
 
 SUBCLASS_FREES_A_KERNEL_TENSOR = r"""
