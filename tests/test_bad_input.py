@@ -158,8 +158,7 @@ def requirement_cases() -> list[Any]:
     cases = []
     for rule, spec in RULES.items():
         for h in spec.hypers:
-            for term in (h.requires or "").split(" and ") if h.requires else []:
-                name, op, _ = term.split()
+            for name, op, _ in h.terms:
                 hyper = dict(HYPER[rule], **{h.name: True, name: 0.0 if op == ">" else 0.5})
                 cases.append(pytest.param(rule, h.name, hyper, id=f"{rule}-{h.name}-{name}"))
     return cases

@@ -66,18 +66,16 @@ def _build_specs():
         SPECS[r].nterms = 0
         for j, hyper in enumerate(rule.hypers):
             SPECS[r].check[j] = _CHECKS[hyper.check]
-            if hyper.requires:
-                for term in hyper.requires.split(" and "):
-                    name, op, value = term.split()
-                    t = SPECS[r].nterms
-                    if t == MAX_TERMS:
-                        raise ImportError(f"rule {rule.name!r}: more than {MAX_TERMS} "
-                                          f"terms in its flags' conditions")
-                    SPECS[r].term_flag[t] = j
-                    SPECS[r].term_hyper[t] = names.index(name)
-                    SPECS[r].term_op[t] = _OPS[op]
-                    SPECS[r].term_value[t] = float(value)
-                    SPECS[r].nterms += 1
+            for name, op, value in hyper.terms:
+                t = SPECS[r].nterms
+                if t == MAX_TERMS:
+                    raise ImportError(f"rule {rule.name!r}: more than {MAX_TERMS} "
+                                      f"terms in its flags' conditions")
+                SPECS[r].term_flag[t] = j
+                SPECS[r].term_hyper[t] = names.index(name)
+                SPECS[r].term_op[t] = _OPS[op]
+                SPECS[r].term_value[t] = value
+                SPECS[r].nterms += 1
         HYPER_NAMES.append(tuple(names))
         ARRAY_NAMES.append(tuple(a.name for a in rule.arrays))
         REQUIRES.append({j: h.requires for j, h in enumerate(rule.hypers) if h.requires})
@@ -141,17 +139,17 @@ cdef int read_hyper(int index, int j, object value, double* out, str func) excep
             out[j] = 1.0 if PyObject_IsTrue(value) else 0.0
         except (TypeError, ValueError):
             # e.g. a NumPy array of several elements: name the flag
-            raise TypeError(f"{func}(): '{HYPER_NAMES[index][j]}' must be a bool, "
+            raise TypeError(f"{func}(): '{hyper_name(index, j)}' must be a bool, "
                             f"not {type(value).__name__}") from None
         return 0
     v = real_arg(value, index, j, func)
     out[j] = v
     if rule.check[j] == CHECK_RATE:
         if not (isfinite(v) and v >= 0):
-            raise ValueError(f"{func}(): '{HYPER_NAMES[index][j]}' must be finite and >= 0, "
+            raise ValueError(f"{func}(): '{hyper_name(index, j)}' must be finite and >= 0, "
                              f"got {v!r}")
     elif not (0 <= v <= 1):
-        raise ValueError(f"{func}(): '{HYPER_NAMES[index][j]}' must be in [0, 1], got {v!r}")
+        raise ValueError(f"{func}(): '{hyper_name(index, j)}' must be in [0, 1], got {v!r}")
     return 0
 
 

@@ -22,6 +22,7 @@ from momentum._checks cimport (
     MAX_ARRAYS, MAX_HYPER, Place, RuleSpec, as_array, missing_array, numpy_place,
     read_hypers, spec_of, uses)
 from momentum._kernels cimport momentum_task
+from momentum import _checks
 from momentum.rules import RULES
 
 from collections.abc import Mapping
@@ -35,7 +36,7 @@ __all__ = [f(rule) for rule in RULES for f in (str, "{}_groups".format)]
 # Per rule: the sequences' names ('params', ...), the hyperparameters' names
 # and defaults, and the positions of those that may be given per tensor.
 cdef list PLURALS = [tuple(a.plural for a in r.arrays) for r in RULES.values()]
-cdef list SINGULARS = [tuple(a.name for a in r.arrays) for r in RULES.values()]
+cdef list SINGULARS = _checks.ARRAY_NAMES
 cdef list HYPERS = [tuple((h.name, h.default) for h in r.hypers) for r in RULES.values()]
 # The sequence the others' lengths are compared with: the first that is not
 # optimizer state (params, or grads for update_buffer).

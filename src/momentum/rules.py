@@ -76,6 +76,19 @@ class Hyper:
     default: float | bool | None = None
     requires: str | None = None
 
+    @property
+    def terms(self) -> list[tuple[str, str, float]]:
+        """``requires`` parsed: ``(name, op, number)`` per term; empty without one."""
+        if not self.requires:
+            return []
+        terms = []
+        for term in self.requires.split(" and "):
+            name, op, value = term.split()
+            if op not in _OPERATORS:
+                raise ValueError(f"{self.name}: unknown operator {op!r} in {self.requires!r}")
+            terms.append((name, op, float(value)))
+        return terms
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -121,8 +134,8 @@ class Rule:
     def allows(self, hyper: Mapping[str, float | bool]) -> bool:
         """Whether ``hyper`` (every hyperparameter's value) meets every flag's
         condition: the checks refuse exactly the combinations it does not."""
-        return all(not hyper[h.name] or _holds(h.requires, hyper)
-                   for h in self.hypers if h.requires)
+        return all(not hyper[h.name] or _OPERATORS[op](float(hyper[name]), value)
+                   for h in self.hypers for name, op, value in h.terms)
 
     def cases(self, nonzero: Mapping[str, float]) -> Iterator[dict[str, float | bool]]:
         """Every combination the checks allow of: each flag False or True, each
@@ -143,13 +156,6 @@ class Rule:
 
 
 _OPERATORS = {">": operator.gt, ">=": operator.ge, "==": operator.eq}
-
-
-def _holds(condition: str, hyper: Mapping[str, float | bool]) -> bool:
-    """``condition`` ("momentum > 0 and dampening == 0": terms of a name, an
-    operator of _OPERATORS and a number, joined by "and") holds for ``hyper``."""
-    return all(_OPERATORS[op](float(hyper[name]), float(value))
-               for name, op, value in (term.split() for term in condition.split(" and ")))
 
 
 _MOMENTUM_BUFFER = "momentum_buffer"
