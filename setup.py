@@ -78,7 +78,7 @@ def extension(name: str, isa_flags: tuple[str, ...] = ()) -> Extension:
     return Extension(
         name,
         [path],
-        include_dirs=[numpy.get_include(), INCLUDE],
+        include_dirs=[numpy.get_include(), INCLUDE, os.path.join("src", "momentum")],
         define_macros=build_macros,
         extra_compile_args=compile_args + list(isa_flags),
         extra_link_args=link_args,
@@ -91,6 +91,9 @@ def extension(name: str, isa_flags: tuple[str, ...] = ()) -> Extension:
 ISA_MODULES = {
     "momentum._kernels_avx2": ("-march=x86-64-v3",),
     "momentum._kernels_avx512": ("-march=x86-64-v4", "-mprefer-vector-width=512"),
+    # AVX-512 with the bfloat16 conversion instruction (Cooper Lake, Zen 4 on)
+    "momentum._kernels_avx512bf16": ("-march=x86-64-v4", "-mavx512bf16",
+                                     "-mprefer-vector-width=512"),
 }
 X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 BUILT_ISAS = ["baseline"] + [

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import momentum
-from momentum.rules import DTYPES, RULES
+from momentum._bench.rules import DTYPES
+from momentum.rules import RULES
 from momentum import bench
 from momentum.__main__ import main as cli
 from momentum._bench import report
@@ -48,7 +49,7 @@ def test_quick_run_writes_every_section_with_positive_rates(quick_run):
     assert results["correctness"] == {"passed": True, "failures": []}
     assert results["plan"]["threads"] == [1]
     assert {(r["rule"], r["dtype"]) for r in results["kernels"]} == {
-        (rule, dtype) for rule in RULES for dtype in DTYPES}
+        (rule, np.dtype(dtype).name) for rule in RULES for dtype in DTYPES}
     for row in results["kernels"] + results["bandwidth"]:
         for res in row["results"].values():
             assert res["GB_per_s"] > 0 and res["Melem_per_s"] > 0

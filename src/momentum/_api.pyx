@@ -12,7 +12,8 @@ from cpython.object cimport PyObject
 
 from momentum._checks cimport (
     CHECK_FLAG, CHECK_RATE, CHECK_UNIT, MAX_ARRAYS, Place, RuleSpec, as_array,
-    check_requires, check_task, missing_array, numpy_place, read_hyper_as, spec_of, uses)
+    check_requires, check_task, extra_names, missing_array, numpy_place, pick_extra,
+    read_hyper_as, read_rounding, source_of, spec_of, uses)
 from momentum._kernels cimport momentum_task
 from momentum._schedule cimport run_checked
 from momentum import _checks
@@ -20,24 +21,31 @@ from momentum import _checks
 cnp.import_array()
 
 cdef tuple ARRAY_NAMES = tuple(_checks.ARRAY_NAMES)
+cdef str NEAREST = "nearest"   # a rule without a param: its rounding
 
 
-cdef int run_one(int index, str func, PyObject** arrays, momentum_task* task) except -1:
+cdef int run_one(int index, str func, PyObject** arrays, momentum_task* task,
+                 object master, object comp) except -1:
     """Check and run rule ``index`` on ``arrays`` (one per array of the rule,
     in the table's order, borrowed), ``task.hyper`` read and checked by
-    read_hyper() one by one."""
+    read_hyper() one by one, its rounding by read_rounding(); ``master`` and
+    ``comp`` are the arrays of rounding 'master' and 'kahan'."""
     cdef const RuleSpec* rule = spec_of(index)
     cdef Place places[MAX_ARRAYS]
     cdef list held = None   # arrays made here from other buffers
     cdef tuple names = <tuple>ARRAY_NAMES[index]
-    cdef int i
+    cdef int i, k
     check_requires(index, task.hyper, func)
-    for i in range(rule.narrays):
-        if not uses(rule, i, task.hyper):
+    extra = pick_extra(rule, task, master, comp, func)
+    if extra is not None:
+        names = extra_names(rule, task, names, "master" if master is not None else "comp")
+    for i in range(rule.narrays + (extra is not None)):
+        if i < rule.narrays and not uses(rule, i, task.hyper):
             continue
-        obj = <object>arrays[i]
+        k = source_of(rule, task, i)
+        obj = <object>arrays[k] if k < rule.narrays else extra
         if obj is None:
-            missing_array(index, i, task.hyper, func, names[i], "an array")
+            missing_array(index, k, task.hyper, func, names[i], "an array")
         if not cnp.PyArray_Check(obj):
             obj = as_array(obj, func, names[i])
             if held is None:

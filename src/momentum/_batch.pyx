@@ -7,7 +7,7 @@
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stddef cimport size_t
 
-from momentum._checks cimport MAX_ARRAYS, check_task
+from momentum._checks cimport MAX_ARRAYS, check_task, has_extra
 from momentum._kernels cimport momentum_task
 from momentum._overlap cimport find_overlap, set_span
 from momentum._schedule cimport run_checked
@@ -28,10 +28,14 @@ cdef class Batch:
         PyMem_Free(self.spans)
 
     cdef momentum_task* next(self) except NULL:
-        """The task add() fills next: set its ``hyper`` first."""
+        """The task add() fills next: set its ``hyper`` (and any rounding:
+        it starts as nearest, with no key) first."""
         if self.ntasks == self.room:
             raise IndexError("Batch is full")
-        return &self.tasks[self.ntasks]
+        cdef momentum_task* t = &self.tasks[self.ntasks]
+        t.rounding = t.stochastic = t.extra_dtype = t.reserved = 0
+        t.seed = t.step = t.tensor = 0
+        return t
 
     cdef int add(self, const RuleSpec* rule, Place* places, object names,
                  str func) except -1:
@@ -43,10 +47,10 @@ cdef class Batch:
         cdef momentum_task* t = &self.tasks[self.ntasks]
         check_task(rule, places, t, names, func)
         cdef int i
-        for i in range(rule.narrays):
+        for i in range(rule.narrays + has_extra(rule, t)):
             if t.arrays[i] != NULL and places[i].length:
                 set_span(&self.spans[self.nspans], <size_t>t.arrays[i], places[i].nbytes,
-                         self.ntasks, i, rule.written[i])
+                         self.ntasks, i, i == rule.narrays or rule.written[i])
                 self.nspans += 1
         t.offset = self.total
         self.total += t.n

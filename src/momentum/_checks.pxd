@@ -3,7 +3,9 @@ from cpython.object cimport PyObject
 from libc.stddef cimport size_t
 
 from momentum._kernels cimport (
-    MOMENTUM_MAX_ARRAYS as MAX_ARRAYS, MOMENTUM_MAX_HYPER as MAX_HYPER, momentum_task)
+    MOMENTUM_BFLOAT16, MOMENTUM_FLOAT16, MOMENTUM_MAX_ARRAYS as MAX_ARRAYS,
+    MOMENTUM_MAX_HYPER as MAX_HYPER, MOMENTUM_ROUND_KAHAN, MOMENTUM_ROUND_MASTER,
+    momentum_task)
 
 cdef enum:
     NOT_A_DTYPE = -1    # Place.dtype of an array no kernel takes
@@ -17,6 +19,7 @@ cdef struct RuleSpec:
     int nhyper
     int check[MAX_HYPER]        # CHECK_RATE, CHECK_UNIT, CHECK_FLAG
     int first_slot              # in the kernel table
+    int param                   # the array rounding applies to, or -1
     # The terms of the flags' conditions: when hyper[term_flag] is set,
     # hyper[term_hyper] <term_op> term_value must hold.
     int nterms
@@ -73,6 +76,29 @@ cdef int read_hypers(const RuleSpec* rule, int index, tuple values, double* out,
 cdef inline bint uses(const RuleSpec* rule, int array, const double* hyper) noexcept:
     """The rule, with these hyperparameters, reads or writes ``array``."""
     return rule.when[array] < 0 or hyper[rule.when[array]] != 0
+cdef int read_rounding(const RuleSpec* rule, object rounding, object state_rounding,
+                       object seed, object step, object tensor, momentum_task* task,
+                       str func) except -1
+cdef object pick_extra(const RuleSpec* rule, const momentum_task* task, object master,
+                       object comp, str func)
+cdef tuple extra_names(const RuleSpec* rule, const momentum_task* task, tuple names,
+                       object extra_name)
+cdef inline bint has_extra(const RuleSpec* rule, const momentum_task* task) noexcept:
+    """The task has an array beyond the rule's (kahan's comp, master's copy)."""
+    return task.rounding >= MOMENTUM_ROUND_KAHAN
+cdef inline int source_of(const RuleSpec* rule, const momentum_task* task, int i) noexcept:
+    """Which of the caller's arrays (the rule's, then the rounding's extra at
+    index narrays) goes to place ``i`` of a task: with rounding 'master' the
+    rule's param place takes the master and the extra place the param."""
+    if task.rounding == MOMENTUM_ROUND_MASTER:
+        if i == rule.param:
+            return rule.narrays
+        if i == rule.narrays:
+            return rule.param
+    return i
+cdef unsigned long long key_part(object value, str name, str func) except? 0
+cdef inline bint is_half(int dtype) noexcept:
+    return dtype == MOMENTUM_BFLOAT16 or dtype == MOMENTUM_FLOAT16
 cdef int numpy_place(object array, Place* place) except -1
 cdef object as_array(object obj, str func, str name)
 cdef int missing_array(int index, int array, const double* hyper, str func, str name,

@@ -19,20 +19,25 @@ from libc.stdint cimport uintptr_t
 from libc.string cimport memcmp
 
 from momentum._dispatch cimport TABLE
-from momentum._kernels cimport MOMENTUM_NDTYPES, momentum_task
-from momentum.rules import DTYPES, RULES
+from momentum._kernels cimport (
+    MOMENTUM_FLOAT32, MOMENTUM_FLOAT64, MOMENTUM_NDTYPES, MOMENTUM_ROUND_KAHAN,
+    MOMENTUM_ROUND_MASTER, MOMENTUM_ROUND_NEAREST, MOMENTUM_ROUND_STOCHASTIC, momentum_task)
+from momentum.rules import DTYPES, RULES, ROUNDINGS, STATE_ROUNDINGS, itemsize
 
 import numpy as np
 
 cnp.import_array()
 
-# Each dtype code's item size and NumPy type number.
+# Each dtype code's item size and NumPy type number (-1 for bfloat16 until
+# an ml_dtypes array is first seen: NumPy gives a user dtype its number when
+# it is registered, and momentum does not import ml_dtypes itself).
 cdef size_t ITEMSIZE[MOMENTUM_NDTYPES]
 cdef int NPY_TYPE[MOMENTUM_NDTYPES]
 for _code, _name in enumerate(DTYPES):
-    ITEMSIZE[_code] = np.dtype(_name).itemsize
-    NPY_TYPE[_code] = np.dtype(_name).num
-cdef str DTYPE_NAMES = " or ".join(DTYPES)
+    ITEMSIZE[_code] = itemsize(_name)
+    NPY_TYPE[_code] = np.dtype(_name).num if _name in np.sctypeDict else -1
+cdef str DTYPE_NAMES = ", ".join(DTYPES[:len(DTYPES) - 1]) + " or " + DTYPES[len(DTYPES) - 1]
+cdef int BFLOAT16 = DTYPES.index("bfloat16")
 
 # The rules, in the order of momentum.rules.RULES.
 cdef RuleSpec SPECS[16]
@@ -58,6 +63,7 @@ def _build_specs():
         SPECS[r].narrays = len(rule.arrays)
         SPECS[r].nhyper = len(rule.hypers)
         SPECS[r].first_slot = next(i for i, (s, _) in enumerate(slots) if s is rule)
+        SPECS[r].param = -1 if rule.param is None else rule.param
         if all(array.when for array in rule.arrays):
             raise ImportError(f"rule {rule.name!r} needs an array it always uses")
         for i, array in enumerate(rule.arrays):
@@ -176,6 +182,91 @@ cdef int read_hypers(const RuleSpec* rule, int index, tuple values, double* out,
     return check_requires(index, out, func)
 
 
+# ------------------------------------------------------------------ rounding
+
+cdef str NEAREST = "nearest"
+
+
+cdef int read_rounding(const RuleSpec* rule, object rounding, object state_rounding,
+                       object seed, object step, object tensor, momentum_task* task,
+                       str func) except -1:
+    """Check and store in ``task`` how 16-bit arrays are rounded: the
+    rule's param by ``rounding`` (one of momentum.rules.ROUNDINGS), its
+    other written arrays by ``state_rounding`` (nearest or stochastic); the
+    stochastic key ``seed``, ``step``, ``tensor`` (ints in [0, 2**64))."""
+    cdef int i
+    task.stochastic = 0
+    task.reserved = 0
+    if rounding is NEAREST and state_rounding is NEAREST:
+        task.rounding = MOMENTUM_ROUND_NEAREST
+    else:
+        task.rounding = rounding_code(rounding, ROUNDINGS, "rounding", func)
+        if task.rounding != MOMENTUM_ROUND_NEAREST and rule.param < 0:
+            raise ValueError(f"{func}(): rounding={rounding!r} needs a 'param'; this rule "
+                             f"has none (state_rounding rounds its state)")
+        if task.rounding == MOMENTUM_ROUND_STOCHASTIC:
+            task.stochastic |= 1u << rule.param
+        if rounding_code(state_rounding, STATE_ROUNDINGS, "state_rounding", func):
+            for i in range(rule.narrays):
+                if rule.written[i] and i != rule.param:
+                    task.stochastic |= 1u << i
+    task.seed = key_part(seed, "seed", func)
+    task.step = key_part(step, "step", func)
+    task.tensor = key_part(tensor, "tensor", func)
+    return 0
+
+
+cdef int rounding_code(object value, tuple choices, str name, str func) except -1:
+    if isinstance(value, str) and value in choices:
+        return choices.index(value)
+    raise ValueError(f"{func}(): '{name}' must be one of {', '.join(map(repr, choices))}, "
+                     f"got {value!r}")
+
+
+cdef unsigned long long key_part(object value, str name, str func) except? 0:
+    if type(value) is int and 0 <= <object>value < (1 << 64):
+        return <unsigned long long>value
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{func}(): '{name}' must be an int, not {type(value).__name__}")
+    value = value.__index__()
+    if not 0 <= value < (1 << 64):
+        raise ValueError(f"{func}(): '{name}' must be in [0, 2**64), got {value!r}")
+    return <unsigned long long>value
+
+
+cdef object pick_extra(const RuleSpec* rule, const momentum_task* task, object master,
+                       object comp, str func):
+    """The rounding's extra array (``comp`` for kahan, ``master`` for
+    master), or None; TypeError for one given that the rounding does not
+    use, or one it needs and is not given."""
+    if task.rounding < MOMENTUM_ROUND_KAHAN and master is None and comp is None:
+        return None
+    cdef str kind = ROUNDINGS[task.rounding]
+    if comp is not None and task.rounding != MOMENTUM_ROUND_KAHAN:
+        raise TypeError(f"{func}(): 'comp' is given but rounding is {kind!r}; "
+                        f"pass rounding='kahan'")
+    if master is not None and task.rounding != MOMENTUM_ROUND_MASTER:
+        raise TypeError(f"{func}(): 'master' is given but rounding is {kind!r}; "
+                        f"pass rounding='master'")
+    if task.rounding == MOMENTUM_ROUND_KAHAN:
+        if comp is None:
+            raise TypeError(f"{func}(): rounding='kahan' needs 'comp', a compensation "
+                            f"buffer of the param's dtype (zeros to start)")
+        return comp
+    if master is None:
+        raise TypeError(f"{func}(): rounding='master' needs 'master', the float32 master "
+                        f"copy of the param")
+    return master
+
+
+cdef tuple extra_names(const RuleSpec* rule, const momentum_task* task, tuple names,
+                       object extra_name):
+    """The names of a task's places, from the caller's ``names`` and the
+    extra array's ``extra_name`` (see source_of)."""
+    cdef tuple given = names + (extra_name,)
+    return tuple([given[source_of(rule, task, i)] for i in range(rule.narrays + 1)])
+
+
 # -------------------------------------------------------------------- arrays
 
 cdef object as_array(object obj, str func, str name):
@@ -197,6 +288,10 @@ cdef int numpy_place(object array, Place* place) except -1:
         for code in range(MOMENTUM_NDTYPES):
             if t == NPY_TYPE[code]:
                 place.dtype = code
+        # 256: NPY_USERDEF, the first number NumPy gives a registered dtype
+        if place.dtype == NOT_A_DTYPE and t >= 256 and is_bfloat16(a.dtype):
+            NPY_TYPE[BFLOAT16] = t
+            place.dtype = BFLOAT16
     place.address = cnp.PyArray_BYTES(a)
     place.length = <size_t>cnp.PyArray_SIZE(a)
     place.nbytes = <size_t>cnp.PyArray_NBYTES(a)
@@ -208,54 +303,73 @@ cdef int numpy_place(object array, Place* place) except -1:
     return 0
 
 
+cdef bint is_bfloat16(object dtype):
+    """``dtype`` is ml_dtypes' bfloat16."""
+    return (dtype.name == "bfloat16" and dtype.itemsize == 2
+            and dtype.type.__module__.split(".")[0] == "ml_dtypes")
+
+
 cdef str shape_of(const Place* p):
     return str(tuple((<object>p.source).shape))
+
+
+cdef int check_place(const RuleSpec* rule, int i, Place* p, Place* q, bint written,
+                     object names, int ref, str func) except -1:
+    """Array ``i`` (``p``) against the first used one (``q``, index ``ref``)."""
+    if not 0 <= p.dtype < MOMENTUM_NDTYPES:
+        raise TypeError(f"{func}(): '{names[i]}' has dtype {(<object>p.source).dtype}; "
+                        f"expected {DTYPE_NAMES} in native byte order")
+    if (p.dtype == MOMENTUM_FLOAT64) != (q.dtype == MOMENTUM_FLOAT64):
+        raise TypeError(f"{func}(): '{names[i]}' has dtype {(<object>p.source).dtype} "
+                        f"but '{names[ref]}' has dtype {(<object>q.source).dtype}; float64 "
+                        f"arrays are not mixed with other dtypes")
+    if (p.length != q.length or p.ndim != q.ndim or (p.ndim > 0 and memcmp(
+            p.dims, q.dims, p.ndim * sizeof(Py_ssize_t)))):
+        raise ValueError(f"{func}(): '{names[i]}' has shape {shape_of(p)} but "
+                         f"'{names[ref]}' has shape {shape_of(q)}")
+    if not p.contiguous:
+        raise ValueError(f"{func}(): '{names[i]}' is not C-contiguous; pass "
+                         f"np.ascontiguousarray({names[i]}) and copy the result back")
+    if <uintptr_t>p.address % ITEMSIZE[p.dtype]:
+        raise ValueError(f"{func}(): '{names[i]}' is not aligned to its dtype")
+    if written and not p.writable:
+        raise ValueError(f"{func}(): '{names[i]}' is read-only but is written in place")
+    return 0
 
 
 cdef int check_task(const RuleSpec* rule, Place* places, momentum_task* task,
                     object names, str func) except -1:
     """Check the arrays of one kernel call and fill ``task`` with them and
-    its kernel (``task.hyper`` is already read).
+    its kernel (``task.hyper`` and the rounding fields are already read).
 
     ``places[i]`` describes array ``i`` of the rule (ignored where the rule,
-    with these hyperparameters, does not use it); ``names[i]`` is its name
-    for messages.  Checked: each dtype is one the kernels take, in native
-    byte order; the arrays have one shape (or, where a Place gives no shape,
-    one length); each is contiguous and aligned to its dtype, a written one
-    is writable; no two share a byte.  The dtypes must form a combination
-    a kernel is built for.
+    with these hyperparameters, does not use it); with rounding kahan or
+    master, ``places[narrays]`` is the extra array (comp, or the 16-bit
+    parameter while ``places[param]`` is the float32 master).  ``names[i]``
+    is each one's name for messages.  Checked: each dtype is one the
+    kernels take, in native byte order, float64 not mixed with others; the
+    arrays have one shape (or, where a Place gives no shape, one length);
+    each is contiguous and aligned to its dtype, a written one is writable;
+    no two share a byte; the rounding's dtypes.
     """
-    cdef int i, j, ref = -1
+    cdef int i, j, ref = -1, count = rule.narrays + has_extra(rule, task)
     cdef Place* p
-    cdef Place* q
     cdef size_t slot = rule.first_slot, stride = 1
     for i in range(rule.narrays):
         if not uses(rule, i, task.hyper):
             task.arrays[i] = NULL
             continue
-        p = &places[i]
-        if not 0 <= p.dtype < MOMENTUM_NDTYPES:
-            raise TypeError(f"{func}(): '{names[i]}' has dtype {(<object>p.source).dtype}; "
-                            f"expected {DTYPE_NAMES} in native byte order")
         if ref < 0:
             ref = i
-        q = &places[ref]
-        if p.dtype != q.dtype:
-            raise TypeError(f"{func}(): '{names[i]}' has dtype {(<object>p.source).dtype} "
-                            f"but '{names[ref]}' has dtype {(<object>q.source).dtype}")
-        if (p.length != q.length or p.ndim != q.ndim or (p.ndim > 0 and memcmp(
-                p.dims, q.dims, p.ndim * sizeof(Py_ssize_t)))):
-            raise ValueError(f"{func}(): '{names[i]}' has shape {shape_of(p)} but "
-                             f"'{names[ref]}' has shape {shape_of(q)}")
-        if not p.contiguous:
-            raise ValueError(f"{func}(): '{names[i]}' is not C-contiguous; pass "
-                             f"np.ascontiguousarray({names[i]}) and copy the result back")
-        if <uintptr_t>p.address % ITEMSIZE[p.dtype]:
-            raise ValueError(f"{func}(): '{names[i]}' is not aligned to its dtype")
-        if rule.written[i] and not p.writable:
-            raise ValueError(f"{func}(): '{names[i]}' is read-only but is written in place")
-        task.arrays[i] = p.address
-    for i in range(rule.narrays):
+        check_place(rule, i, &places[i], &places[ref], rule.written[i], names, ref, func)
+        task.arrays[i] = places[i].address
+    if count > rule.narrays:
+        i = rule.narrays
+        check_place(rule, i, &places[i], &places[ref], True, names, ref, func)
+        check_rounding_dtypes(rule, places, task, names, func)
+        task.arrays[i] = places[i].address
+        task.extra_dtype = places[i].dtype
+    for i in range(count):
         if task.arrays[i] == NULL:
             continue
         for j in range(i):
@@ -269,6 +383,31 @@ cdef int check_task(const RuleSpec* rule, Place* places, momentum_task* task,
     if task.kernel == NULL:
         raise TypeError(f"{func}(): no kernel is built for these dtypes")
     task.n = places[ref].length
+    return 0
+
+
+cdef int check_rounding_dtypes(const RuleSpec* rule, Place* places, momentum_task* task,
+                               object names, str func) except -1:
+    """rounding='kahan': the param 16-bit, comp of its dtype; 'master': the
+    master float32, the parameter 16-bit."""
+    cdef Place* param = &places[rule.param]
+    cdef Place* extra = &places[rule.narrays]
+    cdef str kind = ROUNDINGS[task.rounding]
+    if task.rounding == MOMENTUM_ROUND_KAHAN:
+        if not is_half(param.dtype):
+            raise TypeError(f"{func}(): rounding='kahan' needs a 16-bit '{names[rule.param]}', "
+                            f"not {(<object>param.source).dtype}")
+        if extra.dtype != param.dtype:
+            raise TypeError(f"{func}(): '{names[rule.narrays]}' has dtype "
+                            f"{(<object>extra.source).dtype} but '{names[rule.param]}' has "
+                            f"dtype {(<object>param.source).dtype}; rounding='kahan' needs one")
+    else:
+        if param.dtype != MOMENTUM_FLOAT32:
+            raise TypeError(f"{func}(): rounding='master' needs a float32 "
+                            f"'{names[rule.param]}', not {(<object>param.source).dtype}")
+        if not is_half(extra.dtype):
+            raise TypeError(f"{func}(): rounding='{kind}' needs a 16-bit "
+                            f"'{names[rule.narrays]}', not {(<object>extra.source).dtype}")
     return 0
 
 

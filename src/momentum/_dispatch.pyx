@@ -12,17 +12,19 @@ from libc.stdint cimport uint32_t
 
 from momentum._kernels cimport (
     MOMENTUM_ABI_VERSION, MOMENTUM_CAPSULE_NAME, MOMENTUM_KERNEL_COUNT, momentum_kernel,
-    momentum_kernel_table)
+    momentum_kernel_table, momentum_task)
 from momentum._schedule cimport run_table
 from momentum.rules import fingerprint, kernel_name, kernel_slots
 
 cdef extern from *:
     """
-    /* x86-64 micro-architecture levels: v3 has AVX2, v4 has AVX-512. */
+    /* x86-64 micro-architecture levels: v3 has AVX2 (and F16C), v4 has
+     * AVX-512; 5 is v4 with AVX512-BF16. */
     #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
     static int momentum_cpu_level(void) {
         __builtin_cpu_init();
-        if (__builtin_cpu_supports("x86-64-v4")) return 4;
+        if (__builtin_cpu_supports("x86-64-v4"))
+            return __builtin_cpu_supports("avx512bf16") ? 5 : 4;
         if (__builtin_cpu_supports("x86-64-v3")) return 3;
         return 1;
     }
@@ -30,7 +32,8 @@ cdef extern from *:
     static int momentum_cpu_level(void) {
         __builtin_cpu_init();
         if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
-            && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")) return 4;
+            && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
+            return __builtin_cpu_supports("avx512bf16") ? 5 : 4;
         if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
             && __builtin_cpu_supports("bmi2")) return 3;
         return 1;
@@ -53,7 +56,8 @@ cdef extern from *:
 # needs.
 ISAS = {"baseline": ("momentum._kernels", 1),
         "avx2": ("momentum._kernels_avx2", 3),
-        "avx512": ("momentum._kernels_avx512", 4)}
+        "avx512": ("momentum._kernels_avx512", 4),
+        "avx512bf16": ("momentum._kernels_avx512bf16", 5)}
 # Which builds setup.py made (it defines MOMENTUM_BUILT_ISAS); one that was
 # made but does not import is an error, not a silent skip.
 BUILT_ISAS = tuple(MOMENTUM_BUILT_ISAS.decode().split(","))
@@ -72,6 +76,7 @@ for _i in range(MOMENTUM_KERNEL_COUNT):
 
 TABLE.abi_version = <uint32_t>MOMENTUM_ABI_VERSION
 TABLE.struct_size = sizeof(momentum_kernel_table)
+TABLE.task_size = sizeof(momentum_task)
 TABLE.count = MOMENTUM_KERNEL_COUNT
 TABLE.names = _name_pointers
 TABLE.run = run_table
@@ -103,7 +108,8 @@ def available_isas():
 
 
 def set_isa(str name):
-    """Run the kernels built for ``name`` ("baseline", "avx2", "avx512").
+    """Run the kernels built for ``name`` ("baseline", "avx2", "avx512",
+    "avx512bf16").
 
     Every build gives bitwise the same results; only speed differs.  Applies
     to every later call, and to other extensions using the kernel table.

@@ -5,7 +5,9 @@
 # One loop function per rule, named as the rule in momentum.rules, taking one
 # typed pointer per array (in the table's order), the element count and the
 # rule's hyperparameter struct; _entries.pxi (generated from the table) wraps
-# each in the generic kernel signature of momentum.h.
+# each in the generic kernel signature of momentum.h.  The float loop also
+# serves every mix of float32 and 16-bit arrays, through _storage.h's
+# chunked driver, which widens and rounds the 16-bit arrays around it.
 #
 # Every flag is loop-invariant; the branches below are outside the loops, so
 # each loop body is straight-line arithmetic that vectorises.  Statements are
@@ -13,7 +15,15 @@
 # -ffp-contract=off so that no multiply and add fuse.
 from cpython.pycapsule cimport PyCapsule_New
 from libc.stddef cimport size_t
-from momentum._kernels cimport MOMENTUM_KERNEL_COUNT, momentum_kernel
+from libc.stdint cimport uint32_t
+from momentum._kernels cimport MOMENTUM_KERNEL_COUNT, momentum_kernel, momentum_task
+
+cdef extern from "_storage.h" nogil:
+    ctypedef void (*momentum_loop32)(float* const* arrays, size_t n,
+                                     const double* hyper) noexcept nogil
+    void momentum_blocked(const momentum_task* t, size_t start, size_t n,
+                          momentum_loop32 loop, int narrays, uint32_t codes,
+                          uint32_t written, int param)
 
 include "_hypers.pxi"
 

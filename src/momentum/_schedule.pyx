@@ -28,7 +28,7 @@ cdef size_t SPLIT_ALIGN = 16
 
 cdef inline void _run_range(const momentum_task* t, size_t lo, size_t hi) noexcept nogil:
     """Run elements [lo, hi) of one task."""
-    t.kernel(t.arrays, lo, hi - lo, t.hyper)
+    t.kernel(t, lo, hi - lo)
 
 
 cdef size_t _task_at(const momentum_task* tasks, size_t ntasks, size_t pos) noexcept nogil:

@@ -19,8 +19,9 @@ from libc.string cimport memcpy
 
 from momentum._batch cimport Batch
 from momentum._checks cimport (
-    MAX_ARRAYS, MAX_HYPER, Place, RuleSpec, as_array, missing_array, numpy_place,
-    read_hypers, spec_of, uses)
+    MAX_ARRAYS, MAX_HYPER, Place, RuleSpec, as_array, extra_names, has_extra, key_part,
+    missing_array, numpy_place, pick_extra, read_hypers, read_rounding, source_of, spec_of,
+    uses)
 from momentum._kernels cimport momentum_task
 from momentum import _checks
 from momentum.rules import RULES
@@ -44,6 +45,10 @@ cdef list REFERENCE = [next(i for i, a in enumerate(r.arrays) if a.state_key is 
                        for r in RULES.values()]
 cdef list PER_TENSOR = [tuple(i for i, h in enumerate(r.hypers) if h.name in r.per_tensor)
                         for r in RULES.values()]
+# The rounding's keywords (as codegen.storage() names them for foreach) and defaults.
+cdef tuple STORAGE = (("rounding", "nearest"), ("state_rounding", "nearest"),
+                      ("masters", None), ("comps", None), ("seed", 0), ("step", 0),
+                      ("tensors", None))
 
 
 # ---------------------------------------------------------------- sequences
@@ -103,16 +108,23 @@ cdef tuple per_tensor_flags(object value, str name, Py_ssize_t n, str ref_name,
 
 cdef class Group:
     """One group's checked hyperparameters and sequences, ready to add."""
-    cdef double hyper[MAX_HYPER]
-    cdef tuple seqs         # per array: a tuple of items, or None if unused
+    cdef momentum_task task  # its hyperparameters and rounding, every task's
+    cdef tuple seqs         # per array, then the rounding's extra: a tuple of
+                            # items, or None if unused
     cdef list flags         # (position, one flag per tensor), or None
+    cdef tuple tensors      # the stochastic rounding's key per tensor, or None
+    cdef str extra_plural   # 'masters' or 'comps'
     cdef Py_ssize_t n
 
 
-cdef Group prepare(int index, str func, tuple seqs, tuple values):
-    """Check one group's hyperparameters and sequences (rule ``index``)."""
+cdef Group prepare(int index, str func, tuple seqs, tuple values, tuple storage):
+    """Check one group's hyperparameters, rounding (``storage``, as STORAGE
+    names it) and sequences (rule ``index``)."""
     cdef const RuleSpec* rule = spec_of(index)
     cdef Group group = Group()
+    rounding, state_rounding, masters, comps, seed, step, tensors = storage
+    read_rounding(rule, rounding if rule.param >= 0 else "nearest", state_rounding, seed,
+                  step, 0, &group.task, func)
     cdef tuple plurals = <tuple>PLURALS[index]
     cdef int i, j
     cdef list checked = None
@@ -124,8 +136,11 @@ cdef Group prepare(int index, str func, tuple seqs, tuple values):
                 checked, group.flags = list(values), []
             group.flags.append((j, values[j]))
             checked[j] = False
-    read_hypers(rule, index, values if checked is None else tuple(checked), group.hyper, func)
-    cdef list items = [None] * rule.narrays
+    read_hypers(rule, index, values if checked is None else tuple(checked), group.task.hyper,
+                func)
+    extra = pick_extra(rule, &group.task, masters, comps, func)
+    group.extra_plural = "masters" if masters is not None else "comps"
+    cdef list items = [None] * (rule.narrays + 1)
     cdef int ref = <int>REFERENCE[index]
     items[ref] = as_items(seqs[ref], func, plurals[ref])
     group.n = len(items[ref])
@@ -134,15 +149,24 @@ cdef Group prepare(int index, str func, tuple seqs, tuple values):
         if i == ref:
             continue
         if seq is None:
-            if uses(rule, i, group.hyper):
-                missing_array(index, i, group.hyper, func, plurals[i],
+            if uses(rule, i, group.task.hyper):
+                missing_array(index, i, group.task.hyper, func, plurals[i],
                               "a sequence of arrays")
             continue
         items[i] = as_items(seq, func, plurals[i])
         check_length(items[i], plurals[i], group.n, plurals[ref], func)
-        if not uses(rule, i, group.hyper):
+        if not uses(rule, i, group.task.hyper):
             items[i] = None
+    if extra is not None:
+        items[rule.narrays] = as_items(extra, func, group.extra_plural)
+        check_length(items[rule.narrays], group.extra_plural, group.n, plurals[ref], func)
     group.seqs = tuple(items)
+    group.tensors = None
+    if tensors is not None:
+        group.tensors = as_items(tensors, func, "tensors")
+        check_length(group.tensors, "tensors", group.n, plurals[ref], func)
+        for i in range(group.n):
+            key_part(group.tensors[i], f"tensors[{i}]", func)
     if group.flags is not None:
         group.flags = [(j, per_tensor_flags(flags, HYPERS[index][j][0], group.n, plurals[ref],
                                             func))
@@ -154,13 +178,19 @@ cdef class Names:
     """Names arrays for messages: 'params[3]', or 'groups[1].params[0]'."""
     cdef tuple plurals
     cdef list starts
+    cdef list groups
     cdef bint grouped
+    cdef int index
 
     def __call__(self, Py_ssize_t task, int array):
+        """The name of place ``array`` of task ``task`` (see source_of)."""
         cdef Py_ssize_t k = 0
         while self.starts[k + 1] <= task:
             k += 1
-        name = f"{self.plurals[array]}[{task - self.starts[k]}]"
+        cdef Group group = <Group>self.groups[k]
+        array = source_of(spec_of(self.index), &group.task, array)
+        plural = group.extra_plural if array == len(self.plurals) else self.plurals[array]
+        name = f"{plural}[{task - self.starts[k]}]"
         return f"groups[{k}].{name}" if self.grouped else name
 
 
@@ -169,7 +199,9 @@ cdef Names names_of(int index, list groups, bint grouped):
     cdef Names names = Names()
     names.plurals = <tuple>PLURALS[index]
     names.starts = [0]
+    names.groups = groups
     names.grouped = grouped
+    names.index = index
     cdef Group group
     for group in groups:
         names.starts.append(names.starts[len(names.starts) - 1] + group.n)
@@ -186,19 +218,24 @@ cdef int add_group(Batch batch, int index, Group group, Py_ssize_t first,
     cdef Py_ssize_t j
     cdef int i
     cdef tuple seq, flags
+    cdef int count = rule.narrays + has_extra(rule, &group.task)
+    cdef tuple names = <tuple>SINGULARS[index]
+    if count > rule.narrays:
+        names = extra_names(rule, &group.task, names, group.extra_plural[:-1])
     for j in range(group.n):
         task = batch.next()
-        memcpy(task.hyper, group.hyper, sizeof(group.hyper))
+        memcpy(task, &group.task, sizeof(momentum_task))
+        task.tensor = first + j if group.tensors is None else <unsigned long long>group.tensors[j]
         if group.flags is not None:
             for position, flags in group.flags:
                 task.hyper[<int>position] = 1.0 if flags[j] else 0.0
-        for i in range(rule.narrays):
-            seq = <tuple>group.seqs[i]
+        for i in range(count):
+            seq = <tuple>group.seqs[source_of(rule, task, i)]
             if seq is None:
                 continue
             obj = seq[j]
             if obj is None:
-                missing_array(index, i, task.hyper, func,
+                missing_array(index, source_of(rule, task, i), task.hyper, func,
                               names_of(index, groups, grouped)(first + j, i), "an array")
             if not cnp.PyArray_Check(obj):
                 obj = as_array(obj, func, names_of(index, groups, grouped)(first + j, i))
@@ -207,11 +244,11 @@ cdef int add_group(Batch batch, int index, Group group, Py_ssize_t first,
                 batch.held.append(obj)
             numpy_place(obj, &places[i])
         try:
-            batch.add(rule, places, <tuple>SINGULARS[index], func)
+            batch.add(rule, places, names, func)
         except (TypeError, ValueError):
             # Word the error with indexed names: the same check fails again.
             batch.add(rule, places, task_names(names_of(index, groups, grouped), first + j,
-                                               rule.narrays), func)
+                                               count), func)
             raise
     return 0
 
@@ -248,9 +285,9 @@ cdef int run_groups(int index, str func, list groups, bint grouped) except -1:
     return 0
 
 
-cdef int run_group(int index, str func, tuple seqs, tuple values) except -1:
+cdef int run_group(int index, str func, tuple seqs, tuple values, tuple storage) except -1:
     """run_groups() for one group."""
-    return run_groups(index, func, [prepare(index, func, seqs, values)], False)
+    return run_groups(index, func, [prepare(index, func, seqs, values, storage)], False)
 
 
 cdef int run_mappings(int index, str func, object groups) except -1:
@@ -258,7 +295,9 @@ cdef int run_mappings(int index, str func, object groups) except -1:
     group's sequences (by their plural names) and hyperparameters."""
     cdef tuple items = as_items(groups, func, "groups")
     cdef tuple plurals = <tuple>PLURALS[index]
-    known = frozenset(plurals) | {name for name, _ in <tuple>HYPERS[index]}
+    known = (frozenset(plurals) | {name for name, _ in <tuple>HYPERS[index]}
+             | {name for name, _ in STORAGE
+                if spec_of(index).param >= 0 or name not in ("rounding", "masters", "comps")})
     cdef list prepared = []
     for k, group in enumerate(items):
         if not isinstance(group, Mapping):
@@ -277,8 +316,9 @@ cdef int run_mappings(int index, str func, object groups) except -1:
             if plural not in group and spec_of(index).when[i] < 0:
                 raise TypeError(f"{func}(): 'groups[{k}]' has no {plural!r}")
             seqs.append(group.get(plural))
+        storage = tuple([group.get(name, default) for name, default in STORAGE])
         try:
-            prepared.append(prepare(index, func, tuple(seqs), tuple(values)))
+            prepared.append(prepare(index, func, tuple(seqs), tuple(values), storage))
         except (TypeError, ValueError) as e:
             raise type(e)(f"{e} (in groups[{k}])") from None
     return run_groups(index, func, prepared, True)

@@ -4,17 +4,151 @@ Each function has the signature and the per-element order of operations of
 its kernel in :mod:`momentum`.  Every hyperparameter is first made a Python
 float, which NumPy rounds once to the arrays' dtype where it meets them
 (``1 - dampening`` is formed in double precision first); so a NumPy scalar
-such as ``np.float64(0.1)`` acts exactly as the Python float ``0.1``.  Every operation rounds, none is fused, so
-for float32 and float64 the kernels give bitwise the same result as this
-module.  It checks nothing: the kernels' API layer does that.
+such as ``np.float64(0.1)`` acts exactly as the Python float ``0.1``.  Every
+operation rounds, none is fused, so the kernels give bitwise the same result
+as this module.  It checks nothing: the kernels' API layer does that.
+
+16-bit arrays (NumPy float16, ml_dtypes.bfloat16) are computed on float32
+copies (exact), by the same formula, and each written array is stored back
+once (:func:`_stored`): by ``astype`` (round to nearest even), by
+:func:`round_stochastic`, Kahan-compensated, or from a float32 master.
 """
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import numpy as np
 
-__all__ = ["update_buffer", "sgd", "heavy_ball"]
+from momentum.rules import RULES
+
+__all__ = ["update_buffer", "sgd", "heavy_ball", "random_bits", "round_stochastic"]
+
+_M64 = (1 << 64) - 1
 
 
+def _mix64(z: int) -> int:
+    z = (z + 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def _hash32(x: np.ndarray) -> np.ndarray:
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x7FEB352D)
+    x = x ^ (x >> np.uint32(15))
+    x = x * np.uint32(0x846CA68B)
+    return x ^ (x >> np.uint32(16))
+
+
+def random_bits(n: int, *, seed: int, step: int, tensor: int, array: int) -> np.ndarray:
+    """The 32 random bits (uint32) of elements ``0..n-1`` of array number
+    ``array`` of a tensor: a counter-based hash of (seed, step, tensor,
+    array, element index), so any split of the work draws the same bits::
+
+        key = mix64(mix64(mix64(mix64(seed) ^ step) ^ tensor) ^ (array | (i >> 32) << 8))
+        bits = hash32(hash32(low32(i) ^ low32(key)) ^ high32(key))
+
+    (``mix64``: SplitMix64's finaliser; ``hash32``: Wellons' lowbias32).
+    """
+    out = np.empty(n, np.uint32)
+    base = _mix64(_mix64(_mix64(seed) ^ step) ^ tensor)
+    for high in range(0, max(n - 1, 0) // (1 << 32) + 1):
+        key = _mix64(base ^ (array | high << 8))
+        lo, hi = high << 32, min(n, (high + 1) << 32)
+        index = np.arange(lo, hi, dtype=np.uint64).astype(np.uint32)
+        with np.errstate(over="ignore"):
+            out[lo:hi] = _hash32(_hash32(index ^ np.uint32(key & 0xFFFFFFFF))
+                                 ^ np.uint32(key >> 32))
+    return out
+
+
+def round_stochastic(x: np.ndarray, dtype: np.dtype, bits: np.ndarray) -> np.ndarray:
+    """float32 ``x`` rounded stochastically to the 16-bit ``dtype`` with the
+    random ``bits`` (uint32, one per element): the bits below the kept ones
+    are added and the sum truncated, so a value rounds up with probability
+    the fraction it drops (bfloat16: 16 bits; float16: 13 bits for normal
+    results; below 2**-14 it rounds up to the next multiple of 2**-24 when
+    ``(bits >> 16) / 2**16 < dropped fraction``).  NaN and infinity round as
+    ``astype`` does; magnitudes of 65536 and over round to float16 infinity.
+    """
+    u = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    a, sign = u & 0x7FFFFFFF, (u >> 16) & 0x8000
+    nan = np.isnan(x)
+    with np.errstate(all="ignore"):
+        nearest = np.asarray(x, np.float32).astype(dtype).view(np.uint16).astype(np.uint64)
+    if np.dtype(dtype).name == "bfloat16":
+        r = (u + (bits >> 16)) >> 16
+        r = np.where(nan | (a == 0x7F800000), nearest, r)
+    else:
+        normal = (a - 0x38000000 + (bits >> 19)) >> 13
+        t = np.where(a < 0x38800000, a, 0).astype(np.uint32).view(np.float32) * np.float32(2**24)
+        whole = t.astype(np.int32)
+        below = t - whole.astype(np.float32)
+        up = (bits >> 16).astype(np.float32) * np.float32(2**-16) < below
+        sub = whole.astype(np.uint64) + up
+        r = sign | np.where(a >= 0x47800000, 0x7C00, np.where(a >= 0x38800000, normal, sub))
+        r = np.where(nan, nearest, r)
+    return r.astype(np.uint16).view(dtype)
+
+
+def _is_half(a: np.ndarray | None) -> bool:
+    return a is not None and a.dtype.itemsize == 2
+
+
+def _stored(name: str) -> Callable:
+    """The rule ``name``'s specification for every storage: ``formula`` (the
+    decorated function) runs on float32 copies of 16-bit arrays (and, with
+    rounding 'master', on the master in the param's place), then each
+    written array is stored once."""
+    rule = RULES[name]
+    written = [a.written for a in rule.arrays]
+
+    def wrap(formula):
+        @functools.wraps(formula)
+        def stored_step(*arrays, rounding="nearest", state_rounding="nearest", master=None,
+                 comp=None, seed=0, step=0, tensor=0, **hyper):
+            own = list(arrays)
+            if rounding == "master":
+                own[rule.param] = master
+            if not any(map(_is_half, own)):
+                formula(*own, **hyper)
+            else:
+                work = [a.astype(np.float32) if _is_half(a) else a for a in own]
+                formula(*work, **hyper)
+                for i, (into, value) in enumerate(zip(own, work)):
+                    if not (written[i] and _is_half(into)):
+                        continue
+                    stochastic = (rounding if i == rule.param else state_rounding) == "stochastic"
+                    if i == rule.param and rounding == "kahan":
+                        _kahan(into, comp, value)
+                    elif stochastic:
+                        bits = random_bits(into.size, seed=seed, step=step, tensor=tensor,
+                                           array=i).reshape(into.shape)
+                        into[...] = round_stochastic(value, into.dtype, bits)
+                    else:
+                        into[...] = value.astype(into.dtype)
+            if rounding == "master":
+                arrays[rule.param][...] = master.astype(arrays[rule.param].dtype)
+        return stored_step
+    return wrap
+
+
+def _kahan(param: np.ndarray, comp: np.ndarray, fresh: np.ndarray) -> None:
+    """Store ``fresh`` (the rule's float32 result) into the 16-bit ``param``
+    with Kahan compensation ``comp``::
+
+        y = (fresh - param) + comp
+        param, comp = round(param + y), round(y - (round(param + y) - param))
+    """
+    p, c = param.astype(np.float32), comp.astype(np.float32)
+    y = (fresh - p) + c
+    param[...] = (p + y).astype(param.dtype)
+    comp[...] = (y - (param.astype(np.float32) - p)).astype(comp.dtype)
+
+
+@_stored("update_buffer")
 def update_buffer(buf: np.ndarray, grad: np.ndarray, *, momentum: float,
                   dampening: float = 0.0) -> None:
     """``buf = momentum * buf + (1 - dampening) * grad``, in place."""
@@ -22,6 +156,7 @@ def update_buffer(buf: np.ndarray, grad: np.ndarray, *, momentum: float,
     buf[...] = momentum * buf + (1 - dampening) * grad
 
 
+@_stored("sgd")
 def sgd(param: np.ndarray, grad: np.ndarray, buf: np.ndarray | None, *,
         lr: float, momentum: float = 0.0, dampening: float = 0.0,
         weight_decay: float = 0.0, nesterov: bool = False,
@@ -49,6 +184,7 @@ def sgd(param: np.ndarray, grad: np.ndarray, buf: np.ndarray | None, *,
     param[...] = param - lr * g
 
 
+@_stored("heavy_ball")
 def heavy_ball(param: np.ndarray, grad: np.ndarray, buf: np.ndarray, *,
                lr: float, momentum: float, weight_decay: float = 0.0,
                nesterov: bool = False, maximize: bool = False) -> None:

@@ -23,17 +23,29 @@ import operator
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["Array", "Hyper", "Rule", "RULES", "DTYPES", "MAX_ARRAYS", "MAX_HYPER",
-           "ABI_VERSION", "kernel_name", "kernel_combos", "kernel_slots", "fingerprint"]
+__all__ = ["Array", "Hyper", "Rule", "RULES", "DTYPES", "HALF_DTYPES", "ROUNDINGS",
+           "STATE_ROUNDINGS", "MAX_ARRAYS", "MAX_HYPER", "ABI_VERSION", "itemsize", "kernel_name",
+           "kernel_combos", "kernel_slots", "fingerprint"]
 
 # The storage dtypes, in the order of their codes (a dtype's code is its index).
-DTYPES = ("float32", "float64")
+# float64 arrays compute in double and are never mixed with the others; any
+# mix of float32 and the 16-bit dtypes computes in float32, each value
+# rounded once, when it is stored.
+DTYPES = ("float32", "float64", "bfloat16", "float16")
+HALF_DTYPES = ("bfloat16", "float16")
+# How a rule's ``param`` is stored when it is 16-bit (a task's ``rounding`` is
+# the index): round to nearest even; stochastic rounding; nearest with a
+# Kahan compensation buffer (``comp``, the parameter's dtype); a float32
+# ``master`` the rule updates, the 16-bit parameter written as its rounding.
+ROUNDINGS = ("nearest", "stochastic", "kahan", "master")
+# How the rule's other written 16-bit arrays (its state) are stored.
+STATE_ROUNDINGS = ("nearest", "stochastic")
 
 # Room in a task for one rule's arrays and hyperparameters (the C ABI fixes it).
 MAX_ARRAYS = 6
 MAX_HYPER = 12
 # Bumped whenever the C task or kernel-table layout changes (momentum.h).
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -150,6 +162,12 @@ class Rule:
                 yield hyper
 
     @property
+    def param(self) -> int | None:
+        """Index of the array named ``param``, the one ``rounding`` (kahan,
+        master, stochastic) applies to; None for a rule without one."""
+        return next((i for i, a in enumerate(self.arrays) if a.name == "param"), None)
+
+    @property
     def state_keys(self) -> dict[str, str]:
         """Array name -> PyTorch state key, for the state buffers."""
         return {a.name: a.state_key for a in self.arrays if a.state_key}
@@ -221,10 +239,18 @@ param = param - (momentum * buf + lr * g) if nesterov else param - buf""",
 )}
 
 
+def itemsize(dtype: str) -> int:
+    """Bytes per element of a storage dtype: ``"bfloat16"`` -> 2."""
+    return int(dtype.removeprefix("b").removeprefix("float")) // 8
+
+
 def kernel_combos(rule: Rule) -> list[tuple[str, ...]]:
     """The storage dtypes the kernels are built for, one per array of
-    ``rule``: today every array of a call has one dtype."""
-    return [(dtype,) * len(rule.arrays) for dtype in DTYPES]
+    ``rule``: every array float64, or each array independently float32 or
+    one of the 16-bit dtypes."""
+    single = [d for d in DTYPES if d != "float64"]
+    return [("float64",) * len(rule.arrays)] + list(
+        itertools.product(single, repeat=len(rule.arrays)))
 
 
 def kernel_name(rule: Rule, dtypes: tuple[str, ...]) -> str:
@@ -250,6 +276,7 @@ def fingerprint() -> str:
     """A digest of everything the build derives from this table (the rules,
     the dtypes, the room in a task): a build made from another table refuses
     to import (momentum._dispatch compares it with the one built in)."""
-    text = repr((ABI_VERSION, MAX_ARRAYS, MAX_HYPER, DTYPES, list(RULES.values()),
+    text = repr((ABI_VERSION, MAX_ARRAYS, MAX_HYPER, DTYPES, ROUNDINGS, STATE_ROUNDINGS,
+                 list(RULES.values()),
                  [(r.name, d) for r, d in kernel_slots()], [kernel_combos(r) for r in RULES.values()]))
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -47,7 +47,7 @@ __all__ = ["SGD"]
 _REAL = {getattr(torch, name): code for code, name in enumerate(DTYPES)}
 _KERNEL_DTYPES = {**{real: (code, 1, real.itemsize) for real, code in _REAL.items()},
                   **{torch.complex(torch.zeros(1, dtype=real), torch.zeros(1, dtype=real)).dtype:
-                     (code, 2, real.itemsize) for real, code in _REAL.items()}}
+                     (_REAL[real], 2, real.itemsize) for real in (torch.float32, torch.float64)}}
 _DTYPES = tuple(_REAL)
 _PLAIN = (torch.Tensor, torch.nn.Parameter, torch.nn.Buffer)
 _NO_STATE = MappingProxyType({})

@@ -1,0 +1,317 @@
+/* 16-bit storage for momentum's kernels: conversions and the blocked driver.
+ *
+ * Compiled into every kernel build (each _kernels*.pyx includes it through
+ * _loops.pxi), so the loops below vectorise for that build's instruction set.
+ * A rule's loops exist for float and double only; a kernel whose arrays mix
+ * float32 with bfloat16 or float16 runs them in chunks: each 16-bit array's
+ * chunk is widened into float32 scratch (exactly), the rule's float32 loop
+ * runs on the scratch, and each written 16-bit array's chunk is rounded back
+ * once.  So the arithmetic is float32 in the rule's order, and every value is
+ * rounded once, when it is stored.
+ *
+ * The roundings are bitwise those of NumPy's astype (momentum.reference):
+ *  - float32 -> bfloat16 as ml_dtypes: nearest even, subnormals kept, NaN to
+ *    the quiet NaN 0x7fc0 with the input's sign;
+ *  - float32 -> float16 as NumPy: nearest even, subnormals kept, overflow to
+ *    infinity, NaN keeps the top 10 bits of its payload (at least 1);
+ *  - float16 -> float32 as NumPy (exact; a NaN's payload is not quieted).
+ * Stochastic rounding adds random bits below the kept ones and truncates
+ * (bfloat16: 16 bits; float16: 13 bits for normal results, and for
+ * subnormal ones rounds up with probability equal to the dropped fraction,
+ * at 16 bits of resolution); NaN and infinity round as to nearest.
+ * The random bits of element i of a tensor come from a counter-based hash
+ * of (seed, step, tensor, array, i): independent of threads, chunking,
+ * batches and ISA.
+ */
+#ifndef MOMENTUM_STORAGE_H
+#define MOMENTUM_STORAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "momentum.h"
+
+#if defined(__AVX512BF16__) || defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+/* Elements per chunk: the scratch of a 6-array rule stays inside L1. */
+#define MOMENTUM_CHUNK 512
+
+static inline uint32_t mm_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline float mm_float(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+
+/* ---------------------------------------------------------------- widening */
+
+static void mm_load_bf16(float *restrict dst, const uint16_t *restrict src, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++)
+        dst[i] = mm_float((uint32_t)src[i] << 16);
+}
+
+static void mm_load_f16(float *restrict dst, const uint16_t *restrict src, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++) {
+        uint32_t h = src[i], a = h & 0x7fffu;
+        uint32_t sign = (h & 0x8000u) << 16;
+        uint32_t normal = (a << 13) + 0x38000000u;
+        uint32_t special = (a << 13) | 0x7f800000u;           /* inf, NaN */
+        uint32_t sub = mm_bits((float)(int32_t)a * 0x1p-24f);  /* exact */
+        dst[i] = mm_float(sign | (a >= 0x7c00u ? special : a >= 0x0400u ? normal : sub));
+    }
+}
+
+/* ------------------------------------------------------ rounding to nearest */
+
+static inline uint32_t mm_bf16_nearest(uint32_t u)
+{
+    uint32_t nan = ((u >> 16) & 0x8000u) | 0x7fc0u;
+    uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    return (u & 0x7fffffffu) > 0x7f800000u ? nan : r;
+}
+
+static inline uint32_t mm_f16_nearest(uint32_t u)
+{
+    uint32_t a = u & 0x7fffffffu, sign = (u >> 16) & 0x8000u;
+    uint32_t payload = (a >> 13) & 0x3ffu;
+    uint32_t nan = 0x7c00u | payload | (payload == 0);
+    uint32_t normal = (a - 0x38000000u + 0xfffu + ((a >> 13) & 1u)) >> 13;
+    /* below 2^-14 the result is a multiple of 2^-24: scale (exactly) and
+     * round to an integer by the float adder, which rounds to nearest even */
+    float t = mm_float(a < 0x38800000u ? a : 0u) * 0x1p24f;
+    uint32_t sub = (uint32_t)(int32_t)((t + 0x1p23f) - 0x1p23f);
+    return sign | (a > 0x7f800000u ? nan : a >= 0x477ff000u ? 0x7c00u
+                   : a >= 0x38800000u ? normal : sub);
+}
+
+static void mm_store_bf16(uint16_t *restrict dst, const float *restrict src, size_t n)
+{
+    size_t i = 0;
+#if defined(__AVX512BF16__)
+    /* vcvtneps2bf16 rounds as above but flushes subnormals and keeps NaN
+     * payloads: a vector holding either takes the portable path. */
+    for (; i + 16 <= n; i += 16) {
+        __m512 x = _mm512_loadu_ps(src + i);
+        __m512i a = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7fffffff));
+        __mmask16 odd = _mm512_cmpgt_epu32_mask(a, _mm512_set1_epi32(0x7f800000))
+                      | _mm512_cmplt_epu32_mask(a, _mm512_set1_epi32(0x00800000));
+        if (odd) {
+            size_t j;
+            for (j = i; j < i + 16; j++)
+                dst[j] = (uint16_t)mm_bf16_nearest(mm_bits(src[j]));
+        } else {
+            _mm256_storeu_si256((__m256i *)(dst + i), (__m256i)_mm512_cvtneps_pbh(x));
+        }
+    }
+#endif
+    for (; i < n; i++)
+        dst[i] = (uint16_t)mm_bf16_nearest(mm_bits(src[i]));
+}
+
+static void mm_store_f16(uint16_t *restrict dst, const float *restrict src, size_t n)
+{
+    size_t i = 0;
+#if defined(__F16C__)
+    /* vcvtps2ph rounds as above, but quiets a NaN: a vector holding one
+     * takes the portable path. */
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(src + i);
+        if (_mm256_movemask_ps(_mm256_cmp_ps(x, x, _CMP_UNORD_Q))) {
+            size_t j;
+            for (j = i; j < i + 8; j++)
+                dst[j] = (uint16_t)mm_f16_nearest(mm_bits(src[j]));
+        } else {
+            _mm_storeu_si128((__m128i *)(dst + i),
+                             _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        }
+    }
+#endif
+    for (; i < n; i++)
+        dst[i] = (uint16_t)mm_f16_nearest(mm_bits(src[i]));
+}
+
+/* -------------------------------------------------------- random bits */
+
+static inline uint64_t mm_mix64(uint64_t z)
+{
+    z += 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* The key of one array's stochastic rounding, for elements whose index
+ * shares the high 32 bits `high`. */
+static inline uint64_t mm_key(const momentum_task *t, uint32_t array, uint64_t high)
+{
+    uint64_t k = mm_mix64(t->seed);
+    k = mm_mix64(k ^ t->step);
+    k = mm_mix64(k ^ t->tensor);
+    return mm_mix64(k ^ ((uint64_t)array | high << 8));
+}
+
+static inline uint32_t mm_hash32(uint32_t x)
+{
+    x ^= x >> 16;
+    x *= 0x7feb352du;
+    x ^= x >> 15;
+    x *= 0x846ca68bu;
+    x ^= x >> 16;
+    return x;
+}
+
+/* 32 random bits for the element of low index bits `i`. */
+static inline uint32_t mm_random(uint64_t key, uint32_t i)
+{
+    return mm_hash32(mm_hash32(i ^ (uint32_t)key) ^ (uint32_t)(key >> 32));
+}
+
+/* ------------------------------------------------------ stochastic rounding */
+
+static void mm_store_bf16_stochastic(uint16_t *restrict dst, const float *restrict src,
+                                     size_t n, uint64_t key, uint32_t first)
+{
+    size_t i;
+    for (i = 0; i < n; i++) {
+        uint32_t u = mm_bits(src[i]);
+        uint32_t r = (u + (mm_random(key, first + (uint32_t)i) >> 16)) >> 16;
+        uint32_t nan = ((u >> 16) & 0x8000u) | 0x7fc0u;
+        uint32_t a = u & 0x7fffffffu;
+        dst[i] = (uint16_t)(a > 0x7f800000u ? nan : a == 0x7f800000u ? u >> 16 : r);
+    }
+}
+
+static void mm_store_f16_stochastic(uint16_t *restrict dst, const float *restrict src,
+                                    size_t n, uint64_t key, uint32_t first)
+{
+    size_t i;
+    for (i = 0; i < n; i++) {
+        uint32_t u = mm_bits(src[i]), bits = mm_random(key, first + (uint32_t)i);
+        uint32_t a = u & 0x7fffffffu, sign = (u >> 16) & 0x8000u;
+        uint32_t payload = (a >> 13) & 0x3ffu;
+        uint32_t nan = 0x7c00u | payload | (payload == 0);
+        uint32_t normal = (a - 0x38000000u + (bits >> 19)) >> 13;
+        float t = mm_float(a < 0x38800000u ? a : 0u) * 0x1p24f;   /* exact */
+        int32_t whole = (int32_t)t;
+        float below = t - (float)whole;                           /* exact */
+        uint32_t sub = (uint32_t)whole + ((float)(bits >> 16) * 0x1p-16f < below);
+        dst[i] = (uint16_t)(sign | (a > 0x7f800000u ? nan : a >= 0x47800000u ? 0x7c00u
+                                    : a >= 0x38800000u ? normal : sub));
+    }
+}
+
+/* ------------------------------------------------------- by dtype code */
+
+static void mm_load16(uint32_t dtype, float *dst, const uint16_t *src, size_t n)
+{
+    if (dtype == MOMENTUM_BFLOAT16)
+        mm_load_bf16(dst, src, n);
+    else
+        mm_load_f16(dst, src, n);
+}
+
+/* Round src[0:n] into dst[0:n], elements `index`.. of array `array`. */
+static void mm_store16(const momentum_task *t, uint32_t dtype, uint32_t array,
+                       uint16_t *dst, const float *src, size_t n, size_t index)
+{
+    if ((t->stochastic >> array) & 1u) {
+        uint64_t key = mm_key(t, array, (uint64_t)index >> 32);
+        if (dtype == MOMENTUM_BFLOAT16)
+            mm_store_bf16_stochastic(dst, src, n, key, (uint32_t)index);
+        else
+            mm_store_f16_stochastic(dst, src, n, key, (uint32_t)index);
+    } else if (dtype == MOMENTUM_BFLOAT16) {
+        mm_store_bf16(dst, src, n);
+    } else {
+        mm_store_f16(dst, src, n);
+    }
+}
+
+/* Kahan-compensated store of a 16-bit parameter.  `fresh` holds the rule's
+ * float32 result computed from the stored parameter p (it is overwritten);
+ * with c the compensation, y = (fresh - p) + c, the parameter becomes
+ * round(p + y) and c becomes round(y - (round(p + y) - p)), both to nearest. */
+static void mm_store_kahan(uint32_t dtype, uint16_t *restrict param, uint16_t *restrict comp,
+                           float *restrict fresh, float *restrict p, float *restrict c,
+                           size_t n)
+{
+    size_t i;
+    mm_load16(dtype, p, param, n);
+    mm_load16(dtype, c, comp, n);
+    for (i = 0; i < n; i++)
+        c[i] = (fresh[i] - p[i]) + c[i];
+    for (i = 0; i < n; i++)
+        fresh[i] = p[i] + c[i];
+    if (dtype == MOMENTUM_BFLOAT16) mm_store_bf16(param, fresh, n); else mm_store_f16(param, fresh, n);
+    mm_load16(dtype, fresh, param, n);
+    for (i = 0; i < n; i++)
+        c[i] = c[i] - (fresh[i] - p[i]);
+    if (dtype == MOMENTUM_BFLOAT16) mm_store_bf16(comp, c, n); else mm_store_f16(comp, c, n);
+}
+
+/* ------------------------------------------------------ the blocked driver */
+
+/* A rule's float32 loop: arrays (NULL where unused), n, its hyperparameters. */
+typedef void (*momentum_loop32)(float *const *arrays, size_t n, const double *hyper);
+
+/* Run elements [start, start + n) of task t whose arrays have the dtype codes
+ * `codes` (4 bits per array, array 0 lowest), `written` a bit per written
+ * array, `param` the index of the rule's param (-1: none), through `loop`. */
+static void momentum_blocked(const momentum_task *t, size_t start, size_t n,
+                             momentum_loop32 loop, int narrays, uint32_t codes,
+                             uint32_t written, int param)
+{
+    float scratch[MOMENTUM_MAX_ARRAYS + 2][MOMENTUM_CHUNK] __attribute__((aligned(64)));
+    float *arrays[MOMENTUM_MAX_ARRAYS];
+    int i, master = param >= 0 && t->rounding == MOMENTUM_ROUND_MASTER;
+    int kahan = param >= 0 && t->rounding == MOMENTUM_ROUND_KAHAN, half = 0;
+    size_t at, k;
+    for (i = 0; i < narrays; i++)
+        half |= ((codes >> (4 * i)) & 15u) != MOMENTUM_FLOAT32;
+    if (!master && !half) {
+        /* every array float32: no chunks */
+        for (i = 0; i < narrays; i++)
+            arrays[i] = t->arrays[i] ? (float *)t->arrays[i] + start : NULL;
+        loop(arrays, n, t->hyper);
+        return;
+    }
+    for (at = 0; at < n; at += k) {
+        size_t index = start + at;
+        k = n - at < MOMENTUM_CHUNK ? n - at : MOMENTUM_CHUNK;
+        /* a chunk's element indices share their high 32 bits (the key's) */
+        if ((uint64_t)(uint32_t)index + k > 0x100000000ull)
+            k = (size_t)(0x100000000ull - (uint32_t)index);
+        for (i = 0; i < narrays; i++) {
+            uint32_t code = (codes >> (4 * i)) & 15u;
+            if (t->arrays[i] == NULL) {
+                arrays[i] = NULL;
+            } else if (code == MOMENTUM_FLOAT32) {
+                arrays[i] = (float *)t->arrays[i] + index;
+            } else {
+                mm_load16(code, scratch[i], (const uint16_t *)t->arrays[i] + index, k);
+                arrays[i] = scratch[i];
+            }
+        }
+        loop(arrays, k, t->hyper);
+        for (i = 0; i < narrays; i++) {
+            uint32_t code = (codes >> (4 * i)) & 15u;
+            if (!((written >> i) & 1u) || t->arrays[i] == NULL || code == MOMENTUM_FLOAT32)
+                continue;
+            if (i == param && kahan)
+                mm_store_kahan(code, (uint16_t *)t->arrays[i] + index,
+                               (uint16_t *)t->arrays[narrays] + index, scratch[i],
+                               scratch[MOMENTUM_MAX_ARRAYS], scratch[MOMENTUM_MAX_ARRAYS + 1], k);
+            else
+                mm_store16(t, code, (uint32_t)i, (uint16_t *)t->arrays[i] + index,
+                           scratch[i], k, index);
+        }
+        if (master)
+            mm_store16(t, t->extra_dtype, (uint32_t)narrays,
+                       (uint16_t *)t->arrays[narrays] + index, arrays[param], k, index);
+    }
+}
+
+#endif
