@@ -96,7 +96,7 @@ def test_zero_grad_and_bad_dtype():
     arena = filled(momentum.Arena(SHAPES))
     arena.zero_grad()
     assert not arena.grads.any()
-    with pytest.raises(TypeError, match="'dtype' must be float32 or float64"):
+    with pytest.raises(TypeError, match="'dtype' must be one of float32, float64, bfloat16, float16"):
         momentum.Arena(SHAPES, dtype=np.int32)
     with pytest.raises(ValueError, match="negative dimension"):
         momentum.Arena([(3, -1)])

@@ -215,7 +215,15 @@ CAPSULE_NAME = b"momentum._dispatch.KERNELS"
 
 class FakeTable(ctypes.Structure):
     _fields_ = [("abi_version", ctypes.c_uint32), ("struct_size", ctypes.c_uint32),
-                ("rest", ctypes.c_char * 256)]
+                ("task_size", ctypes.c_uint32), ("rest", ctypes.c_char * 256)]
+
+
+def task_size() -> int:
+    """sizeof(momentum_task), as the running table says."""
+    get = ctypes.pythonapi.PyCapsule_GetPointer
+    get.restype = ctypes.c_void_p
+    get.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    return FakeTable.from_address(get(momentum._dispatch.KERNELS, CAPSULE_NAME)).task_size
 
 
 def fake_capsule(table: FakeTable) -> object:
@@ -225,11 +233,12 @@ def fake_capsule(table: FakeTable) -> object:
     return new(ctypes.addressof(table), CAPSULE_NAME, None)
 
 
-@pytest.mark.parametrize("change", ["newer ABI", "older ABI", "smaller table"])
+@pytest.mark.parametrize("change", ["newer ABI", "older ABI", "smaller table", "other task"])
 def test_import_refuses_another_abi(ext, change, monkeypatch):
     _, size = ext.check_import()
     table = FakeTable(ABI_VERSION + (change == "newer ABI") - (change == "older ABI"),
-                      size - 8 if change == "smaller table" else size)
+                      size - 8 if change == "smaller table" else size,
+                      task_size() + 8 * (change == "other task"))
     monkeypatch.setattr(momentum._dispatch, "KERNELS", fake_capsule(table))
     with pytest.raises(ImportError, match="rebuild it"):
         ext.check_import()
@@ -238,6 +247,6 @@ def test_import_refuses_another_abi(ext, change, monkeypatch):
 def test_import_accepts_a_grown_table(ext, monkeypatch):
     """struct_size may grow: new fields come after the ones an extension knows."""
     _, size = ext.check_import()
-    table = FakeTable(ABI_VERSION, size + 64)
+    table = FakeTable(ABI_VERSION, size + 64, task_size())
     monkeypatch.setattr(momentum._dispatch, "KERNELS", fake_capsule(table))
     assert ext.check_import() == (ABI_VERSION, size + 64)

@@ -234,9 +234,9 @@ def test_bad_last_item_writes_nothing(rule, role, make, error, fragment):
 
 def test_update_buffer_bad_last_item_writes_nothing():
     _, gs, bs = triples()
-    bad = bs[:-1] + [bs[-1].astype(np.float16)]
+    bad = bs[:-1] + [bs[-1].astype(np.int16)]
     with kept(bufs=bs), pytest.raises(
-            TypeError, match=re.escape(f"'bufs[{LAST}]' has dtype float16")):
+            TypeError, match=re.escape(f"'bufs[{LAST}]' has dtype int16")):
         fe.update_buffer(bad, gs, momentum=0.9)
 
 

@@ -78,6 +78,7 @@ def test_environment_variable_with_unknown_build_fails_loudly():
 X86_64_LEVELS = [
     ("avx2", {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"}),
     ("avx512", {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}),
+    ("avx512bf16", {"avx512_bf16"}),
 ]
 
 

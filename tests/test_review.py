@@ -106,7 +106,10 @@ def test_flags_still_take_any_value_with_a_truth_value(value):
 class Task(ctypes.Structure):
     _fields_ = [("kernel", ctypes.c_void_p), ("n", ctypes.c_size_t),
                 ("offset", ctypes.c_size_t), ("arrays", ctypes.c_void_p * MAX_ARRAYS),
-                ("hyper", ctypes.c_double * MAX_HYPER)]
+                ("hyper", ctypes.c_double * MAX_HYPER), ("rounding", ctypes.c_uint32),
+                ("stochastic", ctypes.c_uint32), ("extra_dtype", ctypes.c_uint32),
+                ("reserved", ctypes.c_uint32), ("seed", ctypes.c_uint64),
+                ("step", ctypes.c_uint64), ("tensor", ctypes.c_uint64)]
 
 
 RUN = ctypes.CFUNCTYPE(None, ctypes.POINTER(Task), ctypes.c_size_t, ctypes.c_int)
@@ -115,6 +118,7 @@ RUN = ctypes.CFUNCTYPE(None, ctypes.POINTER(Task), ctypes.c_size_t, ctypes.c_int
 class Table(ctypes.Structure):
     """momentum_kernel_table of momentum.h, as far as run()."""
     _fields_ = [("abi_version", ctypes.c_uint32), ("struct_size", ctypes.c_uint32),
+                ("task_size", ctypes.c_uint32), ("reserved", ctypes.c_uint32),
                 ("isa", ctypes.c_char_p), ("count", ctypes.c_size_t),
                 ("kernels", ctypes.POINTER(ctypes.c_void_p)),
                 ("names", ctypes.POINTER(ctypes.c_char_p)), ("run", RUN)]

@@ -139,7 +139,7 @@ sgd(PyObject *self, PyObject *args, PyObject *kwargs)
             size_t start;
             for (start = 0; start < tasks[i].n; start += PIECE) {
                 size_t n = tasks[i].n - start < PIECE ? tasks[i].n - start : PIECE;
-                tasks[i].kernel(tasks[i].arrays, start, n, tasks[i].hyper);
+                tasks[i].kernel(&tasks[i], start, n);
             }
         }
     }

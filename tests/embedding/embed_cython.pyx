@@ -104,7 +104,7 @@ def sgd(list params, list grads, list bufs, double lr, double momentum, double d
                     start = 0
                     while start < tasks[i].n:
                         n = tasks[i].n - start if tasks[i].n - start < PIECE else PIECE
-                        tasks[i].kernel(tasks[i].arrays, start, n, tasks[i].hyper)
+                        tasks[i].kernel(&tasks[i], start, n)
                         start += n
     finally:
         if held != NULL:
