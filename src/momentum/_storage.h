@@ -51,17 +51,40 @@ static void mm_load_bf16(float *restrict dst, const uint16_t *restrict src, size
         dst[i] = mm_float((uint32_t)src[i] << 16);
 }
 
+/* The loops below pick among candidate results with masks, not branches or
+ * ?:, so that GCC vectorises them (it does not if-convert these chains). */
+static inline uint32_t mm_mask(int condition) { return 0u - (uint32_t)condition; }
+
+static inline float mm_f16_widen(uint32_t h)
+{
+    uint32_t a = h & 0x7fffu, sign = (h & 0x8000u) << 16;
+    uint32_t special = mm_mask(a >= 0x7c00u), normal = mm_mask(a >= 0x0400u) & ~special;
+    uint32_t big = ((a << 13) + 0x38000000u) & normal;             /* normal */
+    uint32_t odd = ((a << 13) | 0x7f800000u) & special;           /* inf, NaN */
+    uint32_t sub = mm_bits((float)(int32_t)a * 0x1p-24f) & ~(special | normal);
+    return mm_float(sign | big | odd | sub);
+}
+
 static void mm_load_f16(float *restrict dst, const uint16_t *restrict src, size_t n)
 {
-    size_t i;
-    for (i = 0; i < n; i++) {
-        uint32_t h = src[i], a = h & 0x7fffu;
-        uint32_t sign = (h & 0x8000u) << 16;
-        uint32_t normal = (a << 13) + 0x38000000u;
-        uint32_t special = (a << 13) | 0x7f800000u;           /* inf, NaN */
-        uint32_t sub = mm_bits((float)(int32_t)a * 0x1p-24f);  /* exact */
-        dst[i] = mm_float(sign | (a >= 0x7c00u ? special : a >= 0x0400u ? normal : sub));
+    size_t i = 0;
+#if defined(__F16C__)
+    /* vcvtph2ps is exact but quiets a signalling NaN: a vector holding a
+     * NaN takes the portable path. */
+    for (; i + 8 <= n; i += 8) {
+        __m128i h = _mm_loadu_si128((const __m128i *)(src + i));
+        __m128i a = _mm_and_si128(h, _mm_set1_epi16(0x7fff));
+        if (_mm_movemask_epi8(_mm_cmpgt_epi16(a, _mm_set1_epi16(0x7c00)))) {
+            size_t j;
+            for (j = i; j < i + 8; j++)
+                dst[j] = mm_f16_widen(src[j]);
+        } else {
+            _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(h));
+        }
     }
+#endif
+    for (; i < n; i++)
+        dst[i] = mm_f16_widen(src[i]);
 }
 
 /* ------------------------------------------------------ rounding to nearest */
@@ -77,14 +100,15 @@ static inline uint32_t mm_f16_nearest(uint32_t u)
 {
     uint32_t a = u & 0x7fffffffu, sign = (u >> 16) & 0x8000u;
     uint32_t payload = (a >> 13) & 0x3ffu;
-    uint32_t nan = 0x7c00u | payload | (payload == 0);
-    uint32_t normal = (a - 0x38000000u + 0xfffu + ((a >> 13) & 1u)) >> 13;
+    uint32_t nan = mm_mask(a > 0x7f800000u), inf = mm_mask(a >= 0x477ff000u) & ~nan;
+    uint32_t normal = mm_mask(a >= 0x38800000u) & ~(nan | inf);
+    uint32_t sub = ~(nan | inf | normal);
     /* below 2^-14 the result is a multiple of 2^-24: scale (exactly) and
      * round to an integer by the float adder, which rounds to nearest even */
-    float t = mm_float(a < 0x38800000u ? a : 0u) * 0x1p24f;
-    uint32_t sub = (uint32_t)(int32_t)((t + 0x1p23f) - 0x1p23f);
-    return sign | (a > 0x7f800000u ? nan : a >= 0x477ff000u ? 0x7c00u
-                   : a >= 0x38800000u ? normal : sub);
+    float t = mm_float(a & sub) * 0x1p24f;
+    uint32_t whole = (uint32_t)(int32_t)((t + 0x1p23f) - 0x1p23f);
+    return sign | ((0x7c00u | payload | (payload == 0)) & nan) | (0x7c00u & inf)
+           | (((a - 0x38000000u + 0xfffu + ((a >> 13) & 1u)) >> 13) & normal) | (whole & sub);
 }
 
 static void mm_store_bf16(uint16_t *restrict dst, const float *restrict src, size_t n)
@@ -176,11 +200,11 @@ static void mm_store_bf16_stochastic(uint16_t *restrict dst, const float *restri
 {
     size_t i;
     for (i = 0; i < n; i++) {
-        uint32_t u = mm_bits(src[i]);
+        uint32_t u = mm_bits(src[i]), a = u & 0x7fffffffu;
+        uint32_t nan = mm_mask(a > 0x7f800000u), inf = mm_mask(a == 0x7f800000u);
         uint32_t r = (u + (mm_random(key, first + (uint32_t)i) >> 16)) >> 16;
-        uint32_t nan = ((u >> 16) & 0x8000u) | 0x7fc0u;
-        uint32_t a = u & 0x7fffffffu;
-        dst[i] = (uint16_t)(a > 0x7f800000u ? nan : a == 0x7f800000u ? u >> 16 : r);
+        dst[i] = (uint16_t)(((((u >> 16) & 0x8000u) | 0x7fc0u) & nan) | ((u >> 16) & inf)
+                            | (r & ~(nan | inf)));
     }
 }
 
@@ -192,14 +216,16 @@ static void mm_store_f16_stochastic(uint16_t *restrict dst, const float *restric
         uint32_t u = mm_bits(src[i]), bits = mm_random(key, first + (uint32_t)i);
         uint32_t a = u & 0x7fffffffu, sign = (u >> 16) & 0x8000u;
         uint32_t payload = (a >> 13) & 0x3ffu;
-        uint32_t nan = 0x7c00u | payload | (payload == 0);
-        uint32_t normal = (a - 0x38000000u + (bits >> 19)) >> 13;
-        float t = mm_float(a < 0x38800000u ? a : 0u) * 0x1p24f;   /* exact */
+        uint32_t nan = mm_mask(a > 0x7f800000u), inf = mm_mask(a >= 0x47800000u) & ~nan;
+        uint32_t normal = mm_mask(a >= 0x38800000u) & ~(nan | inf);
+        uint32_t sub = ~(nan | inf | normal);
+        float t = mm_float(a & sub) * 0x1p24f;                     /* exact */
         int32_t whole = (int32_t)t;
-        float below = t - (float)whole;                           /* exact */
-        uint32_t sub = (uint32_t)whole + ((float)(bits >> 16) * 0x1p-16f < below);
-        dst[i] = (uint16_t)(sign | (a > 0x7f800000u ? nan : a >= 0x47800000u ? 0x7c00u
-                                    : a >= 0x38800000u ? normal : sub));
+        float below = t - (float)whole;                            /* exact */
+        uint32_t up = (uint32_t)((float)(bits >> 16) * 0x1p-16f < below);
+        dst[i] = (uint16_t)(sign | ((0x7c00u | payload | (payload == 0)) & nan) | (0x7c00u & inf)
+                            | (((a - 0x38000000u + (bits >> 19)) >> 13) & normal)
+                            | (((uint32_t)whole + up) & sub));
     }
 }
 
