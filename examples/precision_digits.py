@@ -27,7 +27,9 @@ the truth can do; its own distance is printed as the rounding floor)::
 from __future__ import annotations
 
 import argparse
+import itertools
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from sklearn.datasets import load_digits
@@ -35,13 +37,14 @@ from sklearn.model_selection import train_test_split
 
 import momentum.foreach
 from momentum.dtypes import numpy_dtype
+from momentum.rules import ROUNDINGS
 
 BF16 = numpy_dtype("bfloat16")
-MODES = ("nearest", "stochastic", "kahan", "master", "float64")
+MODES = ROUNDINGS + ("float64",)
 SIZES = (64, 128, 10)
 BATCH = 64
 MOMENTUM = 0.9
-# Picked with ``--sweep`` (README, "Precision"): the smaller lr, the more of
+# Picked with ``--sweep`` (README, "bfloat16 weights"): the smaller lr, the more of
 # each step falls below half a bfloat16 ulp.  At 0.002 float64 still learns
 # (loss 0.25, 93 % test accuracy in 1,000 steps) while "nearest" stalls (0.89:
 # 4 % of its weights move in the last 50 steps, 44 % of float64's rounded).
@@ -80,7 +83,7 @@ def init_weights(seed: int) -> list[np.ndarray]:
     """He-uniform weights and zero biases, rounded to bfloat16: W1, b1, W2, b2."""
     rng = np.random.default_rng(seed)
     out = []
-    for fan_in, fan_out in zip(SIZES, SIZES[1:]):
+    for fan_in, fan_out in itertools.pairwise(SIZES):
         bound = np.sqrt(6.0 / fan_in)
         out += [rng.uniform(-bound, bound, (fan_in, fan_out)).astype(BF16),
                 np.zeros(fan_out, BF16)]
@@ -159,7 +162,8 @@ def train(mode: str, data: Data, *, lr: float = LR, steps: int = 1000, seed: int
                                   data.y_train[rows])
         grads = [g.astype(params[0].dtype) for g in grads]
         momentum.foreach.sgd(params, grads, bufs, lr=lr, momentum=MOMENTUM, first_step=t == 0,
-                             rounding="nearest" if wide else mode, seed=rounding_seed, step=t, **extra)
+                             rounding="nearest" if wide else mode, seed=rounding_seed, step=t,
+                             **extra)
     return record
 
 
@@ -180,14 +184,13 @@ def score(record: Record, t: int, params: list[np.ndarray], data: Data,
 
 
 def experiment(data: Data, *, lr: float = LR, steps: int = 1000, seed: int = 0,
-               every: int = 50, modes: tuple[str, ...] = MODES[:-1]) -> dict[str, Record]:
+               every: int = 50, modes: tuple[str, ...] = ROUNDINGS) -> dict[str, Record]:
     """The float64 run, then each mode scored against it, by mode name."""
     truth = train("float64", data, lr=lr, steps=steps, seed=seed, every=every)
     floor = Record("float64 rounded to bfloat16", steps=truth.steps)
     for ref in truth.weights:
         rounded = ref.astype(BF16).astype(np.float64)
         floor.rel_l2.append(float(np.linalg.norm(rounded - ref) / np.linalg.norm(ref)))
-        floor.equal.append(1.0)
     out = {mode: train(mode, data, lr=lr, steps=steps, seed=seed, every=every, truth=truth)
            for mode in modes}
     return out | {"float64": truth, "floor": floor}
@@ -195,8 +198,9 @@ def experiment(data: Data, *, lr: float = LR, steps: int = 1000, seed: int = 0,
 
 def table(records: dict[str, Record], checkpoints: list[int]) -> str:
     """Markdown table of each run's scores at ``checkpoints``."""
-    lines = ["| mode | step | train loss | test accuracy | rel. L2 to float64 "
-             "| equal to bf16(float64) |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    head = ("mode", "step", "train loss", "test accuracy", "rel. L2 to float64",
+            "equal to bf16(float64)")
+    lines = [f"| {' | '.join(head)} |", "| --- |" + " ---: |" * (len(head) - 1)]
     for name, rec in records.items():
         if name == "floor":
             continue
@@ -213,13 +217,14 @@ def plot(records: dict[str, Record], path: str, lr: float) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    style: dict[str, dict[str, Any]] = {
+        "float64": {"color": "0.7", "linewidth": 5, "zorder": 0},  # under the runs matching it
+        "floor": {"color": "black", "linestyle": "--"}}
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=90)
     for name, rec in records.items():
-        style = {"float64": dict(color="0.7", linewidth=5, zorder=0),  # under the lines on it
-                 "floor": dict(color="black", linestyle="--")}
         if name != "floor":
             left.plot(rec.steps, rec.loss, label=name, **style.get(name, {}))
-        if rec.rel_l2:  # from step 1: every run starts at the same weights
+        if rec.rel_l2:  # from the 2nd checkpoint: all start at one point (0 is off a log axis)
             right.plot(rec.steps[1:], rec.rel_l2[1:], **style.get(name, {}),
                        label="float64 rounded to bf16" if name == "floor" else name)
     left.set(xlabel="step", ylabel="training loss", yscale="log",
