@@ -196,8 +196,9 @@ def foreach_faces_pxi(rules) -> str:
             f"Every argument is checked before any array is written; a written array "
             f"may not overlap an array of another tensor.  Raises TypeError or "
             f"ValueError, writing nothing."] + storage_doc(rule) + [
-            "", "``masters``, ``comps``: one array per tensor; ``tensors``: each tensor's "
-            "key for stochastic rounding (default: its index in the call)."]
+            "", "``masters``, ``comps``: one array per tensor (None for a float32 or float64 "
+            "param, which is then stored to nearest); ``tensors``: each tensor's key for "
+            "stochastic rounding (default: its index in the call)."]
         groups = [f":func:`{rule.name}` for several groups of tensors, each with its own "
                   f"hyperparameters (an optimizer's param groups), in one call.", "",
                   f"Each group is a mapping with {', '.join(f'``{p}``' for p in plurals)} and "

@@ -408,6 +408,31 @@ def test_foreach_bad_comp_of_the_last_tensor_writes_nothing():
         foreach.sgd(ps, gs, None, lr=0.1, tensors=[0])
 
 
+def test_foreach_extras_may_be_none_for_a_float32_param_only(rng):
+    """A group mixing float32 and 16-bit params: the float32 ones take None
+    for comp/master and step to nearest; a 16-bit one may not."""
+    p16, p32 = make(rng, 40, "float16", 0.0), make(rng, 40, "float32", 0.0)
+    g16, g32 = make(rng, 40, "float16", 0.0), make(rng, 40, "float32", 0.0)
+    comp = np.zeros(40, np.float16)
+    spec = [a.copy() for a in (p16, p32, comp)]
+    foreach.sgd([p16, p32], [g16, g32], None, lr=0.1, rounding="kahan", comps=[comp, None])
+    reference.sgd(spec[0], g16, None, lr=0.1, rounding="kahan", comp=spec[2])
+    reference.sgd(spec[1], g32, None, lr=0.1)
+    for a, b in zip((p16, p32, comp), spec):
+        assert_same_bits(a, b)
+    with untouched({"p16": p16, "p32": p32}), pytest.raises(
+            TypeError, match=r"'comps\[0\]' is None but 'params\[0\]' is float16"):
+        foreach.sgd([p16, p32], [g16, g32], None, lr=0.1, rounding="kahan",
+                    comps=[None, None])
+    with untouched({"p16": p16}), pytest.raises(
+            TypeError, match=r"'masters\[0\]' is None but 'params\[0\]' is float16"):
+        foreach.sgd([p16], [g16], None, lr=0.1, rounding="master", masters=[None])
+    with pytest.raises(TypeError, match="'comps' is given but rounding is 'nearest'"):
+        foreach.sgd([p16], [g16], None, lr=0.1, comps=[comp])
+    with pytest.raises(TypeError, match="rounding='master' needs 'masters'"):
+        foreach.sgd([p16], [g16], None, lr=0.1, rounding="master")
+
+
 # --------------------------------------------------------------------- arena
 
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic", "kahan", "master"])

@@ -36,7 +36,7 @@ cdef int run_one(int index, str func, PyObject** arrays, momentum_task* task,
     cdef tuple names = <tuple>ARRAY_NAMES[index]
     cdef int i, k
     check_requires(index, task.hyper, func)
-    extra = pick_extra(rule, task, master, comp, func)
+    extra = pick_extra(rule, task, master, comp, "", func)
     if extra is not None:
         names = extra_names(rule, task, names, "master" if master is not None else "comp")
     for i in range(rule.narrays + (extra is not None)):

@@ -80,7 +80,7 @@ cdef int read_rounding(const RuleSpec* rule, object rounding, object state_round
                        object seed, object step, object tensor, momentum_task* task,
                        str func) except -1
 cdef object pick_extra(const RuleSpec* rule, const momentum_task* task, object master,
-                       object comp, str func)
+                       object comp, str plural, str func)
 cdef tuple extra_names(const RuleSpec* rule, const momentum_task* task, tuple names,
                        object extra_name)
 cdef inline bint has_extra(const RuleSpec* rule, const momentum_task* task) noexcept:

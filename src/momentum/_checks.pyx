@@ -235,27 +235,28 @@ cdef unsigned long long key_part(object value, str name, str func) except? 0:
 
 
 cdef object pick_extra(const RuleSpec* rule, const momentum_task* task, object master,
-                       object comp, str func):
+                       object comp, str plural, str func):
     """The rounding's extra array (``comp`` for kahan, ``master`` for
     master), or None; TypeError for one given that the rounding does not
-    use, or one it needs and is not given."""
+    use, or one it needs and is not given.  ``plural``: "s" where the
+    arguments are sequences (foreach's ``comps``, ``masters``)."""
     if task.rounding < MOMENTUM_ROUND_KAHAN and master is None and comp is None:
         return None
     cdef str kind = ROUNDINGS[task.rounding]
     if comp is not None and task.rounding != MOMENTUM_ROUND_KAHAN:
-        raise TypeError(f"{func}(): 'comp' is given but rounding is {kind!r}; "
+        raise TypeError(f"{func}(): 'comp{plural}' is given but rounding is {kind!r}; "
                         f"pass rounding='kahan'")
     if master is not None and task.rounding != MOMENTUM_ROUND_MASTER:
-        raise TypeError(f"{func}(): 'master' is given but rounding is {kind!r}; "
+        raise TypeError(f"{func}(): 'master{plural}' is given but rounding is {kind!r}; "
                         f"pass rounding='master'")
     if task.rounding == MOMENTUM_ROUND_KAHAN:
         if comp is None:
-            raise TypeError(f"{func}(): rounding='kahan' needs 'comp', a compensation "
-                            f"buffer of the param's dtype (zeros to start)")
+            raise TypeError(f"{func}(): rounding='kahan' needs 'comp{plural}' (compensation "
+                            f"of the param's dtype, zeros to start)")
         return comp
     if master is None:
-        raise TypeError(f"{func}(): rounding='master' needs 'master', the float32 master "
-                        f"copy of the param")
+        raise TypeError(f"{func}(): rounding='master' needs 'master{plural}' (the "
+                        f"param's float32 master copy)")
     return master
 
 

@@ -19,12 +19,12 @@ from libc.string cimport memcpy
 
 from momentum._batch cimport Batch
 from momentum._checks cimport (
-    MAX_ARRAYS, MAX_HYPER, Place, RuleSpec, as_array, extra_names, has_extra, key_part,
-    missing_array, numpy_place, pick_extra, read_hypers, read_rounding, source_of, spec_of,
-    uses)
-from momentum._kernels cimport momentum_task
+    MAX_ARRAYS, MAX_HYPER, Place, RuleSpec, as_array, extra_names, has_extra, is_half,
+    key_part, missing_array, numpy_place, pick_extra, read_hypers, read_rounding, source_of,
+    spec_of, uses)
+from momentum._kernels cimport MOMENTUM_ROUND_NEAREST, momentum_task
 from momentum import _checks
-from momentum.rules import RULES
+from momentum.rules import ROUNDINGS, RULES
 
 from collections.abc import Mapping
 
@@ -138,7 +138,7 @@ cdef Group prepare(int index, str func, tuple seqs, tuple values, tuple storage)
             checked[j] = False
     read_hypers(rule, index, values if checked is None else tuple(checked), group.task.hyper,
                 func)
-    extra = pick_extra(rule, &group.task, masters, comps, func)
+    extra = pick_extra(rule, &group.task, masters, comps, "s", func)
     group.extra_plural = "masters" if masters is not None else "comps"
     cdef list items = [None] * (rule.narrays + 1)
     cdef int ref = <int>REFERENCE[index]
@@ -216,12 +216,12 @@ cdef int add_group(Batch batch, int index, Group group, Py_ssize_t first,
     cdef Place places[MAX_ARRAYS]
     cdef momentum_task* task
     cdef Py_ssize_t j
-    cdef int i
+    cdef int i, count
     cdef tuple seq, flags
-    cdef int count = rule.narrays + has_extra(rule, &group.task)
-    cdef tuple names = <tuple>SINGULARS[index]
-    if count > rule.narrays:
-        names = extra_names(rule, &group.task, names, group.extra_plural[:-1])
+    cdef bint extra = has_extra(rule, &group.task)
+    cdef tuple singular = <tuple>SINGULARS[index], names
+    cdef tuple with_extra = (extra_names(rule, &group.task, singular,
+                                         group.extra_plural.rstrip("s")) if extra else singular)
     for j in range(group.n):
         task = batch.next()
         memcpy(task, &group.task, sizeof(momentum_task))
@@ -229,6 +229,13 @@ cdef int add_group(Batch batch, int index, Group group, Py_ssize_t first,
         if group.flags is not None:
             for position, flags in group.flags:
                 task.hyper[<int>position] = 1.0 if flags[j] else 0.0
+        count, names = rule.narrays, singular
+        if extra:
+            if (<tuple>group.seqs[rule.narrays])[j] is None:
+                # no comp or master: a float32 parameter, stepped to nearest
+                task.rounding = MOMENTUM_ROUND_NEAREST
+            else:
+                count, names = rule.narrays + 1, with_extra
         for i in range(count):
             seq = <tuple>group.seqs[source_of(rule, task, i)]
             if seq is None:
@@ -243,6 +250,13 @@ cdef int add_group(Batch batch, int index, Group group, Py_ssize_t first,
                     batch.held = []
                 batch.held.append(obj)
             numpy_place(obj, &places[i])
+        if extra and count == rule.narrays and is_half(places[rule.param].dtype):
+            name = names_of(index, groups, grouped)
+            raise TypeError(f"{func}(): '{group.extra_plural}[{j}]' is None but "
+                            f"'{name(first + j, source_of(rule, &group.task, rule.param))}' is "
+                            f"{(<object>places[rule.param].source).dtype}; rounding="
+                            f"{ROUNDINGS[group.task.rounding]!r} needs one for a 16-bit "
+                            f"parameter")
         try:
             batch.add(rule, places, names, func)
         except (TypeError, ValueError):
