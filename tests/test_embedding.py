@@ -146,7 +146,7 @@ def check_step(ext: ModuleType, rng: np.random.Generator, hyper: dict[str, Any],
                     assert_bitwise_equal(got[name], spec[name], f"{what} vs reference")
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
 @pytest.mark.parametrize("case", SGD_CASES, ids=case_id)
 def test_downstream_sgd_matches_momentum(ext, case, dtype, rng, two_threads):
     _, hyper, absent = case
@@ -157,7 +157,7 @@ def test_downstream_sgd_matches_momentum(ext, case, dtype, rng, two_threads):
 def test_downstream_sgd_matches_under_every_build(ext, isa, rng, restore_isa, two_threads):
     momentum.set_isa(isa)
     assert ext.isa() == isa
-    for dtype in ("float32", "float64"):
+    for dtype in ("float32", "float64", "float16"):
         check_step(ext, rng, busiest("sgd"), (), dtype)
 
 

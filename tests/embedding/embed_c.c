@@ -44,6 +44,8 @@ dtype_of(const Py_buffer *view)
         return "float32";
     if (strcmp(view->format, "d") == 0 && view->itemsize == 8)
         return "float64";
+    if (strcmp(view->format, "e") == 0 && view->itemsize == 2)
+        return "float16";
     return NULL;
 }
 
@@ -106,7 +108,7 @@ sgd(PyObject *self, PyObject *args, PyObject *kwargs)
                     || strcmp(dtype_of(&v[k].view), dtype) != 0
                     || (size_t)(v[k].view.len / v[k].view.itemsize) != t->n) {
                 PyErr_SetString(PyExc_TypeError,
-                                "the arrays must be float32 or float64, of one dtype and size");
+                                "the arrays must be float32, float64 or float16, of one dtype and size");
                 goto done;
             }
             t->arrays[k] = v[k].view.buf;

@@ -14,6 +14,7 @@ cdef extern from "momentum.h":
     enum:
         MOMENTUM_FLOAT32
         MOMENTUM_FLOAT64
+        MOMENTUM_FLOAT16
         MOMENTUM_SGD_SLOT
         MOMENTUM_SGD_ARRAY_PARAM
         MOMENTUM_SGD_ARRAY_GRAD
@@ -35,12 +36,14 @@ cdef size_t PIECE = 4099
 
 
 cdef int dtype_code(const Py_buffer* view) except -1:
-    """MOMENTUM_FLOAT32 or MOMENTUM_FLOAT64 for the buffer's format."""
+    """MOMENTUM_FLOAT32, MOMENTUM_FLOAT64 or MOMENTUM_FLOAT16 for the buffer's format."""
     if strcmp(view.format, b"f") == 0 and view.itemsize == 4:
         return MOMENTUM_FLOAT32
     if strcmp(view.format, b"d") == 0 and view.itemsize == 8:
         return MOMENTUM_FLOAT64
-    raise TypeError("the arrays must be float32 or float64")
+    if strcmp(view.format, b"e") == 0 and view.itemsize == 2:
+        return MOMENTUM_FLOAT16
+    raise TypeError("the arrays must be float32, float64 or float16")
 
 
 def sgd(list params, list grads, list bufs, double lr, double momentum, double dampening,
