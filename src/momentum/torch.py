@@ -939,7 +939,8 @@ class SGD(torch.optim.Optimizer):
             for p, buf in zip(params, bufs):
                 # torch makes a first buffer in its parameter's dtype
                 dtype = _buffer_dtype(p, group["state_dtype"])
-                self.state[p]["momentum_buffer"] = buf if buf.dtype == dtype else buf.to(dtype)
+                self.state[p]["momentum_buffer"] = buf.to(dtype) if buf.dtype == p.dtype \
+                    else buf
 
     def _name(self, gi: int, i: int, array: int) -> str:
         """Array ``array`` (0: the parameter, 1: its grad, 2: its buffer) of
