@@ -86,17 +86,18 @@ class Reference:
     momentum.torch.SGD with these arguments should take them: a buffer
     (of ``state_dtype`` for a 16-bit parameter) made at a parameter's first
     step, the rounding's compensation (zeros) or float32 master (the
-    parameter) too; ``step`` counts the steps, ``tensor`` is the index."""
+    parameter) too; ``step`` counts the steps, ``tensor`` is
+    ``first_index`` plus the index in ``params``."""
 
     def __init__(self, params: list[torch.Tensor], *, lr: float, state_dtype=None,
                  rounding: str = "nearest", state_rounding: str = "nearest", seed: int = 0,
-                 **flags: Any) -> None:
+                 first_index: int = 0, **flags: Any) -> None:
         self.params = [numpy_of(p).copy() for p in params]
         self.bufs: list[Any] = [None] * len(params)
         self.extras: list[Any] = [None] * len(params)
         self.hyper = dict(flags, lr=lr)
         self.state_dtype, self.rounding, self.state_rounding = state_dtype, rounding, state_rounding
-        self.seed, self.steps = seed, 0
+        self.seed, self.steps, self.first_index = seed, 0, first_index
 
     def step(self, grads: list[torch.Tensor | None]) -> None:
         import numpy as np
@@ -117,7 +118,7 @@ class Reference:
                 if rounding in ("kahan", "master") else {}
             reference.sgd(p, numpy_of(g).copy(), self.bufs[i], **self.hyper, first_step=first,
                           rounding=rounding, state_rounding=self.state_rounding, seed=self.seed,
-                          step=self.steps, tensor=i, **extra)
+                          step=self.steps, tensor=self.first_index + i, **extra)
         self.steps += 1
 
 
