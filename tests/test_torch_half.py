@@ -75,6 +75,31 @@ def test_every_rounding_is_the_references(rounding, dtype, state_dtype, flags):
         assert buf.dtype == (state_dtype or dtype)
 
 
+@pytest.fixture
+def threads():
+    """Set momentum's thread count; back to the default afterwards."""
+    import momentum
+    yield momentum.set_num_threads
+    momentum.set_num_threads(0)
+
+
+@pytest.mark.parametrize("count", [1, 2])
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+def test_any_thread_count_rounds_as_the_reference(rounding, count, threads):
+    threads(count)
+    params = _params(torch.float16, [3, 300_001, 129])
+    storage = dict(rounding=rounding, state_rounding="stochastic", seed=1)
+    opt = SGD(params, lr=0.01, momentum=0.9, **storage)
+    shadow = Reference(params, lr=0.01, momentum=0.9, **storage)
+    for step in range(2):
+        grads = _grads(params, step)
+        for p, g in zip(params, grads):
+            p.grad = g
+        shadow.step(grads)
+        opt.step()
+    _assert_as_reference(opt, params, shadow, rounding)
+
+
 @pytest.mark.parametrize("rounding", ROUNDINGS)
 def test_groups_mix_dtypes_and_roundings_and_key_tensors_by_state_dict_index(rounding):
     # Group 1's parameters are tensors 3 and 4 of the state dict: their
