@@ -459,7 +459,7 @@ class SGD(torch.optim.Optimizer):
     ``flat=True`` moves each group's parameters into one contiguous block
     (``p.data`` becomes a view into it) and gives every parameter that
     requires grad a gradient viewing a second block, so that a step is one
-    kernel call.  ``zero_grad`` then zeroes that block in place whatever
+    kernel call (float32 and float64 parameters only, so far).  ``zero_grad`` then zeroes that block in place whatever
     ``set_to_none`` says, as ``torch.optim.SGD`` after
     ``zero_grad(set_to_none=False)``: a parameter left out of a backward pass
     is stepped with a zero gradient rather than skipped.  A group must then
@@ -676,6 +676,10 @@ class SGD(torch.optim.Optimizer):
                 raise TypeError(f"{_where(place)}: has dtype {p.dtype} but parameter "
                                 f"{first_index} has {params[0].dtype}; with "
                                 f"flat=True a param group holds one dtype")
+            if p.dtype in _HALF:
+                raise TypeError(f"{_where(place)}: has dtype {p.dtype}; with flat=True a "
+                                f"param group holds float32 or float64 parameters (16-bit "
+                                f"ones are stepped with flat=False)")
         dtype = np.float64 if params and params[0].dtype == torch.float64 else np.float32
         flat = _Flat(Arena([p.shape for p in params], dtype))
         for i, p in enumerate(params):
@@ -797,21 +801,23 @@ class SGD(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         hypers = [_hyperparameters(gi, group) for gi, group in enumerate(self.param_groups)]
+        storage = [_storage(gi, group) for gi, group in enumerate(self.param_groups)]
         if self.flat:
             self._flat_step(hypers)
         else:
-            self._tensor_step(hypers)
+            self._tensor_step(hypers, storage)
         return loss
 
-    def _tensor_step(self, hypers: list[dict[str, Any]]) -> None:
+    def _tensor_step(self, hypers: list[dict[str, Any]],
+                     storage: list[tuple[str, str, int, int]]) -> None:
         """Per tensor: every group's kernel tensors in one checked batch, the
         others with torch's arithmetic; all of it checked before anything is
         written, new buffers entered into the state only once filled."""
-        plans, new_bufs, new_extras, storage = [], [], [], []
+        plans, new_bufs, new_extras, keys = [], [], [], []
         first_index = 0
         try:
             for gi, group in enumerate(self.param_groups):
-                storage.append((*_storage(gi, group), first_index))
+                keys.append((*storage[gi], first_index))
                 plan = self._plan(gi, group, first_index)
                 plans.append(plan)
                 new_bufs.append(self._new_bufs(group, plan))
@@ -825,7 +831,7 @@ class SGD(torch.optim.Optimizer):
             batch = prepare_groups([plan.snapshot for plan in plans],
                                    [tuple(h.get(name, False) for name in _SGD_HYPERS)
                                     for h in hypers],
-                                   new_bufs, self._name, storage, new_extras)
+                                   new_bufs, self._name, keys, new_extras)
         except Exception:
             # A plan must not outlive a step that refused its tensors: the
             # next step looks at them afresh.
@@ -977,5 +983,7 @@ class SGD(torch.optim.Optimizer):
         for batch, _ in work:
             for p, buf in batch.adopt:
                 self.state[p]["momentum_buffer"] = buf
+        for group in self.param_groups:
+            group["step"] += 1
 
     _hooked_step = torch.optim.Optimizer.profile_hook_step(_step)
