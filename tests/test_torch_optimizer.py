@@ -19,6 +19,9 @@ from torch_helpers import (  # noqa: E402
     sgd_flag_combinations)
 
 STEPS = 100
+# A dtype the kernels do not take (torch's complex half), which momentum.torch.SGD
+# steps with torch's own arithmetic.
+TORCH_ONLY = torch.complex32
 FLAGS = sgd_flag_combinations(momentum=0.9, dampening=0.1)
 # float64: both sides round every operation to 53 bits; PyTorch's vectorised
 # add may fuse a multiply-add where we round twice, a relative 1e-16 per step
@@ -287,12 +290,20 @@ def test_bad_constructor_arguments_raise_as_torch(kwargs):
     assert str(ours.value) == str(theirs.value)
 
 
+# The param-group keys momentum.torch.SGD adds to torch.optim.SGD's: how
+# 16-bit parameters and state are stored, and the stochastic key.
+STORAGE_DEFAULTS = {"state_dtype": None, "rounding": "nearest", "state_rounding": "nearest",
+                    "seed": 0, "step": 0}
+
+
 @pytest.mark.parametrize("flat", [False, True])
 def test_repr_is_torchs_listing_under_our_own_name(flat):
     groups = lambda: [{"params": [torch.nn.Parameter(torch.ones(3))]},
                       {"params": [torch.nn.Parameter(torch.ones(2))], "lr": 0.2, "nesterov": True}]
     ours = SGD(groups(), lr=0.1, momentum=0.9, weight_decay=1e-3, flat=flat)
     theirs = torch.optim.SGD(groups(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    for group in theirs.param_groups:  # and our storage keys, listed alike
+        group.update(STORAGE_DEFAULTS)
     head, listing = repr(theirs).split(" (", 1)
     assert head == "SGD"
     assert repr(ours) == f"momentum.torch.SGD (\nflat: {flat}" + listing
@@ -361,14 +372,15 @@ def _second_param_steps_as_torch(make: Callable[[], tuple[torch.Tensor, Callable
     for a, b in zip(ours, theirs, strict=True):
         assert (a.dtype, a.device, a.shape, a.layout) == (b.dtype, b.device, b.shape, b.layout)
         if a.device.type != "meta":
-            assert torch.equal(a.detach().to_dense(), b.detach().to_dense()), (a, b)
+            assert torch.equal(_values(a), _values(b)), (a, b)
 
 
-def test_float16_param_is_stepped_with_torchs_arithmetic():
+def test_complex32_param_is_stepped_with_torchs_arithmetic():
+    # (16-bit real parameters are the kernels': test_torch_half.py)
     _second_param_steps_as_torch(
-        lambda: (torch.nn.Parameter(torch.ones(4, dtype=torch.float16)),
-                 lambda step: torch.full((4,), step / 2, dtype=torch.float16)),
-        r"dtype torch\.float16")
+        lambda: (torch.nn.Parameter(torch.ones(4, dtype=TORCH_ONLY)),
+                 lambda step: torch.full((4,), step / 2).to(TORCH_ONLY)),
+        r"dtype torch\.complex32")
 
 
 def test_grad_of_another_dtype_is_stepped_with_torchs_arithmetic():
@@ -780,7 +792,8 @@ def test_constructor_takes_torchs_implementation_switches():
     p = torch.nn.Parameter(torch.ones(3))
     ours = SGD([p], lr=0.1, momentum=0.9, foreach=True, fused=None)
     theirs = torch.optim.SGD([p], lr=0.1, momentum=0.9, foreach=True, fused=None)
-    assert ours.param_groups[0].keys() == theirs.param_groups[0].keys()
+    assert ours.param_groups[0].keys() == theirs.param_groups[0].keys() | STORAGE_DEFAULTS.keys()
+    assert {k: ours.param_groups[0][k] for k in STORAGE_DEFAULTS} == STORAGE_DEFAULTS
     # differentiable=True is stepped with torch's arithmetic (see
     # test_torch_layouts); an arena cannot be differentiated through.
     assert SGD([p], lr=0.1, differentiable=True).param_groups[0]["differentiable"] is True
@@ -954,9 +967,10 @@ STEPPED = [name for name, (_, what, _) in BAD_GRADS.items() if what is RuntimeWa
 REFUSED = [name for name in BAD_GRADS if name not in STEPPED]
 
 
-def _bad_grad_cases(names: list[str], momenta: tuple[float, float]) -> list:
+def _bad_grad_cases(names: list[str], momenta: tuple[float, float],
+                    dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float64)) -> list:
     return [pytest.param(name, dtype, momentum, id=f"{name}-{str(dtype)[6:]}-momentum={momentum}")
-            for name in names for dtype in (torch.float32, torch.float64)
+            for name in names for dtype in dtypes
             for momentum in momenta if momentum or name not in USES_BUFFERS]
 
 
@@ -1001,7 +1015,8 @@ def _two_groups(cls, dtype: torch.dtype, momentum: float, lrs: tuple[float, floa
     return a, b, opt
 
 
-@pytest.mark.parametrize("bad, dtype, momentum", _bad_grad_cases(REFUSED, (0.0, 0.9)))
+@pytest.mark.parametrize("bad, dtype, momentum", _bad_grad_cases(
+    REFUSED, (0.0, 0.9), (torch.float32, torch.float64, torch.bfloat16)))
 def test_bad_new_grad_is_refused_alike_on_a_first_and_a_warm_step(bad, dtype, momentum):
     # The first step looks at every tensor afresh; later steps re-check a
     # new gradient in the snapshot (momentum._torch_keys), which once let a
@@ -1026,7 +1041,9 @@ def _values(t: torch.Tensor) -> torch.Tensor:
     t = t.detach()
     if type(t).__name__ == "TwoTensor":
         t = t.a
-    return t.to_dense()
+    t = t.to_dense()
+    # torch.equal has no complex32 kernel: compare its real view
+    return torch.view_as_real(t) if t.dtype == torch.complex32 else t
 
 
 @pytest.mark.parametrize("bad, dtype, momentum", _bad_grad_cases(STEPPED, (0.0, 0.5)))
@@ -1058,37 +1075,37 @@ def test_bad_new_grad_torch_steps_is_stepped_as_torch_on_a_first_and_a_warm_step
             assert torch.equal(_values(mine), _values(torchs)), (warm_steps, mine, torchs)
 
 
-# Bad gradients of a float16 parameter, which torch's arithmetic steps: the
+# Bad gradients of a complex32 parameter, which torch's arithmetic steps: the
 # snapshot compares only which tensors such a parameter has, so each step
 # must check them again.  (name: install, error, message; as BAD_GRADS)
-BAD_GRADS_OF_FLOAT16 = {
-    "other shape": (_swapped_in(lambda dt: torch.ones(2, 8, dtype=torch.float16)), ValueError,
+BAD_GRADS_OF_COMPLEX32 = {
+    "other shape": (_swapped_in(lambda dt: torch.ones(2, 8, dtype=TORCH_ONLY)), ValueError,
                     r"its grad has shape \(2, 8\)"),
-    "broadcastable shape": (_swapped_in(lambda dt: torch.ones(4, dtype=torch.float16)),
+    "broadcastable shape": (_swapped_in(lambda dt: torch.ones(4, dtype=TORCH_ONLY)),
                             ValueError, r"its grad has shape \(4,\)"),
-    "no memory": (_assigned(lambda a, b, opt, dt: _no_memory(torch.float16)), TypeError,
+    "no memory": (_assigned(lambda a, b, opt, dt: _no_memory(TORCH_ONLY)), TypeError,
                   "its grad has no memory"),
-    "complex": (_assigned(lambda a, b, opt, dt: torch.ones(SHAPE, dtype=torch.complex64)),
-                TypeError, r"its grad has dtype torch\.complex64, which cannot be cast"),
+    # (no grad dtype is refused as one that cannot be cast: every one casts
+    # to a complex parameter's; BAD_GRADS has that case)
     # a is stepped by the kernels, after torch's arithmetic has stepped b
     "aliases parameter 0": (
-        _assigned(lambda a, b, opt, dt: a.data.view(-1).view(torch.float16)[:16].view(SHAPE)),
+        _assigned(lambda a, b, opt, dt: a.data.view(-1).view(TORCH_ONLY)[:16].view(SHAPE)),
         ValueError, r"parameter 0 .* and the grad of parameter 1 .* overlap in memory"),
 }
 
 
 @pytest.mark.filterwarnings("ignore:momentum.torch.SGD:RuntimeWarning")
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
-@pytest.mark.parametrize("bad", BAD_GRADS_OF_FLOAT16)
+@pytest.mark.parametrize("bad", BAD_GRADS_OF_COMPLEX32)
 def test_bad_new_grad_of_a_param_torch_steps_is_refused_alike_on_a_first_and_a_warm_step(
         bad, momentum):
-    install, error, match = BAD_GRADS_OF_FLOAT16[bad]
+    install, error, match = BAD_GRADS_OF_COMPLEX32[bad]
     errors = []
     for warm_steps in (0, 3):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             a, b, opt = _two_groups(SGD, torch.float32, momentum, (0.1, 0.2), warm_steps,
-                                    torch.float16)
+                                    TORCH_ONLY)
         assert bool(fallback_warnings(caught)) == bool(warm_steps)  # b: torch's arithmetic
         install(a, b, opt, None)
         errors.append(_refused(opt, a, b))
@@ -1100,13 +1117,13 @@ def test_bad_new_grad_of_a_param_torch_steps_is_refused_alike_on_a_first_and_a_w
 
 @pytest.mark.parametrize("order", ["kernel first", "torch first"])
 def test_kernel_tensor_sharing_memory_with_one_torch_steps_is_refused(order):
-    # b (float32: the kernels) reads a (float16: torch's arithmetic) as its
+    # b (float32: the kernels) reads a (complex32: torch's arithmetic) as its
     # gradient's memory.  The kernels run after torch's arithmetic, so with b
     # first they would read a already stepped, where torch.optim.SGD reads it
     # before: refused, as any overlap of a tensor the kernels step.
-    a = torch.nn.Parameter(torch.ones(8, dtype=torch.float16))
+    a = torch.nn.Parameter(torch.ones(4, dtype=TORCH_ONLY))
     b = torch.nn.Parameter(torch.ones(4))
-    a.grad = torch.ones(8, dtype=torch.float16)
+    a.grad = torch.ones(4, dtype=TORCH_ONLY)
     b.grad = a.data.view(torch.float32)
     params = [b, a] if order == "kernel first" else [a, b]
     opt = SGD(params, lr=0.5)
@@ -1114,11 +1131,11 @@ def test_kernel_tensor_sharing_memory_with_one_torch_steps_is_refused(order):
              "(param_groups[0]['params'][1])",
              "parameter 0 (param_groups[0]['params'][0]) and the grad of parameter 1 "
              "(param_groups[0]['params'][1])"]
-    with pytest.warns(RuntimeWarning, match="dtype torch.float16"):
+    with pytest.warns(RuntimeWarning, match="dtype torch.complex32"):
         with pytest.raises(ValueError, match=re.escape(
                 f"SGD.step(): {names[order == 'torch first']} overlap in memory")):
             opt.step()
-    assert torch.equal(a.detach(), torch.ones(8, dtype=torch.float16))
+    assert torch.equal(_values(a), _values(torch.ones(4, dtype=TORCH_ONLY)))
     assert torch.equal(b.detach(), torch.ones(4))
 
 
@@ -1133,16 +1150,16 @@ def test_slices_sharing_no_byte_with_a_kernel_tensor_are_stepped_as_torch():
         block = torch.arange(16.0).view(4, 4)
         a = torch.nn.Parameter(block[:, :2])
         b = torch.nn.Parameter(block[1, 2:])
-        c = torch.nn.Parameter(torch.arange(4.0, dtype=torch.float16))
+        c = torch.nn.Parameter(torch.arange(4.0).to(TORCH_ONLY))
         a.grad, b.grad, c.grad = torch.ones(4, 2), torch.ones(2), c.data  # c's grad is c
         opt = cls([a, b, c], lr=0.5, momentum=0.5)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             for _ in range(3):
                 opt.step()
-        runs.append(([block.clone(), c.detach().clone()], fallback_warnings(caught)))
+        runs.append(([block.clone(), _values(c).clone()], fallback_warnings(caught)))
     (ours, said), (theirs, _) = runs
-    assert len(said) == 2, said  # a slice; a float16 parameter
+    assert len(said) == 2, said  # a slice; a complex32 parameter
     assert all(torch.equal(x, y) for x, y in zip(ours, theirs, strict=True))
 
 
@@ -1177,12 +1194,12 @@ def test_integer_buffer_torch_makes_is_refused_before_anything_is_written():
 
 @pytest.mark.parametrize("hooked", [False, True])
 def test_fallback_warning_points_at_the_call_of_step(hooked):
-    p = torch.nn.Parameter(torch.ones(4, dtype=torch.float16))
+    p = torch.nn.Parameter(torch.ones(4, dtype=TORCH_ONLY))
     opt = SGD([p], lr=0.5)
     if hooked:  # steps then take torch's profiled, hooked path
         opt.register_step_pre_hook(lambda *args: None)
-    p.grad = torch.ones(4, dtype=torch.float16)
-    with pytest.warns(RuntimeWarning, match="dtype torch.float16") as record:
+    p.grad = torch.ones(4, dtype=TORCH_ONLY)
+    with pytest.warns(RuntimeWarning, match="dtype torch.complex32") as record:
         opt.step()
     assert [w.filename for w in record] == [__file__]
 

@@ -68,3 +68,65 @@ def fallback_warnings(caught) -> list[str]:
     return [str(w.message) for w in caught
             if issubclass(w.category, RuntimeWarning)
             and str(w.message).startswith("momentum.torch.SGD: ")]
+
+
+def numpy_of(t: torch.Tensor):
+    """A NumPy view of a dense tensor's memory, in memory order (the order
+    the kernels step and key stochastic rounding by); bfloat16 as
+    ml_dtypes.bfloat16."""
+    flat = t.detach().as_strided((t.numel(),), (1,))
+    if flat.dtype == torch.bfloat16:
+        import ml_dtypes
+        return flat.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return flat.numpy()
+
+
+class Reference:
+    """momentum.reference.sgd's steps over copies of ``params``, as
+    momentum.torch.SGD with these arguments should take them: a buffer
+    (of ``state_dtype`` for a 16-bit parameter) made at a parameter's first
+    step, the rounding's compensation (zeros) or float32 master (the
+    parameter) too; ``step`` counts the steps, ``tensor`` is
+    ``first_index`` plus the index in ``params``."""
+
+    def __init__(self, params: list[torch.Tensor], *, lr: float, state_dtype=None,
+                 rounding: str = "nearest", state_rounding: str = "nearest", seed: int = 0,
+                 first_index: int = 0, **flags: Any) -> None:
+        self.params = [numpy_of(p).copy() for p in params]
+        self.bufs: list[Any] = [None] * len(params)
+        self.extras: list[Any] = [None] * len(params)
+        self.hyper = dict(flags, lr=lr)
+        self.state_dtype, self.rounding, self.state_rounding = state_dtype, rounding, state_rounding
+        self.seed, self.steps, self.first_index = seed, 0, first_index
+
+    def step(self, grads: list[torch.Tensor | None]) -> None:
+        import numpy as np
+
+        from momentum import reference
+        for i, (p, g) in enumerate(zip(self.params, grads)):
+            if g is None:
+                continue
+            half = p.dtype.itemsize == 2
+            rounding = self.rounding if half else "nearest"
+            first = self.hyper.get("momentum", 0) != 0 and self.bufs[i] is None
+            if first:
+                wide = half and self.state_dtype is torch.float32
+                self.bufs[i] = np.empty(p.shape, np.float32 if wide else p.dtype)
+            if self.extras[i] is None and rounding in ("kahan", "master"):
+                self.extras[i] = np.zeros_like(p) if rounding == "kahan" else p.astype(np.float32)
+            extra = {"comp" if rounding == "kahan" else "master": self.extras[i]} \
+                if rounding in ("kahan", "master") else {}
+            reference.sgd(p, numpy_of(g).copy(), self.bufs[i], **self.hyper, first_step=first,
+                          rounding=rounding, state_rounding=self.state_rounding, seed=self.seed,
+                          step=self.steps, tensor=self.first_index + i, **extra)
+        self.steps += 1
+
+
+def assert_bitwise(tensor: torch.Tensor | None, array: Any, what: str) -> None:
+    """``tensor``'s memory holds exactly ``array``'s bytes (both None alike)."""
+    if array is None or tensor is None:
+        assert tensor is None and array is None, what
+        return
+    ours = numpy_of(tensor)
+    assert ours.dtype == array.dtype, (what, ours.dtype, array.dtype)
+    assert ours.tobytes() == array.tobytes(), what

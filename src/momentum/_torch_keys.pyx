@@ -30,8 +30,10 @@ from libc.stdint cimport uint64_t, uintptr_t
 from libc.string cimport memcpy
 
 from momentum._batch cimport Batch
-from momentum._checks cimport MAX_ARRAYS, MAX_HYPER, Place, RuleSpec, read_hypers, spec_of
-from momentum._kernels cimport momentum_task
+from momentum._checks cimport (
+    MAX_ARRAYS, MAX_HYPER, Place, RuleSpec, extra_names, has_extra, is_half, read_hypers,
+    read_rounding, source_of, spec_of)
+from momentum._kernels cimport MOMENTUM_ROUND_MASTER, momentum_task
 from momentum._tensor_facts cimport Fact
 from momentum.rules import RULES
 
@@ -40,6 +42,11 @@ from momentum.rules import RULES
 cdef int SGD = list(RULES).index("sgd")
 cdef int SGD_MOMENTUM = [h.name for h in RULES["sgd"].hypers].index("momentum")
 cdef int SGD_FIRST_STEP = [h.name for h in RULES["sgd"].hypers].index("first_step")
+# A kernel parameter's arrays, as the snapshot records them: the parameter,
+# its grad, its buffer, and the rounding's extra (kahan's compensation,
+# master's float32 copy; at index narrays of a task, see _checks.source_of).
+DEF NARRAYS = 4
+DEF EXTRA = 3
 
 cdef extern from "Python.h":
     PyObject* PyDict_GetItemWithError(object, object) except? NULL
@@ -145,14 +152,19 @@ cdef class Snapshot:
     """The tensors one param group was last stepped with, and where the
     kernels' ones lie.
 
-    ``Snapshot(params, state, uses_state, kernel)`` records, for every
-    parameter ``p`` of ``params``: ``p`` itself, ``p.grad``, and when
-    ``uses_state`` the per-parameter dict ``state.get(p)`` and its
-    ``"momentum_buffer"``.  For a parameter the kernels step (``kernel[i]``
-    true: the optimizer has found its tensors plain, on the CPU, of a kernel
-    dtype and of one dense layout) it also records each tensor's place:
-    address, element count, dtype, shape and layout (contiguous, or the
-    parameter's strides); each step a tensor must still lie so (moved()).
+    ``Snapshot(params, state, uses_state, kernel, buf_dtypes, extra_key,
+    extra_dtypes)`` records, for every parameter ``p`` of ``params``: ``p``
+    itself, ``p.grad``, and when ``uses_state`` (the group has momentum) the
+    per-parameter dict ``state.get(p)`` and its ``"momentum_buffer"``.  For
+    a parameter the kernels step (``kernel[i]`` true: the optimizer has found
+    its tensors plain, on the CPU, of a kernel dtype and of one dense layout)
+    it also records each tensor's place: address, element count, dtype,
+    shape and layout (contiguous, or the parameter's strides); each step a
+    tensor must still lie so (moved()).  A kernel parameter's buffer has the
+    torch dtype ``buf_dtypes[i]`` (None, or a None entry: the parameter's);
+    where ``extra_dtypes[i]`` is a torch dtype, the parameter also has the
+    rounding's extra array ``state[p][extra_key]`` (kahan's compensation,
+    master's float32 copy) of that dtype, recorded and checked as its buffer.
     The other parameters are the optimizer's to step with torch's own
     arithmetic: only their identities are compared.  Call know_torch() first.
 
@@ -163,77 +175,105 @@ cdef class Snapshot:
     does.
     """
 
-    cdef list params, grads, entries, bufs, dtypes, shapes, strides
-    cdef object state
-    cdef bint uses_state, valid, grads_forgotten
+    cdef list params, grads, entries, bufs, extras, dtypes, shapes, strides
+    cdef list buf_dtypes, extra_dtypes   # per parameter: a torch dtype, or None
+    cdef object state, extra_key
+    cdef bint uses_state        # the group has momentum: every parameter has a buffer
+    cdef bint uses_entries      # some parameter's state entry is read: buffers or extras
+    cdef bint valid, grads_forgotten
     cdef bint versioned         # state_version is state's dict version
     cdef uint64_t state_version
     cdef bytes kernel       # per parameter: the kernels step it
     cdef bytearray had_grad  # per parameter: it had a gradient at the snapshot
     cdef bytearray active   # per parameter: the kernels step it, and it had a gradient
-    cdef bytearray kinds    # per kernel parameter: its kernel dtype code
+    cdef bytearray has_extra  # per parameter: it has the rounding's extra array
+    cdef bytearray kinds    # per kernel parameter and array: its kernel dtype code
     cdef bytearray reals    # per kernel parameter: reals per element (2: complex)
-    cdef bytearray itemsize  # per kernel parameter: bytes per real
+    cdef bytearray itemsize  # per kernel parameter and array: bytes per real
     cdef Py_ssize_t nactive  # kernel parameters with a gradient
     # Kernel parameters with a gradient and, the group using state, no buffer.
     cdef readonly tuple missing
-    # Per parameter, the places of the parameter, its grad and its buffer:
-    # address then element count (of reals); (0, 0) for a missing tensor.
+    # Kernel parameters with a gradient that should and do not have the extra array.
+    cdef readonly tuple missing_extra
+    # Per parameter, the places of its NARRAYS arrays (parameter, grad,
+    # buffer, extra): address then element count (of reals); (0, 0) for a
+    # missing tensor.
     cdef uintptr_t* places
     cdef Py_ssize_t n
 
-    def __cinit__(self, object params, object state, bint uses_state, bytes kernel):
+    def __cinit__(self, object params, object state, bint uses_state, bytes kernel,
+                  object buf_dtypes=None, object extra_key=None, object extra_dtypes=None):
         self.params = list(params)
         self.n = PyList_GET_SIZE(self.params)
         if len(kernel) != self.n:
             raise ValueError("one kernel flag per parameter")
-        self.places = <uintptr_t*>PyMem_Malloc(6 * max(self.n, 1) * sizeof(uintptr_t))
+        self.buf_dtypes = [None] * self.n if buf_dtypes is None else list(buf_dtypes)
+        self.extra_dtypes = [None] * self.n if extra_dtypes is None else list(extra_dtypes)
+        if len(self.buf_dtypes) != self.n or len(self.extra_dtypes) != self.n:
+            raise ValueError("one buffer dtype and one extra dtype per parameter")
+        self.places = <uintptr_t*>PyMem_Malloc(2 * NARRAYS * max(self.n, 1)
+                                               * sizeof(uintptr_t))
         if self.places == NULL:
             raise MemoryError()
         if DATA_PTR is None:
             raise RuntimeError("call know_torch() first")
         self.state, self.uses_state, self.kernel = state, uses_state, kernel
-        self.missing = ()
-        self.grads, self.entries, self.bufs = [], [], []
+        self.extra_key = extra_key
+        self.missing = self.missing_extra = ()
+        self.grads, self.entries, self.bufs, self.extras = [], [], [], []
         self.dtypes, self.shapes, self.strides = [], [], []
         self.had_grad = bytearray(self.n)
         self.active = bytearray(self.n)
-        self.kinds = bytearray(self.n)
+        self.has_extra = bytearray(self.n)
+        self.kinds = bytearray(NARRAYS * self.n)
         self.reals = bytearray(self.n)
-        self.itemsize = bytearray(self.n)
-        cdef Py_ssize_t i
+        self.itemsize = bytearray(NARRAYS * self.n)
+        cdef Py_ssize_t i, a
         cdef PyObject* entry
-        if uses_state and not isinstance(state, dict):
+        for i in range(self.n):
+            self.has_extra[i] = kernel[i] and self.extra_dtypes[i] is not None
+        self.uses_entries = uses_state or any(self.has_extra)
+        if self.uses_entries and not isinstance(state, dict):
             raise TypeError("state is not a dict")
-        if uses_state:
+        if self.uses_entries:
             self.versioned = momentum_watch_dict(state)
             self.state_version = momentum_dict_version(state)
         try:
             for i in range(self.n):
                 p = self.params[i]
                 g = GRAD.of(p)
-                entry = PyDict_GetItemWithError(state, p) if uses_state else NULL
-                b = None if entry == NULL else (<object>entry).get(MOMENTUM_BUFFER)
+                entry = PyDict_GetItemWithError(state, p) if self.uses_entries else NULL
+                b = None if entry == NULL or not uses_state \
+                    else (<object>entry).get(MOMENTUM_BUFFER)
+                x = None if entry == NULL or not self.has_extra[i] \
+                    else (<object>entry).get(extra_key)
                 self.grads.append(g)
                 self.had_grad[i] = g is not None
                 self.active[i] = g is not None and self.kernel[i]
                 self.entries.append(None if entry == NULL else <object>entry)
                 self.bufs.append(b)
+                self.extras.append(x)
                 self.dtypes.append(DTYPE.of(p))
                 self.shapes.append(SHAPE.of(p))
                 self.strides.append(None)
                 if not self.kernel[i]:
-                    self.places[6 * i + 1] = 0
+                    self.places[2 * NARRAYS * i + 1] = 0
                     continue
                 if IS_CONTIGUOUS.of(p) is not True:
                     self.strides[i] = STRIDE.of(p)
-                self.kinds[i], self.reals[i], self.itemsize[i] = KERNEL_DTYPES[self.dtypes[i]]
+                for a in range(NARRAYS):
+                    self.kinds[NARRAYS * i + a], self.reals[i], \
+                        self.itemsize[NARRAYS * i + a] = \
+                        KERNEL_DTYPES[self.dtype_of(i, a) or self.dtypes[i]]
                 self.nactive += self.active[i]
-                self.record(p, 6 * i)
-                self.record(g, 6 * i + 2)
-                self.record(b, 6 * i + 4)
+                self.record(p, i, 0)
+                self.record(g, i, 1)
+                self.record(b, i, 2)
+                self.record(x, i, EXTRA)
             self.missing = tuple(i for i in range(self.n)
                                  if uses_state and self.active[i] and self.bufs[i] is None)
+            self.missing_extra = tuple(i for i in range(self.n) if self.active[i]
+                                       and self.has_extra[i] and self.extras[i] is None)
             self.valid = True
         except Exception:
             # A tensor the optimizer found fit that lies otherwise now
@@ -244,11 +284,21 @@ cdef class Snapshot:
     def __dealloc__(self):
         PyMem_Free(self.places)
 
-    cdef int record(self, object tensor, Py_ssize_t k) except -1:
-        """Store ``tensor``'s place at ``places[k:k + 2]`` (it belongs to
-        parameter ``k // 6``); ValueError if it has elements but no memory
-        behind them (a meta or fake tensor), or is not aligned to its real
-        dtype (the optimizer then steps it with torch's arithmetic)."""
+    cdef inline object dtype_of(self, Py_ssize_t i, Py_ssize_t a):
+        """The torch dtype array ``a`` of kernel parameter ``i`` must have."""
+        if a == 2:
+            return <object>PyList_GET_ITEM(self.buf_dtypes, i) \
+                or <object>PyList_GET_ITEM(self.dtypes, i)
+        if a == EXTRA:
+            return <object>PyList_GET_ITEM(self.extra_dtypes, i)
+        return <object>PyList_GET_ITEM(self.dtypes, i)
+
+    cdef int record(self, object tensor, Py_ssize_t i, Py_ssize_t a) except -1:
+        """Store ``tensor``'s place as array ``a`` of parameter ``i``;
+        ValueError if it has elements but no memory behind them (a meta or
+        fake tensor), or is not aligned to its real dtype (the optimizer
+        then steps it with torch's arithmetic)."""
+        cdef Py_ssize_t k = 2 * (NARRAYS * i + a)
         if tensor is None:
             self.places[k] = self.places[k + 1] = 0
             return 0
@@ -256,15 +306,17 @@ cdef class Snapshot:
         cdef uintptr_t length = <uintptr_t>PyLong_AsSsize_t(NUMEL.of(tensor))
         if address == 0 and length != 0:
             raise ValueError("a tensor with no memory")
-        if address % self.itemsize[k // 6]:
+        if address % self.itemsize[NARRAYS * i + a]:
             raise ValueError("a misaligned tensor")
         self.places[k] = address
-        self.places[k + 1] = length * self.reals[k // 6]
+        self.places[k + 1] = length * self.reals[i]
         return 0
 
-    cdef bint laid_out(self, object tensor, Py_ssize_t i, bint fresh) except -1:
-        """``tensor`` has kernel parameter ``i``'s dtype, shape and layout
-        (contiguous, or the parameter's strides) and its memory holds its
+    cdef bint laid_out(self, object tensor, Py_ssize_t i, Py_ssize_t a,
+                       bint fresh) except -1:
+        """``tensor``, as array ``a`` of kernel parameter ``i``, has the
+        dtype that array must have (dtype_of()), the parameter's shape and
+        layout (contiguous, or the parameter's strides) and its memory holds its
         values (not, complex, a conjugated view); a ``fresh`` one (a new
         gradient or buffer) is also asked whether it is on the CPU, strided
         and not lazily negated.  A tensor found at its recorded address
@@ -276,7 +328,7 @@ cdef class Snapshot:
         asks each parameter, gradient and buffer five or six."""
         cdef object strides = <object>PyList_GET_ITEM(self.strides, i)
         return (plain(tensor)
-                and DTYPE.of(tensor) is <object>PyList_GET_ITEM(self.dtypes, i)
+                and DTYPE.of(tensor) is self.dtype_of(i, a)
                 and SHAPE.of(tensor) == <object>PyList_GET_ITEM(self.shapes, i)
                 and (IS_CONTIGUOUS.of(tensor) is True if strides is None
                      else STRIDE.of(tensor) == strides)
@@ -284,44 +336,46 @@ cdef class Snapshot:
                                    and IS_NEG.of(tensor) is False))
                 and (self.reals[i] == 1 or IS_CONJ.of(tensor) is False))
 
-    cdef bint moved(self, object tensor, Py_ssize_t i, Py_ssize_t k) except -1:
-        """``tensor`` (not None; kernel parameter ``i`` or its grad or
-        buffer) no longer lies at the place ``places[k:k + 2]`` as
-        laid_out() says.
+    cdef bint moved(self, object tensor, Py_ssize_t i, Py_ssize_t a) except -1:
+        """``tensor`` (not None; array ``a`` of kernel parameter ``i``) no
+        longer lies at its recorded place as laid_out() says.
 
         The address alone is not enough: ``t.data = ...`` can put other
         memory (freed and reused) or another view of the same memory
         (``t.data.t()``, ``t.data[:k]``, ``t.data.view(torch.int64)``) at
         the same address."""
+        cdef Py_ssize_t k = 2 * (NARRAYS * i + a)
         return (<uintptr_t>PyLong_AsVoidPtr(DATA_PTR.of(tensor)) != self.places[k]
                 or <uintptr_t>PyLong_AsSsize_t(NUMEL.of(tensor)) * self.reals[i]
                 != self.places[k + 1]
-                or not self.laid_out(tensor, i, False))
+                or not self.laid_out(tensor, i, a, False))
 
     cdef bint take_grad(self, object g, Py_ssize_t i) except -1:
         """Record ``g``, kernel parameter ``i``'s new gradient, as the
         snapshot's if it is laid out as the parameter (laid_out()); else
         False, or ValueError as record() (nothing recorded)."""
-        if not self.laid_out(g, i, True):
+        if not self.laid_out(g, i, 1, True):
             return False
-        self.record(g, 6 * i + 2)
+        self.record(g, i, 1)
         self.grads[i] = g
         return True
 
     def touching(self, size_t lo, size_t hi):
         """``(i, array, start, end)`` for every tensor the kernels step
-        (``array`` 0, 1, 2: kernel parameter ``i``, its grad, its buffer; a
-        parameter with a gradient) whose bytes ``[start, end)`` share one with
-        ``[lo, hi)``, as recorded by the last check()."""
+        (``array`` 0, 1, 2, 3: kernel parameter ``i``, its grad, its buffer,
+        its rounding's extra array; a parameter with a gradient) whose bytes
+        ``[start, end)`` share one with ``[lo, hi)``, as recorded by the
+        last check()."""
         cdef list found = []
-        cdef Py_ssize_t i, a
+        cdef Py_ssize_t i, a, k
         cdef size_t start, end
         for i in range(self.n):
             if not self.active[i]:
                 continue
-            for a in range(3):
-                start = self.places[6 * i + 2 * a]
-                end = start + self.places[6 * i + 2 * a + 1] * self.itemsize[i]
+            for a in range(NARRAYS):
+                k = 2 * (NARRAYS * i + a)
+                start = self.places[k]
+                end = start + self.places[k + 1] * self.itemsize[NARRAYS * i + a]
                 if start < end and start < hi and lo < end:
                     found.append((i, a, start, end))
         return found
@@ -360,7 +414,6 @@ cdef class Snapshot:
             return CHANGED
         cdef Py_ssize_t i
         cdef PyObject* entry
-        cdef PyObject* buf
         cdef object p, g
         cdef bint kernel
         cdef int found = GRADS if self.grads_forgotten else HOLDS
@@ -369,9 +422,9 @@ cdef class Snapshot:
                 kernel = self.kernel[i]
                 p = <object>PyList_GET_ITEM(params, i)
                 if p is not <object>PyList_GET_ITEM(self.params, i) or (
-                        kernel and self.moved(p, i, 6 * i)):
+                        kernel and self.moved(p, i, 0)):
                     return CHANGED
-                if self.uses_state:
+                if self.uses_entries:
                     if not versioned:
                         entry = PyDict_GetItemWithError(state, p)
                         if (<PyObject*>None if entry == NULL else entry) \
@@ -379,12 +432,11 @@ cdef class Snapshot:
                             return CHANGED
                     entry = PyList_GET_ITEM(self.entries, i)
                     if entry != <PyObject*>None:
-                        buf = PyDict_GetItemWithError(<object>entry, MOMENTUM_BUFFER)
-                        if (<PyObject*>None if buf == NULL else buf) \
-                                != PyList_GET_ITEM(self.bufs, i):
+                        if self.uses_state and self.changed_entry(
+                                <object>entry, MOMENTUM_BUFFER, self.bufs, i, 2, kernel):
                             return CHANGED
-                        if kernel and buf != NULL and <object>buf is not None and \
-                                self.moved(<object>buf, i, 6 * i + 4):
+                        if self.has_extra[i] and self.changed_entry(
+                                <object>entry, self.extra_key, self.extras, i, EXTRA, True):
                             return CHANGED
                 g = GRAD.of(p)
                 if (g is None) == self.had_grad[i]:
@@ -392,7 +444,7 @@ cdef class Snapshot:
                 if g is None or (found == GRADS and not take_grads):
                     continue
                 if g is not <object>PyList_GET_ITEM(self.grads, i) or (
-                        kernel and self.moved(g, i, 6 * i + 2)):
+                        kernel and self.moved(g, i, 1)):
                     found = GRADS
                     if take_grads:
                         if kernel and not self.take_grad(g, i):
@@ -404,32 +456,58 @@ cdef class Snapshot:
             self.grads_forgotten = False
         return found
 
+    cdef bint changed_entry(self, dict entry, object key, list recorded, Py_ssize_t i,
+                            Py_ssize_t a, bint kernel) except -1:
+        """``entry[key]`` (parameter ``i``'s buffer or extra array, array
+        ``a``) is not the tensor ``recorded[i]``, or (``kernel``) no longer
+        lies at its recorded place."""
+        cdef PyObject* found = PyDict_GetItemWithError(entry, key)
+        if (<PyObject*>None if found == NULL else found) != PyList_GET_ITEM(recorded, i):
+            return True
+        return kernel and found != NULL and <object>found is not None \
+            and self.moved(<object>found, i, a)
 
-def prepare_groups(list snapshots, list hypers, list new_bufs, object name):
+
+def prepare_groups(list snapshots, list hypers, list new_bufs, object name,
+                   list storage=None, list new_extras=None):
     """The kernels' part of a step over every group, checked and ready to
     run (a Batch: call ``run()``), or TypeError/ValueError naming the tensor
-    with ``name(group, index, array)`` (array 0, 1, 2: the parameter, its
-    grad, its buffer); nothing is written either way.
+    with ``name(group, index, array)`` (array 0, 1, 2, 3: the parameter, its
+    grad, its buffer, its rounding's extra array); nothing is written either
+    way.
 
     ``snapshots[k]`` must have just passed check() (HOLDS, or GRADS with
     ``take_grads``); ``hypers[k]`` is the tuple of sgd's hyperparameters in
     the table's order for that group (first_step False); ``new_bufs[k]``
     maps each of ``snapshots[k].missing`` (kernel parameters with a
     gradient and no buffer, when the group uses state) to its new buffer;
-    such a parameter is stepped as a first step.  Every task passes the checks of every kernel call (check_task),
-    and no written tensor may overlap a tensor of another parameter.
+    such a parameter is stepped as a first step.  ``storage[k]`` is the
+    group's ``(rounding, state_rounding, seed, step, first_index)``: how its
+    16-bit parameters and buffers are stored (momentum.rules.ROUNDINGS,
+    STATE_ROUNDINGS) and the stochastic key, the tensor part being
+    ``first_index + i`` for parameter ``i`` (its state-dict index); None
+    for all nearest.  ``new_extras[k]`` maps each of
+    ``snapshots[k].missing_extra`` to its new extra array (filled by the
+    caller: zeros, or the parameter as float32).  Every task passes the
+    checks of every kernel call (check_task), and no written tensor may
+    overlap a tensor of another parameter.
     """
-    cdef Py_ssize_t k, i, ngroups = len(snapshots), ntasks = 0
-    if len(hypers) != ngroups or len(new_bufs) != ngroups:
-        raise ValueError("one hyperparameter tuple and buffer list per snapshot")
+    cdef Py_ssize_t k, i, a, ngroups = len(snapshots), ntasks = 0
+    if len(hypers) != ngroups or len(new_bufs) != ngroups or (
+            storage is not None and len(storage) != ngroups) or (
+            new_extras is not None and len(new_extras) != ngroups):
+        raise ValueError("one hyperparameter tuple, storage and buffer list per snapshot")
     cdef Snapshot s
     for s in snapshots:
         ntasks += s.nactive
     cdef const RuleSpec* rule = spec_of(SGD)
     cdef double hyper[MAX_HYPER]
     cdef momentum_task* task
+    cdef momentum_task half   # the group's rounding of a 16-bit parameter
     cdef Place places[MAX_ARRAYS]
+    cdef Place given[MAX_ARRAYS]
     cdef Batch batch = Batch(ntasks)
+    cdef Py_ssize_t first_index
     for k in range(ngroups):
         s = <Snapshot>snapshots[k]
         if not s.valid:
@@ -438,6 +516,9 @@ def prepare_groups(list snapshots, list hypers, list new_bufs, object name):
                              f"the step looked at it")
         try:
             read_hypers(rule, SGD, hypers[k], hyper, STEP)
+            rounding, state_rounding, seed, step, first_index = \
+                ("nearest", "nearest", 0, 0, 0) if storage is None else storage[k]
+            read_rounding(rule, rounding, state_rounding, seed, step, 0, &half, STEP)
         except (TypeError, ValueError) as e:
             raise type(e)(f"SGD.step(): param_groups[{k}]: {str(e).split('(): ', 1)[1]}") \
                 from None
@@ -448,22 +529,44 @@ def prepare_groups(list snapshots, list hypers, list new_bufs, object name):
                 continue
             task = batch.next()
             memcpy(task.hyper, hyper, sizeof(hyper))
-            fill_places(s, i, places)
+            if is_half(s.kinds[NARRAYS * i]):
+                task.rounding, task.stochastic = half.rounding, half.stochastic
+                task.seed, task.step, task.tensor = half.seed, half.step, first_index + i
+            if has_extra(rule, task) != s.has_extra[i]:
+                raise ValueError("the snapshot was made for another rounding")
+            fill_places(s, i, given)
             # A missing buffer, not a NULL address: an empty tensor's may be NULL.
             if s.uses_state and s.bufs[i] is None:
-                place_of((<dict>new_bufs[k]).get(i), s, i, &places[2])
+                place_of((<dict>new_bufs[k]).get(i), s, i, 2, &given[2])
                 task.hyper[SGD_FIRST_STEP] = 1.0
+            if s.has_extra[i] and s.extras[i] is None:
+                place_of(None if new_extras is None else (<dict>new_extras[k]).get(i),
+                         s, i, EXTRA, &given[EXTRA])
+            for a in range(rule.narrays + has_extra(rule, task)):
+                places[a] = given[source_of(rule, task, a)]
             try:
-                batch.add(rule, places, ("param", "grad", "buf"), STEP)
+                batch.add(rule, places, task_names(rule, task, name, k, i), STEP)
             except (TypeError, ValueError):
-                named(batch, rule, places, tuple(name(k, i, a) for a in range(3)))
+                named(batch, rule, places, task_names(rule, task, name, k, i))
                 raise
     cdef Py_ssize_t pair[4]
+    cdef momentum_task* first
+    cdef momentum_task* second
     if batch.overlap(pair):
         (k, i), (k2, i2) = task_of(snapshots, pair[0]), task_of(snapshots, pair[2])
-        raise ValueError(f"{STEP}(): {name(k, i, pair[1])} and {name(k2, i2, pair[3])} "
-                         f"overlap in memory")
+        first, second = &batch.tasks[pair[0]], &batch.tasks[pair[2]]
+        raise ValueError(f"{STEP}(): {name(k, i, source_of(rule, first, pair[1]))} and "
+                         f"{name(k2, i2, source_of(rule, second, pair[3]))} overlap in memory")
     return batch
+
+
+cdef tuple task_names(const RuleSpec* rule, const momentum_task* task, object name,
+                      Py_ssize_t k, Py_ssize_t i):
+    """The names of the places of parameter ``i`` of group ``k``'s task."""
+    cdef tuple names = tuple([name(k, i, a) for a in range(rule.narrays)])
+    if not has_extra(rule, task):
+        return names
+    return extra_names(rule, task, names, name(k, i, EXTRA))
 
 
 cdef int named(Batch batch, const RuleSpec* rule, Place* places, tuple names) except -1:
@@ -493,25 +596,32 @@ cdef tuple task_of(list snapshots, Py_ssize_t task):
     raise IndexError(task)
 
 
-cdef inline void fill_places(Snapshot s, Py_ssize_t i, Place* places) noexcept:
-    """The kernel parameter ``i``'s three places, from the snapshot."""
-    cdef int a
-    for a in range(3):
-        places[a].address = <char*>s.places[6 * i + 2 * a]
-        places[a].length = s.places[6 * i + 2 * a + 1]
-        places[a].dtype = s.kinds[i]
-        places[a].nbytes = places[a].length * s.itemsize[i]
+cdef int fill_places(Snapshot s, Py_ssize_t i, Place* places) except -1:
+    """The kernel parameter ``i``'s NARRAYS places, from the snapshot."""
+    cdef Py_ssize_t a, k
+    cdef tuple sources = (s.params[i], s.grads[i], s.bufs[i], s.extras[i])
+    for a in range(NARRAYS):
+        k = 2 * (NARRAYS * i + a)
+        places[a].address = <char*>s.places[k]
+        places[a].length = s.places[k + 1]
+        places[a].dtype = s.kinds[NARRAYS * i + a]
+        places[a].nbytes = places[a].length * s.itemsize[NARRAYS * i + a]
         places[a].writable = True       # a tensor's memory is writable
-        places[a].contiguous = True     # laid_out(): one dense layout for all three
+        places[a].contiguous = True     # laid_out(): one dense layout for all
         places[a].ndim = -1             # laid_out() compared the shapes
-        places[a].source = <PyObject*>s.params[i]
+        # For messages: the tensor (a missing one's place is filled by place_of).
+        places[a].source = <PyObject*>(sources[a] if sources[a] is not None else s.params[i])
+    return 0
 
 
-cdef int place_of(object tensor, Snapshot s, Py_ssize_t i, Place* place) except -1:
-    """``place`` for a new buffer of kernel parameter ``i`` (made like it)."""
-    if tensor is None or not s.laid_out(tensor, i, True):
-        raise ValueError("a new buffer must be laid out as its parameter")
+cdef int place_of(object tensor, Snapshot s, Py_ssize_t i, Py_ssize_t a,
+                  Place* place) except -1:
+    """``place`` for a new array ``a`` (buffer or extra) of kernel parameter
+    ``i`` (made like it)."""
+    if tensor is None or not s.laid_out(tensor, i, a, True):
+        raise ValueError("a new buffer or extra array must be laid out as its parameter")
     place.address = <char*>PyLong_AsVoidPtr(DATA_PTR.of(tensor))
     place.length = <size_t>PyLong_AsSsize_t(NUMEL.of(tensor)) * s.reals[i]
-    place.nbytes = place.length * s.itemsize[i]
+    place.nbytes = place.length * s.itemsize[NARRAYS * i + a]
+    place.source = <PyObject*>tensor
     return 0

@@ -38,7 +38,7 @@ from torch.optim.sgd import sgd as _torch_sgd
 from momentum import foreach
 from momentum._torch_keys import GRADS, HOLDS, Snapshot, know_torch, prepare_groups
 from momentum.arena import Arena
-from momentum.rules import DTYPES, RULES
+from momentum.rules import DTYPES, ROUNDINGS, RULES, STATE_ROUNDINGS
 
 __all__ = ["SGD"]
 
@@ -49,6 +49,13 @@ _KERNEL_DTYPES = {**{real: (code, 1, real.itemsize) for real, code in _REAL.item
                   **{torch.complex(torch.zeros(1, dtype=real), torch.zeros(1, dtype=real)).dtype:
                      (_REAL[real], 2, real.itemsize) for real in (torch.float32, torch.float64)}}
 _DTYPES = tuple(_REAL)
+_DTYPE_NAMES = ", ".join(map(str, _DTYPES[:-1])) + f" or {_DTYPES[-1]}"
+# The 16-bit storage dtypes: computed in float32, rounded once when stored.
+_HALF = (torch.bfloat16, torch.float16)
+# The state entry each rounding keeps beside a 16-bit parameter, and its
+# dtype (None: the parameter's).
+_EXTRA = {"kahan": ("kahan_comp", None), "master": ("master_param", torch.float32)}
+_EXTRA_KEYS = tuple(key for key, _ in _EXTRA.values())
 _PLAIN = (torch.Tensor, torch.nn.Parameter, torch.nn.Buffer)
 _NO_STATE = MappingProxyType({})
 # sgd's hyperparameters, in the table's order.
@@ -89,7 +96,7 @@ def _check(tensor: torch.Tensor, what: str, param: torch.Tensor, place: Place) -
                          f"tensors are not supported, use torch.optim.SGD")
     if tensor.dtype not in _DTYPES:
         raise TypeError(f"{where}: {what} has dtype {tensor.dtype}; expected "
-                        f"torch.float32 or torch.float64")
+                        f"{_DTYPE_NAMES}")
     if tensor.dtype != param.dtype:
         raise TypeError(f"{where}: {what} has dtype {tensor.dtype} but the "
                         f"parameter has dtype {param.dtype}")
@@ -118,12 +125,20 @@ def _dense(tensor: torch.Tensor) -> bool:
     return True
 
 
-def _fallback_reason(p: torch.Tensor, g: torch.Tensor | None,
-                     b: torch.Tensor | None) -> str | None:
+def _buffer_dtype(p: torch.Tensor, state_dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype of parameter ``p``'s momentum buffer in a group of
+    ``state_dtype``: float32 for a 16-bit parameter with state_dtype
+    float32, else the parameter's."""
+    return torch.float32 if state_dtype is torch.float32 and p.dtype in _HALF else p.dtype
+
+
+def _fallback_reason(p: torch.Tensor, g: torch.Tensor | None, b: torch.Tensor | None,
+                     buf_dtype: torch.dtype) -> str | None:
     """Why the kernels cannot step parameter ``p`` with gradient ``g`` and
     buffer ``b`` (None where there is none) in place, or None if they can:
     every tensor a plain CPU tensor holding its own values, of one kernel
-    dtype (complex: as its real view), laid out alike and densely, aligned."""
+    dtype (complex: as its real view; the buffer of ``buf_dtype``), laid
+    out alike and densely, aligned."""
     tensors = [t for t in (p, g, b) if t is not None]
     for t in tensors:
         if type(t) not in _PLAIN:
@@ -134,8 +149,9 @@ def _fallback_reason(p: torch.Tensor, g: torch.Tensor | None,
             return f"a tensor of layout {t.layout}"
         if t.is_neg() or t.is_conj():
             return "a lazily negated or conjugated view"
-        if t.dtype != p.dtype:
-            return f"a {t.dtype} tensor beside a {p.dtype} parameter"
+        if t.dtype != (buf_dtype if t is b else p.dtype):
+            return f"a {t.dtype} tensor beside a {p.dtype} parameter" + (
+                f" whose buffers are {buf_dtype}" if t is b and buf_dtype != p.dtype else "")
     if p.dtype not in _KERNEL_DTYPES:
         return f"dtype {p.dtype}"
     if not _dense(p):
@@ -143,10 +159,30 @@ def _fallback_reason(p: torch.Tensor, g: torch.Tensor | None,
     if not all(t.is_contiguous() for t in tensors) and \
             any(t.stride() != p.stride() for t in tensors):
         return "a parameter, gradient and buffer of different layouts"
-    itemsize = _KERNEL_DTYPES[p.dtype][2]
-    if any(t.data_ptr() % itemsize for t in tensors):
+    if any(t.data_ptr() % _KERNEL_DTYPES[t.dtype][2] for t in tensors):
         return "a tensor not aligned to its dtype"
     return None
+
+
+def _refuse_extra(x: torch.Tensor, key: str, dtype: torch.dtype, p: torch.Tensor,
+                  place: Place) -> None:
+    """Raise unless ``x``, ``state[p][key]`` (a rounding's compensation or
+    master copy), lies as the kernels step it beside ``p``: a plain CPU
+    tensor of ``dtype`` (TypeError), of ``p``'s shape and layout, aligned
+    (ValueError).  The optimizer makes them so; another is the user's."""
+    what = f"its {key}"
+    if not isinstance(x, torch.Tensor) or type(x) not in _PLAIN:
+        raise TypeError(f"{_where(place)}: {what} is a {type(x).__name__}; expected a "
+                        f"torch.Tensor of dtype {dtype}")
+    if x.dtype != dtype:
+        raise TypeError(f"{_where(place)}: {what} has dtype {x.dtype}; expected {dtype}")
+    if not (x.is_cpu and x.layout == torch.strided and not x.is_neg()
+            and x.shape == p.shape and (x.is_contiguous() if p.is_contiguous()
+                                        else x.stride() == p.stride())
+            and x.data_ptr() % x.element_size() == 0 and (x.data_ptr() or not x.numel())):
+        raise ValueError(f"{_where(place)}: {what} is not laid out as the parameter (a "
+                         f"dense CPU tensor of its shape and strides); delete it and the "
+                         f"next step makes it afresh")
 
 
 def _refuse(tensor: torch.Tensor, what: str, param: torch.Tensor, place: Place) -> None:
@@ -248,20 +284,64 @@ def _hyperparameters(gi: int, group: dict[str, Any]) -> dict[str, Any]:
     return hyper
 
 
+def _storage(gi: int, group: dict[str, Any]) -> tuple[str, str, int, int]:
+    """Group ``gi``'s ``(rounding, state_rounding, seed, step)``, read
+    afresh each step and checked: ValueError or TypeError naming
+    ``SGD.step()`` and the group."""
+    try:
+        _check_storage(group["rounding"], group["state_rounding"], group["seed"],
+                       group["state_dtype"])
+        _check_key(group["step"], "step")
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"SGD.step(): param_groups[{gi}]: {error}") from None
+    return group["rounding"], group["state_rounding"], group["seed"], group["step"]
+
+
+def _check_storage(rounding: Any, state_rounding: Any, seed: Any, state_dtype: Any) -> None:
+    """ValueError or TypeError for a rounding, state_rounding, seed or
+    state_dtype the optimizer does not take."""
+    for name, value, choices in (("rounding", rounding, ROUNDINGS),
+                                 ("state_rounding", state_rounding, STATE_ROUNDINGS)):
+        if not (isinstance(value, str) and value in choices):
+            raise ValueError(f"'{name}' must be one of {', '.join(map(repr, choices))}, "
+                             f"got {value!r}")
+    _check_key(seed, "seed")
+    if state_dtype is not None and state_dtype is not torch.float32:
+        raise ValueError(f"'state_dtype' must be None (the parameter's dtype) or "
+                         f"torch.float32, got {state_dtype!r}")
+
+
+def _check_key(value: Any, name: str) -> None:
+    """``value`` is an int in [0, 2**64), as the stochastic rounding's key takes."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"'{name}' must be an int, not {type(value).__name__}")
+    if not 0 <= value < 1 << 64:
+        raise ValueError(f"'{name}' must be in [0, 2**64), got {value!r}")
+
+
 class _Plan:
     """How one param group is stepped, while its snapshot holds.
 
     ``snapshot`` (a :class:`momentum._torch_keys.Snapshot`) records the
     group's tensors and, for the parameters the kernels step, where they
     lie; ``fallback`` lists the positions of the parameters stepped with
-    torch's own arithmetic instead.
+    torch's own arithmetic instead.  ``layout`` is the group's
+    ``(rounding, state_dtype)`` the snapshot was made for (it decides the
+    buffers' dtypes, ``buf_dtypes``, and the extra state entry); ``stale``
+    lists the ``(parameter, key)`` state entries of roundings the group no
+    longer uses, dropped once the step has run (a master copy the
+    parameter has moved away from must not come back).
     """
 
-    __slots__ = ("snapshot", "fallback")
+    __slots__ = ("snapshot", "fallback", "layout", "buf_dtypes", "stale")
 
-    def __init__(self, snapshot: Snapshot, fallback: list[int]) -> None:
+    def __init__(self, snapshot: Snapshot, fallback: list[int], layout: tuple[str, Any],
+                 buf_dtypes: list[torch.dtype], stale: list[tuple[torch.Tensor, str]]) -> None:
         self.snapshot = snapshot
         self.fallback = fallback
+        self.layout = layout
+        self.buf_dtypes = buf_dtypes
+        self.stale = stale
 
 
 class _FlatBatch:
@@ -336,10 +416,42 @@ class SGD(torch.optim.Optimizer):
 
     Every operation is rounded on its own (no fused multiply-add).  Parameters
     whose ``grad`` is None are skipped.  The kernels step, in place, CPU
-    tensors of float32 or float64 (complex ones as their real views) whose
-    parameter, gradient and buffer share one dense layout (contiguous,
-    channels_last, a transpose); any other parameter is stepped with
-    PyTorch's own SGD arithmetic, with a RuntimeWarning once per reason.
+    tensors of float32, float64 (complex ones as their real views),
+    bfloat16 or float16 whose parameter, gradient and buffer share one
+    dense layout (contiguous, channels_last, a transpose); any other
+    parameter is stepped with PyTorch's own SGD arithmetic, with a
+    RuntimeWarning once per reason.
+
+    16-bit (bfloat16, float16) parameters are computed in float32 and each
+    written value rounded once, as :func:`momentum.sgd` does (bitwise equal
+    to :func:`momentum.reference.sgd`).  Per param group:
+
+    - ``state_dtype``: None (default) keeps a 16-bit parameter's
+      ``momentum_buffer`` in its dtype, as torch.optim.SGD does;
+      ``torch.float32`` keeps it in float32.  Float32 and float64
+      parameters keep buffers of their dtype either way.  Loading a state
+      dict (torch.optim.SGD's too) converts each buffer to the dtype the
+      group's state_dtype gives it; a buffer set by hand in another dtype
+      is stepped with torch's arithmetic (and then converted).
+    - ``rounding`` of 16-bit parameters (float32/float64 ones are never
+      rounded): ``"nearest"`` (to nearest even), ``"stochastic"`` (see
+      below), ``"kahan"`` (a compensation buffer of the parameter's dtype in
+      ``state[p]["kahan_comp"]`` carries what each rounding dropped, zeros
+      at first), ``"master"`` (a float32 copy in
+      ``state[p]["master_param"]``, made from the parameter at its first
+      step, is what the step updates; the parameter is written as its
+      rounding to nearest, so change the parameter through it, or delete it
+      to have it made afresh).  A parameter stepped without its group's
+      extra entry (another rounding, torch's arithmetic) loses it.
+    - ``state_rounding``: ``"nearest"`` or ``"stochastic"``, for 16-bit
+      buffers.
+    - ``seed`` (an int): stochastic rounding draws its bits from a
+      counter-based generator keyed on (``seed``, the group's ``step``, the
+      parameter's index in the state dict, the array, the element's
+      index), so the result does not depend on threads or batching.
+      ``step`` counts the group's steps and is saved in the state dict
+      with the rest of the group: a resumed run rounds as an
+      uninterrupted one.
     A grad or buffer of another shape or of a dtype torch cannot step, and
     a tensor the kernels step that shares memory with another tensor of the
     step (but a gradient with another gradient), are refused.
@@ -347,7 +459,7 @@ class SGD(torch.optim.Optimizer):
     ``flat=True`` moves each group's parameters into one contiguous block
     (``p.data`` becomes a view into it) and gives every parameter that
     requires grad a gradient viewing a second block, so that a step is one
-    kernel call.  ``zero_grad`` then zeroes that block in place whatever
+    kernel call (float32 and float64 parameters only, so far).  ``zero_grad`` then zeroes that block in place whatever
     ``set_to_none`` says, as ``torch.optim.SGD`` after
     ``zero_grad(set_to_none=False)``: a parameter left out of a backward pass
     is stepped with a zero gradient rather than skipped.  A group must then
@@ -360,7 +472,9 @@ class SGD(torch.optim.Optimizer):
                  weight_decay: float | torch.Tensor = 0, nesterov: bool = False,
                  *, maximize: bool = False, foreach: bool | None = None,
                  differentiable: bool = False, fused: bool | None = None,
-                 flat: bool = False) -> None:
+                 flat: bool = False, state_dtype: torch.dtype | None = None,
+                 rounding: str = "nearest", state_rounding: str = "nearest",
+                 seed: int = 0) -> None:
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
         if lr < 0.0:
@@ -373,13 +487,19 @@ class SGD(torch.optim.Optimizer):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         if fused and foreach:
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+        try:
+            _check_storage(rounding, state_rounding, seed, state_dtype)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"momentum.torch.SGD: {error}") from None
         # foreach and fused are torch.optim.SGD's choice of implementation:
         # accepted and kept in the groups, so that state dicts match
         # torch's, but every step here is one fused multi-tensor call.
         defaults = {"lr": lr, "momentum": momentum, "dampening": dampening,
                     "weight_decay": weight_decay, "nesterov": nesterov,
                     "maximize": maximize, "foreach": foreach,
-                    "differentiable": differentiable, "fused": fused}
+                    "differentiable": differentiable, "fused": fused,
+                    "state_dtype": state_dtype, "rounding": rounding,
+                    "state_rounding": state_rounding, "seed": seed, "step": 0}
         if flat and differentiable:
             raise ValueError("momentum.torch.SGD: flat=True cannot be differentiable")
         self.flat = flat
@@ -404,6 +524,9 @@ class SGD(torch.optim.Optimizer):
         for group in self.param_groups:
             group.setdefault("nesterov", False)
             group.setdefault("maximize", False)
+            # A group of torch.optim.SGD's state dict: this optimizer's storage
+            for key in ("state_dtype", "rounding", "state_rounding", "seed", "step"):
+                group.setdefault(key, self.defaults.get(key, 0))
         self.__dict__.setdefault("flat", False)
         self.__dict__.setdefault("_warned", set())
         self._plans = {}
@@ -413,6 +536,26 @@ class SGD(torch.optim.Optimizer):
             if self.flat:
                 for gi in range(len(self.param_groups)):
                     self._flats.append(self._flatten(gi, self._first_index(gi), True))
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load as ``torch.optim.Optimizer`` does, but for the state of
+        16-bit parameters: torch casts every floating state tensor to its
+        parameter's dtype, which would round a float32 buffer or master
+        copy to 16 bits; here each ``momentum_buffer`` of a 16-bit
+        parameter is converted from the saved tensor to the dtype its
+        group's state_dtype gives it, each ``master_param`` to float32."""
+        super().load_state_dict(state_dict)
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [(p, g) for g in self.param_groups for p in g["params"]]
+        for saved_id, (p, group) in zip(saved_ids, params):
+            saved = state_dict["state"].get(saved_id)
+            if p.dtype not in _HALF or not saved:
+                continue
+            dtypes = {"momentum_buffer": _buffer_dtype(p, group["state_dtype"]),
+                      "master_param": torch.float32}
+            for key, dtype in dtypes.items():
+                if isinstance(saved.get(key), torch.Tensor):
+                    self.state[p][key] = saved[key].to(dtype=dtype, device=p.device, copy=True)
 
     def __repr__(self) -> str:
         """torch's listing of the param groups, headed by this class's full
@@ -437,13 +580,16 @@ class SGD(torch.optim.Optimizer):
         gradients recorded), else a new one from the tensors as they are."""
         plan = self._plans.get(gi)
         uses_state = group["momentum"] != 0
-        if plan is not None and plan.snapshot.check(group["params"], self.state, uses_state,
-                                                    True) in (HOLDS, GRADS):
+        layout = (group["rounding"], group["state_dtype"])
+        if plan is not None and plan.layout == layout and plan.snapshot.check(
+                group["params"], self.state, uses_state, True) in (HOLDS, GRADS):
             return plan
         params = group["params"]
         get = self.state.get
         kernel = bytearray(len(params))
         fallback = []
+        extra_key, extra_dtype = _EXTRA.get(group["rounding"], (None, None))
+        buf_dtypes, extra_dtypes, stale = [], [], []
         for i, p in enumerate(params):
             place = (first_index + i, gi, i)
             g = p.grad
@@ -452,15 +598,24 @@ class SGD(torch.optim.Optimizer):
                 if t is not None:
                     _refuse(t, what, p, place)
             _refuse(p, "the parameter", p, place)
+            buf_dtypes.append(_buffer_dtype(p, group["state_dtype"]))
             why = "differentiable=True" if self.defaults["differentiable"] else \
-                _fallback_reason(p, g, b)
+                _fallback_reason(p, g, b, buf_dtypes[i])
+            # The rounding's entry, of a 16-bit parameter the kernels step.
+            key = extra_key if why is None and p.dtype in _HALF else None
+            extra_dtypes.append(None if key is None else extra_dtype or p.dtype)
+            if key is not None and get(p, _NO_STATE).get(key) is not None:
+                _refuse_extra(get(p)[key], key, extra_dtypes[i], p, place)
+            if g is not None:
+                stale += [(p, k) for k in _EXTRA_KEYS if k != key and k in get(p, _NO_STATE)]
             if why is None:
                 kernel[i] = 1
             else:
                 fallback.append(i)
                 self._warn(why)
-        plan = self._plans[gi] = _Plan(Snapshot(list(params), self.state, uses_state,
-                                                bytes(kernel)), fallback)
+        snapshot = Snapshot(list(params), self.state, uses_state, bytes(kernel), buf_dtypes,
+                            extra_key, extra_dtypes)
+        plan = self._plans[gi] = _Plan(snapshot, fallback, layout, buf_dtypes, stale)
         return plan
 
     def _warn(self, why: str) -> None:
@@ -521,6 +676,10 @@ class SGD(torch.optim.Optimizer):
                 raise TypeError(f"{_where(place)}: has dtype {p.dtype} but parameter "
                                 f"{first_index} has {params[0].dtype}; with "
                                 f"flat=True a param group holds one dtype")
+            if p.dtype in _HALF:
+                raise TypeError(f"{_where(place)}: has dtype {p.dtype}; with flat=True a "
+                                f"param group holds float32 or float64 parameters (16-bit "
+                                f"ones are stepped with flat=False)")
         dtype = np.float64 if params and params[0].dtype == torch.float64 else np.float32
         flat = _Flat(Arena([p.shape for p in params], dtype))
         for i, p in enumerate(params):
@@ -642,23 +801,27 @@ class SGD(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         hypers = [_hyperparameters(gi, group) for gi, group in enumerate(self.param_groups)]
+        storage = [_storage(gi, group) for gi, group in enumerate(self.param_groups)]
         if self.flat:
             self._flat_step(hypers)
         else:
-            self._tensor_step(hypers)
+            self._tensor_step(hypers, storage)
         return loss
 
-    def _tensor_step(self, hypers: list[dict[str, Any]]) -> None:
+    def _tensor_step(self, hypers: list[dict[str, Any]],
+                     storage: list[tuple[str, str, int, int]]) -> None:
         """Per tensor: every group's kernel tensors in one checked batch, the
         others with torch's arithmetic; all of it checked before anything is
         written, new buffers entered into the state only once filled."""
-        plans, new_bufs = [], []
+        plans, new_bufs, new_extras, keys = [], [], [], []
         first_index = 0
         try:
             for gi, group in enumerate(self.param_groups):
+                keys.append((*storage[gi], first_index))
                 plan = self._plan(gi, group, first_index)
                 plans.append(plan)
                 new_bufs.append(self._new_bufs(group, plan))
+                new_extras.append(self._new_extras(group, plan))
                 first_index += len(group["params"])
             # torch's share is checked first: its checks run torch operations
             # (a subclass's Python code), which must not come between the
@@ -668,7 +831,7 @@ class SGD(torch.optim.Optimizer):
             batch = prepare_groups([plan.snapshot for plan in plans],
                                    [tuple(h.get(name, False) for name in _SGD_HYPERS)
                                     for h in hypers],
-                                   new_bufs, self._name)
+                                   new_bufs, self._name, keys, new_extras)
         except Exception:
             # A plan must not outlive a step that refused its tensors: the
             # next step looks at them afresh.
@@ -681,9 +844,16 @@ class SGD(torch.optim.Optimizer):
         # before torch's share runs, so that an error in it cannot leave a
         # stepped parameter without the buffer its first step filled.
         batch.run()
-        for group, bufs in zip(self.param_groups, new_bufs):
+        for group, bufs, extras in zip(self.param_groups, new_bufs, new_extras):
             for i, buf in bufs.items():
                 self.state[group["params"][i]]["momentum_buffer"] = buf
+            for i, extra in extras.items():
+                self.state[group["params"][i]][_EXTRA[group["rounding"]][0]] = extra
+            group["step"] += 1
+        for plan in plans:
+            for p, key in plan.stale:
+                self.state[p].pop(key, None)
+            plan.stale = []
         for plan, group, hyper in zip(plans, self.param_groups, hypers):
             if plan.fallback:
                 self._torch_sgd(group, hyper, plan.fallback)
@@ -735,9 +905,23 @@ class SGD(torch.optim.Optimizer):
     def _new_bufs(group: dict[str, Any], plan: _Plan) -> dict[int, torch.Tensor]:
         """A new buffer, laid out as its parameter, for each parameter the
         kernels step that has a gradient and no buffer yet (momentum != 0),
-        by its position in the group."""
+        by its position in the group, of the dtype its group's state_dtype
+        gives it."""
         params = group["params"]
-        return {i: torch.empty_like(params[i]) for i in plan.snapshot.missing}
+        return {i: torch.empty_like(params[i], dtype=plan.buf_dtypes[i])
+                for i in plan.snapshot.missing}
+
+    @staticmethod
+    def _new_extras(group: dict[str, Any], plan: _Plan) -> dict[int, torch.Tensor]:
+        """The rounding's new state entry, laid out as its parameter, for
+        each 16-bit parameter the kernels step that has a gradient and none
+        yet, by its position in the group: zeros of the parameter's dtype
+        (kahan's compensation), or the parameter as float32 (master)."""
+        params = group["params"]
+        if group["rounding"] == "kahan":
+            return {i: torch.zeros_like(params[i]) for i in plan.snapshot.missing_extra}
+        return {i: params[i].detach().to(torch.float32, copy=True)
+                for i in plan.snapshot.missing_extra}
 
     def _torch_sgd(self, group: dict[str, Any], hyper: dict[str, Any],
                    positions: list[int]) -> None:
@@ -759,12 +943,16 @@ class SGD(torch.optim.Optimizer):
                                 nesterov=hyper["nesterov"], maximize=group["maximize"])
         if uses_buf:
             for p, buf in zip(params, bufs):
-                self.state[p]["momentum_buffer"] = buf
+                # torch makes a first buffer in its parameter's dtype
+                dtype = _buffer_dtype(p, group["state_dtype"])
+                self.state[p]["momentum_buffer"] = buf.to(dtype) if buf.dtype == p.dtype \
+                    else buf
 
     def _name(self, gi: int, i: int, array: int) -> str:
         """Array ``array`` (0: the parameter, 1: its grad, 2: its buffer) of
         parameter ``i`` of group ``gi``, for a message."""
-        whose = ("", "the grad of ", "the momentum_buffer of ")[array]
+        extra = _EXTRA.get(self.param_groups[gi]["rounding"], ("extra array",))[0]
+        whose = ("", "the grad of ", "the momentum_buffer of ", f"the {extra} of ")[array]
         return f"{whose}parameter {self._first_index(gi) + i} (param_groups[{gi}]['params'][{i}])"
 
     def _flat_step(self, hypers: list[dict[str, Any]]) -> None:
@@ -795,5 +983,7 @@ class SGD(torch.optim.Optimizer):
         for batch, _ in work:
             for p, buf in batch.adopt:
                 self.state[p]["momentum_buffer"] = buf
+        for group in self.param_groups:
+            group["step"] += 1
 
     _hooked_step = torch.optim.Optimizer.profile_hook_step(_step)
