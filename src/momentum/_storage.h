@@ -187,33 +187,36 @@ static inline uint32_t mm_hash32(uint32_t x)
     return x;
 }
 
-/* 32 random bits for the element of low index bits `i`. */
+/* 32 random bits for the element of low index bits `i`: one round of the
+ * hash over the index and the key's low half (the key itself is well mixed,
+ * per chunk), xored with its high half. */
 static inline uint32_t mm_random(uint64_t key, uint32_t i)
 {
-    return mm_hash32(mm_hash32(i ^ (uint32_t)key) ^ (uint32_t)(key >> 32));
+    return mm_hash32(i ^ (uint32_t)key) ^ (uint32_t)(key >> 32);
 }
 
 /* ------------------------------------------------------ stochastic rounding */
 
+/* n is at most MOMENTUM_CHUNK: a 32-bit counter keeps the index in 32-bit lanes. */
 static void mm_store_bf16_stochastic(uint16_t *restrict dst, const float *restrict src,
-                                     size_t n, uint64_t key, uint32_t first)
+                                     uint32_t n, uint64_t key, uint32_t first)
 {
-    size_t i;
+    uint32_t i;
     for (i = 0; i < n; i++) {
         uint32_t u = mm_bits(src[i]), a = u & 0x7fffffffu;
         uint32_t nan = mm_mask(a > 0x7f800000u), inf = mm_mask(a == 0x7f800000u);
-        uint32_t r = (u + (mm_random(key, first + (uint32_t)i) >> 16)) >> 16;
+        uint32_t r = (u + (mm_random(key, first + i) >> 16)) >> 16;
         dst[i] = (uint16_t)(((((u >> 16) & 0x8000u) | 0x7fc0u) & nan) | ((u >> 16) & inf)
                             | (r & ~(nan | inf)));
     }
 }
 
 static void mm_store_f16_stochastic(uint16_t *restrict dst, const float *restrict src,
-                                    size_t n, uint64_t key, uint32_t first)
+                                    uint32_t n, uint64_t key, uint32_t first)
 {
-    size_t i;
+    uint32_t i;
     for (i = 0; i < n; i++) {
-        uint32_t u = mm_bits(src[i]), bits = mm_random(key, first + (uint32_t)i);
+        uint32_t u = mm_bits(src[i]), bits = mm_random(key, first + i);
         uint32_t a = u & 0x7fffffffu, sign = (u >> 16) & 0x8000u;
         uint32_t payload = (a >> 13) & 0x3ffu;
         uint32_t nan = mm_mask(a > 0x7f800000u), inf = mm_mask(a >= 0x47800000u) & ~nan;
@@ -246,9 +249,9 @@ static void mm_store16(const momentum_task *t, uint32_t dtype, uint32_t array,
     if ((t->stochastic >> array) & 1u) {
         uint64_t key = mm_key(t, array, (uint64_t)index >> 32);
         if (dtype == MOMENTUM_BFLOAT16)
-            mm_store_bf16_stochastic(dst, src, n, key, (uint32_t)index);
+            mm_store_bf16_stochastic(dst, src, (uint32_t)n, key, (uint32_t)index);
         else
-            mm_store_f16_stochastic(dst, src, n, key, (uint32_t)index);
+            mm_store_f16_stochastic(dst, src, (uint32_t)n, key, (uint32_t)index);
     } else if (dtype == MOMENTUM_BFLOAT16) {
         mm_store_bf16(dst, src, n);
     } else {
@@ -257,25 +260,35 @@ static void mm_store16(const momentum_task *t, uint32_t dtype, uint32_t array,
 }
 
 /* Kahan-compensated store of a 16-bit parameter.  `fresh` holds the rule's
- * float32 result computed from the stored parameter p (it is overwritten);
- * with c the compensation, y = (fresh - p) + c, the parameter becomes
- * round(p + y) and c becomes round(y - (round(p + y) - p)), both to nearest. */
-static void mm_store_kahan(uint32_t dtype, uint16_t *restrict param, uint16_t *restrict comp,
-                           float *restrict fresh, float *restrict p, float *restrict c,
-                           size_t n)
+ * float32 result computed from the stored parameter p; with c the
+ * compensation, y = (fresh - p) + c, the parameter becomes round(p + y)
+ * and c becomes round(y - (round(p + y) - p)), both to nearest.  One pass;
+ * `bf16` is a constant at each call, so each dtype gets its own loop. */
+static inline __attribute__((always_inline)) void
+mm_kahan_loop(uint16_t *restrict param, uint16_t *restrict comp, const float *restrict fresh,
+              size_t n, int bf16)
 {
     size_t i;
-    mm_load16(dtype, p, param, n);
-    mm_load16(dtype, c, comp, n);
-    for (i = 0; i < n; i++)
-        c[i] = (fresh[i] - p[i]) + c[i];
-    for (i = 0; i < n; i++)
-        fresh[i] = p[i] + c[i];
-    if (dtype == MOMENTUM_BFLOAT16) mm_store_bf16(param, fresh, n); else mm_store_f16(param, fresh, n);
-    mm_load16(dtype, fresh, param, n);
-    for (i = 0; i < n; i++)
-        c[i] = c[i] - (fresh[i] - p[i]);
-    if (dtype == MOMENTUM_BFLOAT16) mm_store_bf16(comp, c, n); else mm_store_f16(comp, c, n);
+    for (i = 0; i < n; i++) {
+        float p = bf16 ? mm_float((uint32_t)param[i] << 16) : mm_f16_widen(param[i]);
+        float c = bf16 ? mm_float((uint32_t)comp[i] << 16) : mm_f16_widen(comp[i]);
+        float y = (fresh[i] - p) + c;
+        uint32_t r = bf16 ? mm_bf16_nearest(mm_bits(p + y)) : mm_f16_nearest(mm_bits(p + y));
+        float stored = bf16 ? mm_float(r << 16) : mm_f16_widen(r);
+        float carry = y - (stored - p);
+        param[i] = (uint16_t)r;
+        comp[i] = (uint16_t)(bf16 ? mm_bf16_nearest(mm_bits(carry))
+                                  : mm_f16_nearest(mm_bits(carry)));
+    }
+}
+
+static void mm_store_kahan(uint32_t dtype, uint16_t *restrict param, uint16_t *restrict comp,
+                           const float *restrict fresh, size_t n)
+{
+    if (dtype == MOMENTUM_BFLOAT16)
+        mm_kahan_loop(param, comp, fresh, n, 1);
+    else
+        mm_kahan_loop(param, comp, fresh, n, 0);
 }
 
 /* ------------------------------------------------------ the blocked driver */
@@ -290,7 +303,7 @@ static void momentum_blocked(const momentum_task *t, size_t start, size_t n,
                              momentum_loop32 loop, int narrays, uint32_t codes,
                              uint32_t written, int param)
 {
-    float scratch[MOMENTUM_MAX_ARRAYS + 2][MOMENTUM_CHUNK] __attribute__((aligned(64)));
+    float scratch[MOMENTUM_MAX_ARRAYS][MOMENTUM_CHUNK] __attribute__((aligned(64)));
     float *arrays[MOMENTUM_MAX_ARRAYS];
     int i, master = param >= 0 && t->rounding == MOMENTUM_ROUND_MASTER;
     int kahan = param >= 0 && t->rounding == MOMENTUM_ROUND_KAHAN, half = 0;
@@ -328,8 +341,7 @@ static void momentum_blocked(const momentum_task *t, size_t start, size_t n,
                 continue;
             if (i == param && kahan)
                 mm_store_kahan(code, (uint16_t *)t->arrays[i] + index,
-                               (uint16_t *)t->arrays[narrays] + index, scratch[i],
-                               scratch[MOMENTUM_MAX_ARRAYS], scratch[MOMENTUM_MAX_ARRAYS + 1], k);
+                               (uint16_t *)t->arrays[narrays] + index, scratch[i], k);
             else
                 mm_store16(t, code, (uint32_t)i, (uint16_t *)t->arrays[i] + index,
                            scratch[i], k, index);

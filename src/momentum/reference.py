@@ -48,7 +48,7 @@ def random_bits(n: int, *, seed: int, step: int, tensor: int, array: int) -> np.
     array, element index), so any split of the work draws the same bits::
 
         key = mix64(mix64(mix64(mix64(seed) ^ step) ^ tensor) ^ (array | (i >> 32) << 8))
-        bits = hash32(hash32(low32(i) ^ low32(key)) ^ high32(key))
+        bits = hash32(low32(i) ^ low32(key)) ^ high32(key)
 
     (``mix64``: SplitMix64's finaliser; ``hash32``: Wellons' lowbias32).
     """
@@ -59,8 +59,7 @@ def random_bits(n: int, *, seed: int, step: int, tensor: int, array: int) -> np.
         lo, hi = high << 32, min(n, (high + 1) << 32)
         index = np.arange(lo, hi, dtype=np.uint64).astype(np.uint32)
         with np.errstate(over="ignore"):
-            out[lo:hi] = _hash32(_hash32(index ^ np.uint32(key & 0xFFFFFFFF))
-                                 ^ np.uint32(key >> 32))
+            out[lo:hi] = _hash32(index ^ np.uint32(key & 0xFFFFFFFF)) ^ np.uint32(key >> 32)
     return out
 
 
