@@ -127,15 +127,18 @@ SIZES = [0, 1, 2, 3, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129, 511, 512
          4099]
 
 
+@pytest.mark.parametrize("state", ["float32", "same"])
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic", "kahan", "master"])
 @pytest.mark.parametrize("dtype", [dtype_param(d) for d in HALF])
-def test_every_build_and_size_matches_reference(isa, rounding, dtype, rng):
+def test_every_build_and_size_matches_reference(isa, rounding, dtype, state, rng):
     """Sizes straddle the 16-bit vector widths and the chunk size, on each
-    ISA build (the hardware conversions run where the build has them)."""
+    ISA build (the hardware conversions run where the build has them), with
+    a float32 buffer and with a 16-bit one rounded stochastically."""
     rule = "sgd"
     hyper = busiest(rule)
     for n in SIZES:
-        ours = arrays_for(rule, (dtype, dtype, "float32"), n, rng)
+        ours = arrays_for(rule, (dtype, dtype, "float32" if state == "float32" else dtype), n,
+                          rng)
         storage: dict[str, Any] = {"rounding": rounding, "state_rounding": "stochastic",
                                    "seed": 11, "step": 3, "tensor": 5}
         if rounding == "kahan":
@@ -241,13 +244,29 @@ def test_loads_are_exact_for_every_16_bit_pattern(isa, dtype):
     assert_same_bits(buf, every.astype(np.float32))
 
 
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic", "kahan", "master"])
 @pytest.mark.parametrize("dtype", [dtype_param(d) for d in HALF])
-def test_signed_zero_and_infinity_survive_a_step(dtype):
-    p = np.array([-0.0, 0.0, np.inf, -np.inf], np.float32).astype(HAVE[dtype])
+def test_signed_zero_and_infinity_survive_a_step(dtype, rounding):
+    start = np.array([-0.0, 0.0, np.inf, -np.inf], np.float32)
+    p = start.astype(HAVE[dtype])
     g = np.zeros(4, HAVE[dtype])
-    momentum.sgd(p, g, None, lr=0.5)
-    assert list(bits(p)) == list(bits(np.array([-0.0, 0.0, np.inf, -np.inf],
-                                               np.float32).astype(HAVE[dtype])))
+    extra = ({"comp": np.zeros(4, HAVE[dtype])} if rounding == "kahan" else
+             {"master": start.copy()} if rounding == "master" else {})
+    momentum.sgd(p, g, None, lr=0.5, rounding=rounding, **extra)
+    assert list(bits(p)) == list(bits(start.astype(HAVE[dtype])))
+    if rounding == "kahan":
+        assert not bits(extra["comp"]).any()
+
+
+@pytest.mark.parametrize("dtype", [dtype_param(d) for d in HALF])
+def test_kahan_overflow_gives_infinity_and_no_nan_after(dtype):
+    big = np.float32(60000.0 if dtype == "float16" else 3.0e38)
+    p = np.full(4, big, np.float32).astype(HAVE[dtype])
+    comp = np.zeros(4, HAVE[dtype])
+    g = np.full(4, -big, np.float32).astype(HAVE[dtype])
+    for _ in range(2):
+        momentum.sgd(p, g, None, lr=1.0, rounding="kahan", comp=comp)
+        assert np.isposinf(p.astype(np.float32)).all() and not bits(comp).any()
 
 
 @pytest.mark.parametrize("dtype", [dtype_param(d) for d in HALF])

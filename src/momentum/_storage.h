@@ -18,7 +18,7 @@
  * Stochastic rounding adds random bits below the kept ones and truncates
  * (bfloat16: 16 bits; float16: 13 bits for normal results, and for
  * subnormal ones rounds up with probability equal to the dropped fraction,
- * at 16 bits of resolution); NaN and infinity round as to nearest.
+ * at 2^-24 resolution); NaN and infinity round as to nearest.
  * The random bits of element i of a tensor come from a counter-based hash
  * of (seed, step, tensor, array, i): independent of threads, chunking,
  * batches and ISA.
@@ -116,12 +116,14 @@ static void mm_store_bf16(uint16_t *restrict dst, const float *restrict src, siz
     size_t i = 0;
 #if defined(__AVX512BF16__)
     /* vcvtneps2bf16 rounds as above but flushes subnormals and keeps NaN
-     * payloads: a vector holding either takes the portable path. */
+     * payloads: a vector holding either takes the portable path (zeros
+     * convert exactly). */
     for (; i + 16 <= n; i += 16) {
         __m512 x = _mm512_loadu_ps(src + i);
         __m512i a = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7fffffff));
         __mmask16 odd = _mm512_cmpgt_epu32_mask(a, _mm512_set1_epi32(0x7f800000))
-                      | _mm512_cmplt_epu32_mask(a, _mm512_set1_epi32(0x00800000));
+                      | _mm512_cmplt_epu32_mask(_mm512_sub_epi32(a, _mm512_set1_epi32(1)),
+                                                _mm512_set1_epi32(0x007fffff));
         if (odd) {
             size_t j;
             for (j = i; j < i + 16; j++)
@@ -225,7 +227,7 @@ static void mm_store_f16_stochastic(uint16_t *restrict dst, const float *restric
         float t = mm_float(a & sub) * 0x1p24f;                     /* exact */
         int32_t whole = (int32_t)t;
         float below = t - (float)whole;                            /* exact */
-        uint32_t up = (uint32_t)((float)(bits >> 16) * 0x1p-16f < below);
+        uint32_t up = (uint32_t)((float)(int32_t)(bits >> 8) * 0x1p-24f < below);
         dst[i] = (uint16_t)(sign | ((0x7c00u | payload | (payload == 0)) & nan) | (0x7c00u & inf)
                             | (((a - 0x38000000u + (bits >> 19)) >> 13) & normal)
                             | (((uint32_t)whole + up) & sub));
@@ -261,9 +263,13 @@ static void mm_store16(const momentum_task *t, uint32_t dtype, uint32_t array,
 
 /* Kahan-compensated store of a 16-bit parameter.  `fresh` holds the rule's
  * float32 result computed from the stored parameter p; with c the
- * compensation, y = (fresh - p) + c, the parameter becomes round(p + y)
- * and c becomes round(y - (round(p + y) - p)), both to nearest.  One pass;
- * `bf16` is a constant at each call, so each dtype gets its own loop. */
+ * compensation, y = (fresh - p) + c and s = p + y: the parameter becomes
+ * round(s) and c becomes round(y - (round(s) - p)), both to nearest.  Where
+ * y or s is not finite (an infinite or NaN parameter or result, or an
+ * overflow) the parameter is round(fresh) and c is 0, as without Kahan (c
+ * is 0 too where round(s) overflows to infinity); a
+ * zero s takes the sign of fresh (-0.0 stays -0.0).  One pass; `bf16` is a
+ * constant at each call, so each dtype gets its own loop. */
 static inline __attribute__((always_inline)) void
 mm_kahan_loop(uint16_t *restrict param, uint16_t *restrict comp, const float *restrict fresh,
               size_t n, int bf16)
@@ -272,13 +278,21 @@ mm_kahan_loop(uint16_t *restrict param, uint16_t *restrict comp, const float *re
     for (i = 0; i < n; i++) {
         float p = bf16 ? mm_float((uint32_t)param[i] << 16) : mm_f16_widen(param[i]);
         float c = bf16 ? mm_float((uint32_t)comp[i] << 16) : mm_f16_widen(comp[i]);
-        float y = (fresh[i] - p) + c;
-        uint32_t r = bf16 ? mm_bf16_nearest(mm_bits(p + y)) : mm_f16_nearest(mm_bits(p + y));
+        float y = (fresh[i] - p) + c, s = p + y;
+        uint32_t f = mm_bits(fresh[i]), sb = mm_bits(s);
+        /* not finite: y or s has an all-ones exponent */
+        uint32_t plain = mm_mask((mm_bits(y) & 0x7f800000u) == 0x7f800000u)
+                         | mm_mask((sb & 0x7f800000u) == 0x7f800000u);
+        uint32_t zero = mm_mask((sb & 0x7fffffffu) == 0);
+        sb = (f & plain) | (((f & 0x80000000u) | (sb & 0x7fffffffu)) & zero)
+             | (sb & ~(plain | zero));
+        uint32_t r = bf16 ? mm_bf16_nearest(sb) : mm_f16_nearest(sb);
         float stored = bf16 ? mm_float(r << 16) : mm_f16_widen(r);
-        float carry = y - (stored - p);
+        /* an overflow to infinity in the store carries nothing either */
+        plain |= mm_mask((mm_bits(stored) & 0x7f800000u) == 0x7f800000u);
+        uint32_t carry = mm_bits(y - (stored - p)) & ~plain;
         param[i] = (uint16_t)r;
-        comp[i] = (uint16_t)(bf16 ? mm_bf16_nearest(mm_bits(carry))
-                                  : mm_f16_nearest(mm_bits(carry)));
+        comp[i] = (uint16_t)(bf16 ? mm_bf16_nearest(carry) : mm_f16_nearest(carry));
     }
 }
 

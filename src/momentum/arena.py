@@ -89,6 +89,9 @@ class Arena:
             raise ValueError(f"Arena(): 'state_rounding' must be one of {STATE_ROUNDINGS}, "
                              f"got {state_rounding!r}")
         self.rounding, self.state_rounding = rounding, state_rounding
+        if rounding in EXTRA and self.dtype.itemsize != 2:
+            raise TypeError(f"Arena(): rounding={rounding!r} needs a 16-bit 'dtype' for the "
+                            f"parameters, not {self.dtype}")
         if rounding in EXTRA:
             role, extra = EXTRA[rounding]
             self.dtypes[role] = np.dtype(extra) if extra else self.dtype

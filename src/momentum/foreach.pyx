@@ -114,6 +114,7 @@ cdef class Group:
     cdef list flags         # (position, one flag per tensor), or None
     cdef tuple tensors      # the stochastic rounding's key per tensor, or None
     cdef str extra_plural   # 'masters' or 'comps'
+    cdef set nearest        # tensors without their comp or master, or None
     cdef Py_ssize_t n
 
 
@@ -163,7 +164,10 @@ cdef Group prepare(int index, str func, tuple seqs, tuple values, tuple storage)
     group.seqs = tuple(items)
     group.tensors = None
     if tensors is not None:
-        group.tensors = as_items(tensors, func, "tensors")
+        if isinstance(tensors, (str, bytes)) or not PySequence_Check(tensors):
+            raise TypeError(f"{func}(): 'tensors' must be a sequence of ints, not "
+                            f"{type(tensors).__name__}")
+        group.tensors = tuple(tensors)
         check_length(group.tensors, "tensors", group.n, plurals[ref], func)
         for i in range(group.n):
             key_part(group.tensors[i], f"tensors[{i}]", func)
@@ -188,7 +192,8 @@ cdef class Names:
         while self.starts[k + 1] <= task:
             k += 1
         cdef Group group = <Group>self.groups[k]
-        array = source_of(spec_of(self.index), &group.task, array)
+        if group.nearest is None or task - self.starts[k] not in group.nearest:
+            array = source_of(spec_of(self.index), &group.task, array)
         plural = group.extra_plural if array == len(self.plurals) else self.plurals[array]
         name = f"{plural}[{task - self.starts[k]}]"
         return f"groups[{k}].{name}" if self.grouped else name
@@ -234,6 +239,9 @@ cdef int add_group(Batch batch, int index, Group group, Py_ssize_t first,
             if (<tuple>group.seqs[rule.narrays])[j] is None:
                 # no comp or master: a float32 parameter, stepped to nearest
                 task.rounding = MOMENTUM_ROUND_NEAREST
+                if group.nearest is None:
+                    group.nearest = set()
+                group.nearest.add(j)
             else:
                 count, names = rule.narrays + 1, with_extra
         for i in range(count):
@@ -253,7 +261,7 @@ cdef int add_group(Batch batch, int index, Group group, Py_ssize_t first,
         if extra and count == rule.narrays and is_half(places[rule.param].dtype):
             name = names_of(index, groups, grouped)
             raise TypeError(f"{func}(): '{group.extra_plural}[{j}]' is None but "
-                            f"'{name(first + j, source_of(rule, &group.task, rule.param))}' is "
+                            f"'{name(first + j, rule.param)}' is "
                             f"{(<object>places[rule.param].source).dtype}; rounding="
                             f"{ROUNDINGS[group.task.rounding]!r} needs one for a 16-bit "
                             f"parameter")

@@ -42,10 +42,12 @@ def _hash32(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint32(16))
 
 
-def random_bits(n: int, *, seed: int, step: int, tensor: int, array: int) -> np.ndarray:
-    """The 32 random bits (uint32) of elements ``0..n-1`` of array number
-    ``array`` of a tensor: a counter-based hash of (seed, step, tensor,
-    array, element index), so any split of the work draws the same bits::
+def random_bits(n: int, *, seed: int, step: int, tensor: int, array: int,
+                first: int = 0) -> np.ndarray:
+    """The 32 random bits (uint32) of elements ``first .. first + n - 1`` of
+    array number ``array`` of a tensor: a counter-based hash of (seed, step,
+    tensor, array, element index), so any split of the work draws the same
+    bits::
 
         key = mix64(mix64(mix64(mix64(seed) ^ step) ^ tensor) ^ (array | (i >> 32) << 8))
         bits = hash32(low32(i) ^ low32(key)) ^ high32(key)
@@ -54,12 +56,14 @@ def random_bits(n: int, *, seed: int, step: int, tensor: int, array: int) -> np.
     """
     out = np.empty(n, np.uint32)
     base = _mix64(_mix64(_mix64(seed) ^ step) ^ tensor)
-    for high in range(0, max(n - 1, 0) // (1 << 32) + 1):
+    end = first + n
+    for high in range(first >> 32, ((end - 1) >> 32) + 1 if n else first >> 32):
         key = _mix64(base ^ (array | high << 8))
-        lo, hi = high << 32, min(n, (high + 1) << 32)
+        lo, hi = max(first, high << 32), min(end, (high + 1) << 32)
         index = np.arange(lo, hi, dtype=np.uint64).astype(np.uint32)
         with np.errstate(over="ignore"):
-            out[lo:hi] = _hash32(index ^ np.uint32(key & 0xFFFFFFFF)) ^ np.uint32(key >> 32)
+            out[lo - first:hi - first] = (_hash32(index ^ np.uint32(key & 0xFFFFFFFF))
+                                          ^ np.uint32(key >> 32))
     return out
 
 
@@ -69,8 +73,10 @@ def round_stochastic(x: np.ndarray, dtype: np.dtype, bits: np.ndarray) -> np.nda
     are added and the sum truncated, so a value rounds up with probability
     the fraction it drops (bfloat16: 16 bits; float16: 13 bits for normal
     results; below 2**-14 it rounds up to the next multiple of 2**-24 when
-    ``(bits >> 16) / 2**16 < dropped fraction``).  NaN and infinity round as
-    ``astype`` does; magnitudes of 65536 and over round to float16 infinity.
+    ``(bits >> 8) / 2**24 < dropped fraction``).  NaN and infinity round as
+    ``astype`` does; float16 magnitudes between 65504 and 65536 round to
+    infinity with the probability of their distance above 65504 (as to a
+    next value 65536), those of 65536 and over always.
     """
     u = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
     a, sign = u & 0x7FFFFFFF, (u >> 16) & 0x8000
@@ -85,7 +91,7 @@ def round_stochastic(x: np.ndarray, dtype: np.dtype, bits: np.ndarray) -> np.nda
         t = np.where(a < 0x38800000, a, 0).astype(np.uint32).view(np.float32) * np.float32(2**24)
         whole = t.astype(np.int32)
         below = t - whole.astype(np.float32)
-        up = (bits >> 16).astype(np.float32) * np.float32(2**-16) < below
+        up = (bits >> 8).astype(np.float32) * np.float32(2**-24) < below
         sub = whole.astype(np.uint64) + up
         r = sign | np.where(a >= 0x47800000, 0x7C00, np.where(a >= 0x38800000, normal, sub))
         r = np.where(nan, nearest, r)
@@ -138,13 +144,22 @@ def _kahan(param: np.ndarray, comp: np.ndarray, fresh: np.ndarray) -> None:
     """Store ``fresh`` (the rule's float32 result) into the 16-bit ``param``
     with Kahan compensation ``comp``::
 
-        y = (fresh - param) + comp
-        param, comp = round(param + y), round(y - (round(param + y) - param))
+        y = (fresh - param) + comp;  s = param + y
+        if y or s is not finite:  param, comp = round(fresh), 0
+        else:  s = s if s != 0 else copysign(0, fresh)
+               param, comp = round(s), round(y - (round(s) - param))
+               (comp = 0 where round(s) overflows to infinity)
     """
     p, c = param.astype(np.float32), comp.astype(np.float32)
-    y = (fresh - p) + c
-    param[...] = (p + y).astype(param.dtype)
-    comp[...] = (y - (param.astype(np.float32) - p)).astype(comp.dtype)
+    with np.errstate(all="ignore"):
+        y = (fresh - p) + c
+        s = p + y
+        plain = ~np.isfinite(y) | ~np.isfinite(s)
+        s = np.where(plain, fresh, np.where(s == 0, np.copysign(s, fresh), s))
+        param[...] = s.astype(param.dtype)
+        stored = param.astype(np.float32)
+        carry = np.where(plain | ~np.isfinite(stored), np.float32(0), y - (stored - p))
+    comp[...] = carry.astype(comp.dtype)
 
 
 @_stored("update_buffer")

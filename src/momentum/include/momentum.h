@@ -52,7 +52,9 @@ typedef struct momentum_task {
     char *arrays[MOMENTUM_MAX_ARRAYS];
     double hyper[MOMENTUM_MAX_HYPER];
     uint32_t rounding;     /* MOMENTUM_ROUND_NEAREST, _STOCHASTIC, _KAHAN, _MASTER */
-    uint32_t stochastic;   /* bit i: array i's 16-bit stores round stochastically */
+    uint32_t stochastic;   /* bit i < narrays: array i's 16-bit stores round
+                              stochastically; bit narrays: master's 16-bit
+                              copy too (momentum's faces leave it 0) */
     uint32_t extra_dtype;  /* dtype code of arrays[narrays] (kahan, master) */
     uint32_t reserved;     /* 0 */
     uint64_t seed, step, tensor;   /* the stochastic rounding's key */
@@ -63,7 +65,7 @@ typedef struct momentum_kernel_table {
     uint32_t struct_size;      /* sizeof(momentum_kernel_table) */
     uint32_t task_size;        /* sizeof(momentum_task) */
     uint32_t reserved;
-    const char *isa;           /* "baseline", "avx2", "avx512" */
+    const char *isa;           /* "baseline", "avx2", "avx512", "avx512bf16" */
     size_t count;              /* MOMENTUM_KERNEL_COUNT */
     const momentum_kernel *kernels;   /* by slot; NULL where not built */
     const char *const *names;         /* by slot: "sgd:float32,float32,float32" */
