@@ -17,8 +17,9 @@ with PyTorch's own SGD arithmetic, with a warning the first time.  State
 ``torch.optim.SGD``'s, so state dicts move between the two both ways.
 
 With ``flat=True`` each param group lives in a :class:`momentum.Arena`: its
-parameters, gradients and buffers are views into three contiguous blocks and a
-step is one kernel call over the blocks.
+parameters, gradients and buffers (and a 16-bit group's compensations or
+master copies) are views into contiguous blocks and a step is one kernel
+call over the blocks.
 
 This module imports torch; ``import momentum`` does not import this module.
 """
@@ -514,10 +515,13 @@ class SGD(torch.optim.Optimizer):
     ``flat=True`` moves each group's parameters into one contiguous block
     (``p.data`` becomes a view into it) and gives every parameter that
     requires grad a gradient viewing a second block, so that a step is one
-    kernel call (float32 and float64 parameters only, so far).  ``zero_grad`` then zeroes that block in place whatever
-    ``set_to_none`` says, as ``torch.optim.SGD`` after
-    ``zero_grad(set_to_none=False)``: a parameter left out of a backward pass
-    is stepped with a zero gradient rather than skipped.  A group must then
+    kernel call (a 16-bit group: its buffers in the state_dtype's dtype,
+    the rounding's kahan_comp or master_param block beside them, stochastic
+    rounding keyed by state-dict index, bitwise as per tensor; a grad of
+    another dtype is refused).  ``zero_grad`` then zeroes that block in
+    place whatever ``set_to_none`` says, as ``torch.optim.SGD`` after
+    ``zero_grad(set_to_none=False)``: a parameter left out of a backward
+    pass is stepped with a zero gradient rather than skipped.  A group must then
     hold one dtype.  A copy (``copy.deepcopy``, pickling) is flat too, with
     arenas of its own.
     """
