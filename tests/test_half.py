@@ -480,6 +480,44 @@ def test_arena_steps_as_foreach_over_its_views(rounding, rng):
     assert arena.dtypes["buf"] == np.float32 and arena.params.dtype == np.float16
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_arena_tensors_key_stochastic_rounding_as_foreach(dtype, rng):
+    # An arena holding tensors 5, 9, 2 and 40 of a model rounds them as
+    # foreach over the whole model does; the default keys (0..3) round
+    # otherwise.
+    shapes, keys = [(3, 50), (0,), (129,), (1,)], [5, 9, 2, 40]
+    arrays = [make(rng, int(np.prod(s)), dtype, 0.0).reshape(s) for s in shapes]
+    arenas = [momentum.Arena.from_arrays(arrays, rounding="stochastic",
+                                         state_rounding="stochastic", **keyed)
+              for keyed in ({"tensors": keys}, {})]
+    grads = [make(rng, int(np.prod(s)), dtype, 0.0).reshape(s) for s in shapes]
+    for arena in arenas:
+        for view, g in zip(arena.grad_views, grads):
+            view[...] = g
+    assert arenas[0].tensors == tuple(keys) and arenas[1].tensors == (0, 1, 2, 3)
+    ps, gs, bs = ([v.copy() for v in views] for views in
+                  (arenas[0].param_views, arenas[0].grad_views, arenas[0].buf_views))
+    for step in range(3):
+        for arena in arenas:
+            arena.sgd(lr=0.1, momentum=0.9, first_step=step == 0, seed=3, step=step)
+        foreach.sgd(ps, gs, bs, lr=0.1, momentum=0.9, first_step=step == 0,
+                    rounding="stochastic", state_rounding="stochastic", seed=3, step=step,
+                    tensors=keys)
+    for views, expected in ((arenas[0].param_views, ps), (arenas[0].buf_views, bs)):
+        for a, b in zip(views, expected):
+            assert_same_bits(a, b)
+    assert arenas[0].params.tobytes() != arenas[1].params.tobytes()
+
+
+def test_arena_refuses_bad_tensors():
+    with pytest.raises(ValueError, match="'tensors' has 1 keys for 2 shapes"):
+        momentum.Arena([(3,), (4,)], np.float16, tensors=[0])
+    with pytest.raises(TypeError, match=r"'tensors\[1\]' must be an int, not float"):
+        momentum.Arena([(3,), (4,)], np.float16, tensors=[0, 1.0])
+    with pytest.raises(ValueError, match=r"'tensors\[0\]' must be in \[0, 2\*\*64\)"):
+        momentum.Arena([(3,)], np.float16, tensors=[-1])
+
+
 def test_arena_refuses_bad_storage():
     with pytest.raises(TypeError, match="float64 blocks are not mixed"):
         momentum.Arena([(3,)], np.float16, dtypes={"buf": np.float64})

@@ -371,19 +371,6 @@ def test_numpy_views_of_bfloat16_tensors_are_zero_copy():
     assert t[0].item() == 5.0 and np.shares_memory(view, numpy_of(t))
 
 
-@pytest.mark.parametrize("dtype", HALF, ids=str)
-def test_flat_refuses_16_bit_params_clearly(dtype):
-    # The flat arena of momentum.torch.SGD holds float32 or float64 blocks
-    # so far: a 16-bit parameter must not be silently widened into one.
-    p = _params(dtype, [4])[0]
-    kept = p.detach().clone()
-    with pytest.raises(TypeError, match=re.escape(
-            f"parameter 0 (param_groups[0]['params'][0]): has dtype {dtype}; with flat=True "
-            f"a param group holds float32 or float64 parameters")):
-        SGD([p], lr=0.1, flat=True)
-    assert p.dtype == dtype and torch.equal(p.detach(), kept)
-
-
 @pytest.mark.parametrize("flat", [False, True])
 def test_every_step_counts_in_its_group(flat):
     p = torch.nn.Parameter(torch.ones(3))

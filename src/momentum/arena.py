@@ -20,9 +20,12 @@ float32 momentum beside bfloat16 parameters), and the arena's ``rounding``
 says how a 16-bit parameter is stored: with ``"kahan"`` a ``comps`` block
 (the parameters' dtype) holds the compensation, with ``"master"`` a float32
 ``masters`` block the master copy the rules update.  Stochastic rounding is
-keyed on each tensor's index in the arena and on the element's index within
-the tensor, so an arena step rounds exactly as :func:`momentum.foreach`
-over the views does: those steps run one task per tensor.
+keyed on each tensor's key (``tensors``: by default its index in the arena)
+and on the element's index within the tensor, so an arena step rounds
+exactly as :func:`momentum.foreach` over the views with those ``tensors``
+does: those steps run one task per tensor.  An arena holding part of a
+model (an optimizer's param group) gives its tensors their keys in the
+whole model, so that they round alike however the model is split.
 """
 from __future__ import annotations
 
@@ -61,7 +64,9 @@ class Arena:
     ``dtypes`` gives some blocks another storage dtype than ``dtype`` (by
     array name: ``{"buf": np.float32}``); float64 blocks go only with float64
     blocks.  ``rounding`` (one of momentum.rules.ROUNDINGS) and
-    ``state_rounding`` say how 16-bit parameters and state are stored.
+    ``state_rounding`` say how 16-bit parameters and state are stored;
+    ``tensors`` gives each tensor its key for stochastic rounding (ints in
+    [0, 2**64), one per shape; default ``range(len(shapes))``).
 
     Attributes:
         params, grads, bufs (one per array name of the rules), and comps
@@ -71,12 +76,14 @@ class Arena:
         dtypes: each block's dtype by array name; dtype: the parameters'.
         shapes: the tensors' shapes; offsets: where each tensor starts in the
             blocks (in elements, a multiple of 64 bytes in every block).
+        tensors: each tensor's stochastic-rounding key, a tuple of ints.
     """
 
     def __init__(self, shapes: Iterable[Sequence[int]],
                  dtype: DTypeLike = np.float32, *,
                  dtypes: dict[str, DTypeLike] | None = None,
-                 rounding: str = "nearest", state_rounding: str = "nearest") -> None:
+                 rounding: str = "nearest", state_rounding: str = "nearest",
+                 tensors: Iterable[int] | None = None) -> None:
         self.dtype = _storage_dtype(dtype, "dtype")
         self.dtypes = {role: self.dtype for role in ROLES}
         for role, given in (dtypes or {}).items():
@@ -109,6 +116,8 @@ class Arena:
                 raise ValueError(f"Arena(): negative dimension in shape {shape}")
             self.offsets.append(end)
             end += -(-math.prod(shape) // step) * step
+        self.tensors = tuple(range(len(self.shapes))) if tensors is None \
+            else _keys(tensors, len(self.shapes))
         for role, block_dtype in self.dtypes.items():
             block = _aligned_zeros(end, block_dtype)
             setattr(self, role + "s", block)
@@ -122,7 +131,7 @@ class Arena:
         the parameters as stored).
 
         ``dtype`` defaults to the arrays' common dtype; ``options`` are the
-        constructor's (``dtypes``, ``rounding``, ``state_rounding``).
+        constructor's (``dtypes``, ``rounding``, ``state_rounding``, ``tensors``).
         """
         arrays = [np.asarray(a) for a in arrays]
         if dtype is None:
@@ -169,6 +178,20 @@ def _storage_dtype(dtype: DTypeLike, name: str) -> np.dtype:
     return given
 
 
+def _keys(tensors: Iterable[int], n: int) -> tuple[int, ...]:
+    """``tensors`` as a tuple of ``n`` stochastic-rounding keys (ints in
+    [0, 2**64)), or TypeError/ValueError."""
+    keys = tuple(tensors)
+    if len(keys) != n:
+        raise ValueError(f"Arena(): 'tensors' has {len(keys)} keys for {n} shapes")
+    for i, key in enumerate(keys):
+        if isinstance(key, bool) or not isinstance(key, (int, np.integer)):
+            raise TypeError(f"Arena(): 'tensors[{i}]' must be an int, not {type(key).__name__}")
+        if not 0 <= key < 1 << 64:
+            raise ValueError(f"Arena(): 'tensors[{i}]' must be in [0, 2**64), got {key!r}")
+    return tuple(int(key) for key in keys)
+
+
 def _step(rule: Rule):
     """Arena's method for ``rule``: the rule over the whole blocks at once
     (one task per tensor where stochastic rounding needs each tensor's key)."""
@@ -188,7 +211,7 @@ def _step(rule: Rule):
                 rounding[extra + "s"] = getattr(self, extra + "_views")
                 del rounding[extra]
             each(*views, **rounding, state_rounding=self.state_rounding, seed=seed,
-                 step=step, **hyper)
+                 step=step, tensors=self.tensors, **hyper)
         else:
             kernel(*(getattr(self, block + "s") for block in blocks), **rounding,
                    state_rounding=self.state_rounding, seed=seed, step=step, **hyper)
@@ -200,7 +223,7 @@ def _step(rule: Rule):
                     f"the blocks {', '.join(b + 's' for b in blocks)}, with the arena's "
                     f"rounding; takes its keyword arguments "
                     f"({', '.join(h.name for h in rule.hypers)}) and the stochastic "
-                    f"rounding's ``seed`` and ``step`` (each tensor's key is its index)"
+                    f"rounding's ``seed`` and ``step`` (each tensor's key: ``tensors``)"
                     f"::\n\n{formula}\n")
     return step
 

@@ -17,8 +17,9 @@ with PyTorch's own SGD arithmetic, with a warning the first time.  State
 ``torch.optim.SGD``'s, so state dicts move between the two both ways.
 
 With ``flat=True`` each param group lives in a :class:`momentum.Arena`: its
-parameters, gradients and buffers are views into three contiguous blocks and a
-step is one kernel call over the blocks.
+parameters, gradients and buffers (and a 16-bit group's compensations or
+master copies) are views into contiguous blocks and a step is one kernel
+call over the blocks.
 
 This module imports torch; ``import momentum`` does not import this module.
 """
@@ -37,7 +38,8 @@ from torch.optim.sgd import sgd as _torch_sgd
 
 from momentum import foreach
 from momentum._torch_keys import GRADS, HOLDS, Snapshot, know_torch, prepare_groups
-from momentum.arena import Arena
+from momentum.arena import EXTRA as _ARENA_EXTRA, Arena
+from momentum.dtypes import numpy_dtype
 from momentum.rules import DTYPES, ROUNDINGS, RULES, STATE_ROUNDINGS
 
 __all__ = ["SGD"]
@@ -75,15 +77,18 @@ def _where(place: Place) -> str:
     return f"SGD.step(): parameter {index} (param_groups[{group}]['params'][{position}])"
 
 
-def _check(tensor: torch.Tensor, what: str, param: torch.Tensor, place: Place) -> None:
+def _check(tensor: torch.Tensor, what: str, param: torch.Tensor, place: Place,
+           dtype: torch.dtype | None = None) -> None:
     """``tensor`` (the parameter itself, its grad or its buffer) can be
-    updated in place by the kernels.
+    updated in place by the kernels, as an array of ``dtype`` (default the
+    parameter's).
 
     Raises TypeError for a dtype the kernels do not take, ValueError for a
     device, layout or shape they cannot work on in place, naming the
     parameter's place.
     """
-    if (tensor.is_cpu and tensor.layout == torch.strided and tensor.dtype == param.dtype
+    dtype = dtype or param.dtype
+    if (tensor.is_cpu and tensor.layout == torch.strided and tensor.dtype == dtype
             and tensor.dtype in _DTYPES and tensor.shape == param.shape
             and tensor.is_contiguous() and not tensor.is_neg()):
         return  # the common case, decided without formatting a message
@@ -97,9 +102,10 @@ def _check(tensor: torch.Tensor, what: str, param: torch.Tensor, place: Place) -
     if tensor.dtype not in _DTYPES:
         raise TypeError(f"{where}: {what} has dtype {tensor.dtype}; expected "
                         f"{_DTYPE_NAMES}")
-    if tensor.dtype != param.dtype:
-        raise TypeError(f"{where}: {what} has dtype {tensor.dtype} but the "
-                        f"parameter has dtype {param.dtype}")
+    if tensor.dtype != dtype:
+        raise TypeError(f"{where}: {what} has dtype {tensor.dtype} but " + (
+            f"the parameter has dtype {param.dtype}" if dtype == param.dtype else
+            f"its group's state_dtype makes momentum buffers {dtype}"))
     if tensor.shape != param.shape:
         raise ValueError(f"{where}: {what} has shape {tuple(tensor.shape)} but "
                          f"the parameter has shape {tuple(param.shape)}")
@@ -345,19 +351,31 @@ class _Plan:
 
 
 class _FlatBatch:
-    """One flat param group's arguments to ``foreach.sgd_groups``: block
-    slices of its arena, and the (parameter, buffer) pairs to enter into the
-    state once the step has filled them; ``snapshot`` tells while it holds."""
+    """One flat param group's arguments to ``foreach.sgd_groups``: arena
+    slices (block slices over runs of tensors, or one view per tensor where
+    stochastic rounding keys each tensor: ``tensors``), its storage keywords,
+    and what to do to the state once the step has run: the (parameter,
+    tensor) pairs to enter (``adopt``: new buffers, ``adopt_extra``: the
+    rounding's new entries, made just before the step) and the stale
+    entries of another rounding to drop.  ``snapshot`` tells while it holds,
+    for the ``first_index`` and ``layout`` it was made for."""
 
-    __slots__ = ("snapshot", "params", "grads", "bufs", "first", "adopt")
+    __slots__ = ("snapshot", "first_index", "layout", "params", "grads", "bufs", "extras",
+                 "first", "tensors", "storage", "adopt", "adopt_extra", "stale")
 
-    def __init__(self) -> None:
+    def __init__(self, first_index: int, layout: tuple[Any, ...] | None) -> None:
         self.snapshot: Snapshot | None = None
+        self.first_index, self.layout = first_index, layout
         self.params: list[np.ndarray] = []
         self.grads: list[np.ndarray] = []
         self.bufs: list[np.ndarray] = []
+        self.extras: list[np.ndarray] = []
         self.first: list[bool] = []
+        self.tensors: list[int] | None = None
+        self.storage: dict[str, Any] = {}
         self.adopt: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.adopt_extra: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.stale: list[tuple[torch.Tensor, str]] = []
 
 
 def _lies_at(tensor: torch.Tensor, address: int, shape: Sequence[int],
@@ -369,37 +387,75 @@ def _lies_at(tensor: torch.Tensor, address: int, shape: Sequence[int],
             and tensor.dtype == dtype and tensor.is_contiguous())
 
 
+def _flat_layout(group: dict[str, Any]) -> tuple[Any, ...] | None:
+    """What a flat 16-bit group's arena is made for: its ``(rounding,
+    state_rounding, state_dtype)`` (the blocks and their dtypes follow);
+    None for float32/float64 parameters, which are never rounded."""
+    params = group["params"]
+    if not params or params[0].dtype not in _HALF:
+        return None
+    return group["rounding"], group["state_rounding"], group["state_dtype"]
+
+
+def _numpy(dtype: torch.dtype) -> np.dtype:
+    """The NumPy dtype of an arena block holding torch ``dtype``."""
+    return numpy_dtype(str(dtype).removeprefix("torch."))
+
+
+def _tensor_of(view: np.ndarray) -> torch.Tensor:
+    """A tensor aliasing the arena view ``view`` (a bfloat16 one through its
+    int16 bits: torch.from_numpy does not know ml_dtypes' bfloat16)."""
+    if view.dtype.name == "bfloat16":
+        return torch.from_numpy(view.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(view)
+
+
 class _Flat:
-    """A param group's arena and the torch tensors that alias its views."""
+    """A param group's arena, the ``layout`` it was made for, and the torch
+    tensors that alias its views: parameters, gradients, buffers and the
+    rounding's extra array (block ``extra_role``, state entry ``extra_key``;
+    both None without), and each block's torch dtype (``dtypes``)."""
 
-    __slots__ = ("arena", "dtype", "params", "grads", "bufs", "addresses")
+    __slots__ = ("arena", "layout", "extra_role", "extra_key", "params", "grads", "bufs",
+                 "extras", "dtypes", "addresses")
 
-    def __init__(self, arena: Arena) -> None:
-        self.arena = arena
-        self.dtype = torch.float64 if arena.dtype == np.float64 else torch.float32
-        self.params = [torch.from_numpy(v) for v in arena.param_views]
-        self.grads = [torch.from_numpy(v) for v in arena.grad_views]
-        self.bufs = [torch.from_numpy(v) for v in arena.buf_views]
-        self.addresses = {id(t): t.data_ptr() for t in (*self.grads, *self.bufs)}
+    def __init__(self, arena: Arena, layout: tuple[Any, ...] | None) -> None:
+        self.arena, self.layout = arena, layout
+        self.extra_role = _ARENA_EXTRA[arena.rounding][0] if arena.rounding in _ARENA_EXTRA \
+            else None
+        self.extra_key = _EXTRA[arena.rounding][0] if self.extra_role else None
+        self.params = [_tensor_of(v) for v in arena.param_views]
+        self.grads = [_tensor_of(v) for v in arena.grad_views]
+        self.bufs = [_tensor_of(v) for v in arena.buf_views]
+        self.extras = [_tensor_of(v) for v in getattr(arena, self.extra_role + "_views")] \
+            if self.extra_role else []
+        self.dtypes = {role: _tensor_of(np.zeros(0, dtype)).dtype
+                       for role, dtype in arena.dtypes.items()}
+        self.addresses = {id(t): t.data_ptr() for t in (*self.grads, *self.bufs, *self.extras)}
 
     def _home(self, tensors: list[torch.Tensor], views: list[np.ndarray],
-              i: int) -> torch.Tensor:
-        """``tensors[i]``, an arena view; a new one if the old one's memory
-        was swapped out or re-laid (``t.data = ...``): it then lies outside
-        the arena, or not as the view does."""
+              role: str, i: int) -> torch.Tensor:
+        """``tensors[i]``, an arena view of block ``role``; a new one if the
+        old one's memory was swapped out or re-laid (``t.data = ...``): it
+        then lies outside the arena, or not as the view does."""
         t = tensors[i]
-        if not _lies_at(t, self.addresses[id(t)], views[i].shape, self.dtype):
-            tensors[i] = torch.from_numpy(views[i])
+        if not _lies_at(t, self.addresses[id(t)], views[i].shape, self.dtypes[role]):
+            tensors[i] = _tensor_of(views[i])
             self.addresses[id(tensors[i])] = tensors[i].data_ptr()
         return tensors[i]
 
     def grad_home(self, i: int) -> torch.Tensor:
         """Gradient view ``i`` of the arena (see _home)."""
-        return self._home(self.grads, self.arena.grad_views, i)
+        return self._home(self.grads, self.arena.grad_views, "grad", i)
 
     def buf_home(self, i: int) -> torch.Tensor:
         """Momentum-buffer view ``i`` of the arena (see _home)."""
-        return self._home(self.bufs, self.arena.buf_views, i)
+        return self._home(self.bufs, self.arena.buf_views, "buf", i)
+
+    def extra_home(self, i: int) -> torch.Tensor:
+        """The rounding's extra view ``i`` of the arena (see _home)."""
+        role = self.extra_role
+        return self._home(self.extras, getattr(self.arena, role + "_views"), role, i)
 
 
 class SGD(torch.optim.Optimizer):
@@ -459,10 +515,13 @@ class SGD(torch.optim.Optimizer):
     ``flat=True`` moves each group's parameters into one contiguous block
     (``p.data`` becomes a view into it) and gives every parameter that
     requires grad a gradient viewing a second block, so that a step is one
-    kernel call (float32 and float64 parameters only, so far).  ``zero_grad`` then zeroes that block in place whatever
-    ``set_to_none`` says, as ``torch.optim.SGD`` after
-    ``zero_grad(set_to_none=False)``: a parameter left out of a backward pass
-    is stepped with a zero gradient rather than skipped.  A group must then
+    kernel call (a 16-bit group: its buffers in the state_dtype's dtype,
+    the rounding's kahan_comp or master_param block beside them, stochastic
+    rounding keyed by state-dict index, bitwise as per tensor; a grad of
+    another dtype is refused).  ``zero_grad`` then zeroes that block in
+    place whatever ``set_to_none`` says, as ``torch.optim.SGD`` after
+    ``zero_grad(set_to_none=False)``: a parameter left out of a backward
+    pass is stepped with a zero gradient rather than skipped.  A group must then
     hold one dtype.  A copy (``copy.deepcopy``, pickling) is flat too, with
     arenas of its own.
     """
@@ -633,10 +692,13 @@ class SGD(torch.optim.Optimizer):
             warnings.warn(f"momentum.torch.SGD: {why}: stepped with PyTorch's own SGD "
                           f"arithmetic, not the kernels", RuntimeWarning, stacklevel=level)
 
-    def _flat_current(self, gi: int, group: dict[str, Any]) -> _FlatBatch | None:
-        """Flat group ``gi``'s cached batch if its snapshot still holds, else None."""
+    def _flat_current(self, gi: int, group: dict[str, Any],
+                      first_index: int) -> _FlatBatch | None:
+        """Flat group ``gi``'s cached batch if its snapshot still holds, for
+        the group's place in the state dict and its layout, else None."""
         batch = self._batches.get(gi)
-        if batch is None:
+        if batch is None or batch.first_index != first_index \
+                or batch.layout != _flat_layout(group):
             return None
         found = batch.snapshot.check(group["params"], self.state, group["momentum"] != 0)
         return batch if found == HOLDS else None
@@ -658,8 +720,11 @@ class SGD(torch.optim.Optimizer):
         """A new batch (and snapshot) for flat group ``gi``."""
         batch = self._flat_batch(gi, group, first_index)
         params = group["params"]
+        flat = self._flats[gi]
+        n = len(params)
         batch.snapshot = Snapshot(list(params), self.state, group["momentum"] != 0,
-                                  b"\x01" * len(params))
+                                  b"\x01" * n, [flat.dtypes["buf"]] * n, flat.extra_key,
+                                  [flat.dtypes.get(flat.extra_role)] * n)
         self._batches[gi] = batch
         return batch
 
@@ -676,20 +741,28 @@ class SGD(torch.optim.Optimizer):
                 raise TypeError(f"{_where(place)}: has dtype {p.dtype} but parameter "
                                 f"{first_index} has {params[0].dtype}; with "
                                 f"flat=True a param group holds one dtype")
-            if p.dtype in _HALF:
-                raise TypeError(f"{_where(place)}: has dtype {p.dtype}; with flat=True a "
-                                f"param group holds float32 or float64 parameters (16-bit "
-                                f"ones are stepped with flat=False)")
-        dtype = np.float64 if params and params[0].dtype == torch.float64 else np.float32
-        flat = _Flat(Arena([p.shape for p in params], dtype))
+        layout = _flat_layout(self.param_groups[gi])
+        dtype = params[0].dtype if params else torch.float32
+        options = {}
+        if layout is not None:
+            rounding, state_rounding, state_dtype = layout
+            options = dict(dtypes={"buf": _numpy(_buffer_dtype(params[0], state_dtype))},
+                           rounding=rounding, state_rounding=state_rounding)
+        flat = _Flat(Arena([p.shape for p in params], _numpy(dtype),
+                           tensors=range(first_index, first_index + len(params)), **options),
+                     layout)
         for i, p in enumerate(params):
+            place = (first_index + i, gi, i)
             flat.params[i].copy_(p.detach())
             p.data = flat.params[i]
             if p.grad is not None or (give_grads and p.requires_grad):
-                self._move_grad(p, flat.grads[i], (first_index + i, gi, i))
+                self._move_grad(p, flat.grads[i], place)
             buf = self.state.get(p, _NO_STATE).get("momentum_buffer")
             if buf is not None:
-                self._move_buf(p, buf, flat.bufs[i], (first_index + i, gi, i))
+                self._move_buf(p, buf, flat.bufs[i], place)
+            extra = self.state.get(p, _NO_STATE).get(flat.extra_key) if flat.extra_key else None
+            if extra is not None:
+                self._move_extra(p, extra, flat.extras[i], flat.extra_key, place)
         return flat
 
     @staticmethod
@@ -704,25 +777,47 @@ class SGD(torch.optim.Optimizer):
 
     def _move_buf(self, p: torch.Tensor, buf: torch.Tensor, home: torch.Tensor,
                   place: Place) -> None:
-        """Make ``p``'s momentum buffer the arena view ``home``, keeping its values."""
-        _check(buf, "its momentum_buffer", p, place)
+        """Make ``p``'s momentum buffer the arena view ``home``, keeping its
+        values; a 16-bit parameter's buffer of the other dtype a state_dtype
+        gives (its own, float32: the group's state_dtype changed) is
+        converted to the arena's, as load_state_dict converts."""
+        convert = p.dtype in _HALF and buf.dtype in (p.dtype, torch.float32)
+        _check(buf, _BUFFER, p, place, buf.dtype if convert else home.dtype)
         home.copy_(buf)
         self.state[p]["momentum_buffer"] = home
 
+    def _move_extra(self, p: torch.Tensor, extra: Any, home: torch.Tensor, key: str,
+                    place: Place) -> None:
+        """Make ``state[p][key]`` (the rounding's compensation or master
+        copy) the arena view ``home``, keeping its values; refused as
+        _refuse_extra() says."""
+        _refuse_extra(extra, key, home.dtype, p, place)
+        home.copy_(extra)
+        self.state[p][key] = home
+
     def _flat_batch(self, gi: int, group: dict[str, Any], first_index: int) -> _FlatBatch:
-        """One triple of block slices per run of neighbouring parameters that
-        alike have a gradient (or not) and a buffer (or not).
+        """The group's arena slices: one per run of neighbouring parameters
+        that alike have a gradient (or not) and a buffer (or not), or, where
+        a 16-bit parameter or buffer rounds stochastically, one view per
+        parameter with a gradient, keyed by its state-dict index (the run's
+        element indices would not be the tensor's).
 
         Tensors found outside the arena are moved back in first: a replaced
-        parameter (or, if its shape or dtype changed, the whole group), a
-        gradient the user set, a buffer from a loaded state dict.
+        parameter (or, if its shape or dtype or the group's layout changed,
+        the whole group), a gradient the user set, a buffer or the
+        rounding's entry from a loaded state dict.
         """
         flat = self._flats[gi]
+        layout = _flat_layout(group)
         if any(not _lies_at(p, home.data_ptr(), home.shape, home.dtype)
                for p, home in zip(group["params"], flat.params)) or \
-                len(group["params"]) != len(flat.params):
+                len(group["params"]) != len(flat.params) or flat.layout != layout:
             flat = self._flats[gi] = self._flatten(gi, first_index, False)
+        arena = flat.arena
+        arena.tensors = tuple(range(first_index, first_index + len(arena)))
+        batch = _FlatBatch(first_index, layout)
         uses_buf = group["momentum"] != 0
+        key = flat.extra_key
         runs: list[tuple[bool, bool, int]] = []  # (has grad, first step, tensor)
         for i, p in enumerate(group["params"]):
             place = (first_index + i, gi, i)
@@ -733,25 +828,48 @@ class SGD(torch.optim.Optimizer):
             home = flat.buf_home(i)
             if buf is not None and buf is not home:
                 self._move_buf(p, buf, home, place)
+            if p.grad is not None:
+                entries = self.state.get(p, _NO_STATE)
+                batch.stale += [(p, k) for k in _EXTRA_KEYS if k != key and k in entries]
+                if key is not None:
+                    extra, home = entries.get(key), flat.extra_home(i)
+                    if extra is None:
+                        batch.adopt_extra.append((p, home))
+                    elif extra is not home:
+                        self._move_extra(p, extra, home, key, place)
             runs.append((p.grad is not None, uses_buf and buf is None, i))
-        batch = _FlatBatch()
-        arena = flat.arena
+        rounding, state_rounding = ("nearest", "nearest") if layout is None else layout[:2]
+        batch.storage = dict(rounding=rounding, state_rounding=state_rounding)
+        keyed = rounding == "stochastic" or (state_rounding == "stochastic" and uses_buf
+                                            and flat.dtypes["buf"] in _HALF)
+        views = [getattr(arena, role + "_views") if keyed else getattr(arena, role + "s")
+                 for role in ("param", "grad", "buf", *filter(None, [flat.extra_role]))]
+        if keyed:
+            batch.tensors = []
         start = 0
         for end in range(1, len(runs) + 1):
-            if end < len(runs) and runs[end][:2] == runs[start][:2]:
+            if not keyed and end < len(runs) and runs[end][:2] == runs[start][:2]:
                 continue
             active, first, _ = runs[start]
             if active:
-                lo = arena.offsets[start]
-                hi = arena.offsets[end - 1] + flat.params[end - 1].numel()
-                batch.params.append(arena.params[lo:hi])
-                batch.grads.append(arena.grads[lo:hi])
-                batch.bufs.append(arena.bufs[lo:hi])
+                if keyed:
+                    parts = [v[start] for v in views]
+                    batch.tensors.append(arena.tensors[start])
+                else:
+                    lo = arena.offsets[start]
+                    hi = arena.offsets[end - 1] + flat.params[end - 1].numel()
+                    parts = [block[lo:hi] for block in views]
+                batch.params.append(parts[0])
+                batch.grads.append(parts[1])
+                batch.bufs.append(parts[2])
+                batch.extras += parts[3:]
                 batch.first.append(first)
                 if first:
                     batch.adopt += [(group["params"][i], flat.bufs[i])
                                     for i in range(start, end)]
             start = end
+        if key is not None:
+            batch.storage["comps" if rounding == "kahan" else "masters"] = batch.extras
         return batch
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -766,8 +884,9 @@ class SGD(torch.optim.Optimizer):
                     plan.snapshot.forget_grads()
             return
         for gi, group in enumerate(self.param_groups):
-            if self._flat_current(gi, group) is None:
-                self._flat_rebuild(gi, group, self._first_index(gi))  # moves stray tensors in
+            first_index = self._first_index(gi)
+            if self._flat_current(gi, group, first_index) is None:
+                self._flat_rebuild(gi, group, first_index)  # moves stray tensors in
             flat = self._flats[gi]
             for i, p in enumerate(group["params"]):
                 if p.grad is None and p.requires_grad:
@@ -803,7 +922,7 @@ class SGD(torch.optim.Optimizer):
         hypers = [_hyperparameters(gi, group) for gi, group in enumerate(self.param_groups)]
         storage = [_storage(gi, group) for gi, group in enumerate(self.param_groups)]
         if self.flat:
-            self._flat_step(hypers)
+            self._flat_step(hypers, storage)
         else:
             self._tensor_step(hypers, storage)
         return loss
@@ -955,23 +1074,35 @@ class SGD(torch.optim.Optimizer):
         whose = ("", "the grad of ", "the momentum_buffer of ", f"the {extra} of ")[array]
         return f"{whose}parameter {self._first_index(gi) + i} (param_groups[{gi}]['params'][{i}])"
 
-    def _flat_step(self, hypers: list[dict[str, Any]]) -> None:
-        """Flat: one call of foreach.sgd_groups over every group's block
-        slices, checked before anything is written."""
+    def _flat_step(self, hypers: list[dict[str, Any]],
+                   storage: list[tuple[str, str, int, int]]) -> None:
+        """Flat: one call of foreach.sgd_groups over every group's arena
+        slices, checked before anything is written; then the state entries
+        the step made are entered, stale ones dropped."""
         work = []
         rebuilt = []
         first_index = 0
         try:
             for gi, (group, hyper) in enumerate(zip(self.param_groups, hypers)):
-                batch = self._flat_current(gi, group)
+                batch = self._flat_current(gi, group, first_index)
                 if batch is None:
                     self._refuse_shared_param(gi)
                     batch = self._flat_rebuild(gi, group, first_index)
                     rebuilt.append(gi)
                 work.append((batch, dict(hyper, params=batch.params, grads=batch.grads,
                                          bufs=batch.bufs if hyper["momentum"] != 0 else None,
-                                         first_step=batch.first)))
+                                         first_step=batch.first, **batch.storage,
+                                         seed=storage[gi][2], step=storage[gi][3],
+                                         tensors=batch.tensors)))
                 first_index += len(group["params"])
+            # The rounding's new entries, made as the per-tensor step makes
+            # them: the master copy from the parameter as it is now.
+            for batch, _ in work:
+                for p, home in batch.adopt_extra:
+                    if batch.layout[0] == "master":
+                        home.copy_(p.detach())
+                    else:
+                        home.zero_()
             try:
                 foreach.sgd_groups([call for _, call in work])
             except ValueError as error:
@@ -983,6 +1114,11 @@ class SGD(torch.optim.Optimizer):
         for batch, _ in work:
             for p, buf in batch.adopt:
                 self.state[p]["momentum_buffer"] = buf
+            for p, extra in batch.adopt_extra:
+                self.state[p][_EXTRA[batch.layout[0]][0]] = extra
+            for p, key in batch.stale:
+                self.state[p].pop(key, None)
+            batch.stale = []
         for group in self.param_groups:
             group["step"] += 1
 
