@@ -123,8 +123,15 @@ def storage(rule, plural: bool = False) -> list[tuple[str, object]]:
     s = "s" if plural else ""
     own = [("rounding", "nearest"), ("state_rounding", "nearest"),
            ("master" + s, None), ("comp" + s, None)]
+    # A rule with a step count of its own (Adam's) keys on it.
+    step = [] if has_step(rule) else [("step", 0)]
     return (([own[1]] if rule.param is None else own)
-            + [("seed", 0), ("step", 0), ("tensor" + s, None if plural else 0)])
+            + [("seed", 0)] + step + [("tensor" + s, None if plural else 0)])
+
+
+def has_step(rule) -> bool:
+    """The rule has a hyperparameter ``step``, which is also its stochastic key's."""
+    return any(h.name == "step" for h in rule.hypers)
 
 
 STORAGE_DOC = (
@@ -175,8 +182,8 @@ def api_faces_pxi(rules) -> str:
             "    cdef momentum_task task", f"    cdef PyObject* arrays[{len(names)}]"]
         out += [f"    read_hyper_as(CHECK_{h.check.upper()}, {index}, {j}, {h.name}, task.hyper, "
                 f"{rule.name!r})" for j, h in enumerate(rule.hypers)]
-        out.append(f"    read_rounding(spec_of({index}), {keys}, state_rounding, seed, step, "
-                   f"tensor, &task, {rule.name!r})")
+        out.append(f"    read_rounding(spec_of({index}), {keys}, state_rounding, seed, "
+                   f"{0 if has_step(rule) else 'step'}, tensor, &task, {rule.name!r})")
         out += [f"    arrays[{i}] = <PyObject*>{name}" for i, name in enumerate(names)]
         out.append(f"    run_one({index}, {rule.name!r}, arrays, &task, {extras})")
     __all__ = [rule.name for rule in rules.RULES.values()]
@@ -209,6 +216,8 @@ def foreach_faces_pxi(rules) -> str:
         keys = [name for name, _ in storage(rule, True)]
         if rule.param is None:
             keys = ["'nearest'", keys[0], "None", "None"] + keys[1:]
+        if has_step(rule):
+            keys.insert(len(keys) - 1, "0")
         out += ["", "", f"def {rule.name}({signature(rule, plurals, True)}):"] + docstring(text) + [
             f"    run_group({index}, 'foreach.{rule.name}', ({', '.join(plurals)},),",
             f"              ({', '.join(h.name for h in rule.hypers)},),",
@@ -218,7 +227,8 @@ def foreach_faces_pxi(rules) -> str:
     return "\n".join(out) + "\n"
 
 
-STUB_TYPES = {"rate": "_Real", "unit": "_Real", "flag": "_Flag"}
+STUB_TYPES = {"rate": "_Real", "unit": "_Real", "beta": "_Real", "count": "_Real",
+              "flag": "_Flag"}
 
 
 def stub_signature(rule, arrays: list[str], array_type, per_tensor: bool) -> str:

@@ -29,7 +29,7 @@ ARGS: dict[str, tuple[str, ...]] = {name: tuple(a.name for a in rule.arrays)
 # A nonzero value for each hyperparameter the cases vary, chosen inexact in
 # float32 so that the rounding of every scalar to the arrays' dtype shows.
 NONZERO = {"lr": 0.1, "momentum": 0.9, "dampening": 0.3, "weight_decay": 1e-2}
-BY_CHECK = {"rate": 0.25, "unit": 0.3}
+BY_CHECK = {"rate": 0.25, "unit": 0.3, "beta": 0.95, "count": 3}
 
 
 def flag_cases(rule: str) -> list[tuple[dict[str, Any], tuple[str, ...]]]:
@@ -62,8 +62,9 @@ def busiest(rule: str) -> dict[str, Any]:
     """The valid case of ``rule`` with the most nonzero hyperparameters (and
     no per-tensor flag set): most branches of the kernel at once."""
     spec = RULES[rule]
+    flags = [name for name in spec.per_tensor if spec.hyper(name).check == "flag"]
     return max((hyper for hyper, absent in flag_cases(rule)
-                if not absent and not any(hyper[name] for name in spec.per_tensor)),
+                if not absent and not any(hyper[name] for name in flags)),
                key=lambda hyper: sum(bool(v) for v in hyper.values()))
 
 

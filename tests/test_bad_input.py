@@ -22,6 +22,10 @@ RATES = {name: tuple(h.name for h in rule.hypers if h.check == "rate")
          for name, rule in RULES.items()}
 UNITS = {name: tuple(h.name for h in rule.hypers if h.check == "unit")
          for name, rule in RULES.items()}
+BETAS = {name: tuple(h.name for h in rule.hypers if h.check == "beta")
+         for name, rule in RULES.items()}
+COUNTS = {name: tuple(h.name for h in rule.hypers if h.check == "count")
+          for name, rule in RULES.items()}
 
 
 def good_arrays(rule: str) -> dict[str, Any]:
@@ -95,11 +99,18 @@ def array_cases() -> list[Any]:
     return cases
 
 
+def using(rule: str, name: str) -> dict[str, Any]:
+    """HYPER[rule], with the flag that makes the rule use array ``name`` set
+    (adam's amsgrad for max_exp_avg_sq): an unused array is not looked at."""
+    when = RULES[rule].array(name).when
+    return dict(HYPER[rule], **({when: True} if when and not HYPER[rule].get(when) else {}))
+
+
 @pytest.mark.parametrize("rule, name, make, exc, fragment", array_cases())
 def test_bad_array(rule, name, make, exc, fragment):
     arrays = good_arrays(rule)
     arrays[name] = make(arrays[name])
-    assert_rejected(rule, arrays, HYPER[rule], exc, f"'{name}'", fragment)
+    assert_rejected(rule, arrays, using(rule, name), exc, f"'{name}'", fragment)
 
 
 def overlapping(kind: str) -> tuple[np.ndarray, np.ndarray]:
@@ -122,7 +133,8 @@ def pair_cases() -> list[Any]:
 def test_overlapping_arrays(rule, a, b, kind):
     arrays = good_arrays(rule)
     arrays[a], arrays[b] = overlapping(kind)
-    assert_rejected(rule, arrays, HYPER[rule], ValueError, f"'{a}'", f"'{b}'", "overlap")
+    hyper = dict(using(rule, a), **using(rule, b))
+    assert_rejected(rule, arrays, hyper, ValueError, f"'{a}'", f"'{b}'", "overlap")
 
 
 # A whole number too large for a double: finite, but no finite float.
@@ -131,14 +143,19 @@ BAD_RATES = {"nan": np.nan, "inf": np.inf, "-inf": -np.inf, "-1": -1.0,
              "-1e-300": -1e-300, "10**400": HUGE_INT}
 BAD_UNITS = {"-0.1": -0.1, "1.5": 1.5, "nan": np.nan, "-inf": -np.inf,
                   "10**400": HUGE_INT}
+# Adam's betas as torch checks them: in [0, 1), so 1.0 too.
+BAD_BETAS = dict(BAD_UNITS, **{"1": 1.0})
+# A step count: a whole number >= 1.
+BAD_COUNTS = {"0": 0, "-1": -1, "1.5": 1.5, "nan": np.nan, "inf": np.inf, "2**60": 2**60}
 NOT_REAL = {"str": "0.1", "complex": 0.1j, "None": None, "list": [0.1]}
 
 
 def hyper_cases() -> list[Any]:
     cases = []
     for rule in ARGS:
-        for name in RATES[rule] + UNITS[rule]:
-            bad = BAD_UNITS if name in UNITS[rule] else BAD_RATES
+        for name in RATES[rule] + UNITS[rule] + BETAS[rule] + COUNTS[rule]:
+            bad = (BAD_UNITS if name in UNITS[rule] else BAD_BETAS if name in BETAS[rule]
+                   else BAD_COUNTS if name in COUNTS[rule] else BAD_RATES)
             cases += [pytest.param(rule, name, v, ValueError, id=f"{rule}-{name}-{k}")
                       for k, v in bad.items()]
             cases += [pytest.param(rule, name, v, TypeError, id=f"{rule}-{name}-{k}")
@@ -190,8 +207,10 @@ def test_the_checks_refuse_exactly_what_the_table_disallows(rule):
     # call succeeds exactly when Rule.allows says so (the tests' and the
     # bench's cases come from Rule.cases, which trusts it).
     spec = RULES[rule]
+    # (a count has no zero: its other value is 2)
     choices = [[False, True] if h.check == "flag" else
-               [HYPER[rule][h.name], 0.0] if h.default is None else [h.default, 0.5]
+               [HYPER[rule][h.name], 0.0] if h.default is None else
+               [h.default, 2 if h.check == "count" else 0.5]
                for h in spec.hypers]
     seen = set()
     for values in itertools.product(*choices):

@@ -11,7 +11,7 @@ cimport numpy as cnp
 from cpython.object cimport PyObject
 
 from momentum._checks cimport (
-    CHECK_FLAG, CHECK_RATE, CHECK_UNIT, MAX_ARRAYS, Place, RuleSpec, as_array,
+    CHECK_BETA, CHECK_COUNT, CHECK_FLAG, CHECK_RATE, CHECK_UNIT, MAX_ARRAYS, Place, RuleSpec, as_array,
     check_requires, check_task, extra_names, missing_array, numpy_place, pick_extra,
     read_hyper_as, read_rounding, source_of, spec_of, uses)
 from momentum._kernels cimport momentum_task

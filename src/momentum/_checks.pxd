@@ -17,9 +17,10 @@ cdef struct RuleSpec:
     bint written[MAX_ARRAYS]
     int when[MAX_ARRAYS]        # hyperparameter that must be nonzero, or -1
     int nhyper
-    int check[MAX_HYPER]        # CHECK_RATE, CHECK_UNIT, CHECK_FLAG
+    int check[MAX_HYPER]        # CHECK_RATE, CHECK_UNIT, CHECK_BETA, CHECK_COUNT, CHECK_FLAG
     int first_slot              # in the kernel table
     int param                   # the array rounding applies to, or -1
+    int step                    # the hyperparameter 'step' (the stochastic key's), or -1
     # The terms of the flags' conditions: when hyper[term_flag] is set,
     # hyper[term_hyper] <term_op> term_value must hold.
     int nterms
@@ -32,6 +33,8 @@ cdef enum:
     CHECK_RATE
     CHECK_UNIT
     CHECK_FLAG
+    CHECK_BETA
+    CHECK_COUNT
 
 cdef enum:
     OP_GT
@@ -64,7 +67,7 @@ cdef inline int read_hyper_as(int check, int index, int j, object value, double*
         if value is True or value is False:
             out[j] = 1.0 if value is True else 0.0
             return 0
-    elif type(value) is float:
+    elif type(value) is float and (check == CHECK_RATE or check == CHECK_UNIT):
         v = <double>value
         if (0 <= v <= 1) if check == CHECK_UNIT else (v >= 0 and v <= 1.7976931348623157e308):
             out[j] = v

@@ -48,7 +48,8 @@ cdef list REQUIRES = []
 # Per rule: its arrays' names (for the faces' messages).
 ARRAY_NAMES = []
 
-_CHECKS = {"rate": CHECK_RATE, "unit": CHECK_UNIT, "flag": CHECK_FLAG}
+_CHECKS = {"rate": CHECK_RATE, "unit": CHECK_UNIT, "flag": CHECK_FLAG, "beta": CHECK_BETA,
+           "count": CHECK_COUNT}
 _OPS = {">": OP_GT, "==": OP_EQ, ">=": OP_GE}
 
 
@@ -64,6 +65,7 @@ def _build_specs():
         SPECS[r].nhyper = len(rule.hypers)
         SPECS[r].first_slot = next(i for i, (s, _) in enumerate(slots) if s is rule)
         SPECS[r].param = -1 if rule.param is None else rule.param
+        SPECS[r].step = names.index("step") if "step" in names else -1
         if all(array.when for array in rule.arrays):
             raise ImportError(f"rule {rule.name!r} needs an array it always uses")
         for i, array in enumerate(rule.arrays):
@@ -154,6 +156,14 @@ cdef int read_hyper(int index, int j, object value, double* out, str func) excep
         if not (isfinite(v) and v >= 0):
             raise ValueError(f"{func}(): '{hyper_name(index, j)}' must be finite and >= 0, "
                              f"got {v!r}")
+    elif rule.check[j] == CHECK_BETA:
+        if not (0 <= v < 1):
+            raise ValueError(f"{func}(): '{hyper_name(index, j)}' must be in [0, 1), got {v!r}")
+    elif rule.check[j] == CHECK_COUNT:
+        # a whole number a double holds exactly
+        if not (1 <= v <= 9007199254740992.0 and v == <double><long long>v):
+            raise ValueError(f"{func}(): '{hyper_name(index, j)}' must be a whole number "
+                             f">= 1, got {v!r}")
     elif not (0 <= v <= 1):
         raise ValueError(f"{func}(): '{hyper_name(index, j)}' must be in [0, 1], got {v!r}")
     return 0
@@ -380,6 +390,9 @@ cdef int check_task(const RuleSpec* rule, Place* places, momentum_task* task,
         # An unused array counts as having the first used one's dtype.
         slot += stride * <size_t>places[i if task.arrays[i] != NULL else ref].dtype
         stride *= MOMENTUM_NDTYPES
+    if rule.step >= 0:
+        # a rule's own step count keys its stochastic rounding
+        task.step = <unsigned long long>task.hyper[rule.step]
     task.kernel = TABLE.kernels[slot]
     if task.kernel == NULL:
         raise TypeError(f"{func}(): no kernel is built for these dtypes")

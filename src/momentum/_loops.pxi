@@ -14,6 +14,7 @@
 # kept one rounding each, in the reference's order, and the build passes
 # -ffp-contract=off so that no multiply and add fuse.
 from cpython.pycapsule cimport PyCapsule_New
+from libc.math cimport pow, sqrt, sqrtf
 from libc.stddef cimport size_t
 from libc.stdint cimport uint32_t
 from momentum._kernels cimport MOMENTUM_KERNEL_COUNT, momentum_kernel, momentum_task
@@ -130,6 +131,88 @@ cdef void heavy_ball(real* param, const real* grad, real* buf, size_t n,
             param[i] = param[i] - (m * b + lr * g)
         else:
             param[i] = param[i] - b
+
+
+cdef inline real _sqrt(real x) noexcept nogil:
+    # sqrtf for float: a double square root rounded to float could differ
+    if real is float:
+        return sqrtf(x)
+    else:
+        return sqrt(x)
+
+
+cdef inline real _max(real a, real b) noexcept nogil:
+    """max(a, b) as the reference defines it: a where a > b or a is NaN,
+    else b (so b's NaN, and b of two equal zeros)."""
+    return a if (a > b or a != a) else b
+
+
+cdef inline real _sign(real x) noexcept nogil:
+    """sign(x) as the reference defines it: 1, -1, +0 for either zero, NaN
+    for NaN (x - x)."""
+    return <real>1 if x > 0 else (<real>-1 if x < 0 else x - x)
+
+
+cdef inline void _adam(real* param, const real* grad, real* exp_avg, real* exp_avg_sq,
+                       real* max_exp_avg_sq, size_t n, double lr, double beta1,
+                       double beta2, double eps, double weight_decay, bint amsgrad,
+                       bint maximize, double step, bint decoupled) noexcept nogil:
+    # The bias corrections in double, as the reference forms them.
+    cdef double bias1 = 1.0 - pow(beta1, step), bias2 = 1.0 - pow(beta2, step)
+    cdef real step_size = <real>(lr / bias1), root2 = <real>sqrt(bias2)
+    cdef real keep1 = <real>(1.0 - beta1), b2 = <real>beta2, keep2 = <real>(1.0 - beta2)
+    cdef real e = <real>eps, wd = <real>weight_decay
+    cdef real shrink = <real>(1.0 - lr * weight_decay)
+    cdef bint decay = weight_decay != 0
+    cdef size_t i
+    cdef real g, p, m, s
+    for i in range(n):
+        g = -grad[i] if maximize else grad[i]
+        p = param[i]
+        if decay:
+            if decoupled:
+                p = p * shrink
+            else:
+                g = g + wd * p
+        m = exp_avg[i] + keep1 * (g - exp_avg[i])
+        exp_avg[i] = m
+        s = b2 * exp_avg_sq[i] + keep2 * g * g
+        exp_avg_sq[i] = s
+        if amsgrad:
+            s = _max(max_exp_avg_sq[i], s)
+            max_exp_avg_sq[i] = s
+        param[i] = p - step_size * (m / (_sqrt(s) / root2 + e))
+
+
+cdef void adam(real* param, const real* grad, real* exp_avg, real* exp_avg_sq,
+               real* max_exp_avg_sq, size_t n, const adam_hyper* h) noexcept nogil:
+    """torch.optim.Adam's step (L2 weight decay); see momentum.reference.adam."""
+    _adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, n, h.lr, h.beta1, h.beta2,
+          h.eps, h.weight_decay, h.amsgrad != 0, h.maximize != 0, h.step, False)
+
+
+cdef void adamw(real* param, const real* grad, real* exp_avg, real* exp_avg_sq,
+                real* max_exp_avg_sq, size_t n, const adamw_hyper* h) noexcept nogil:
+    """torch.optim.AdamW's step (decoupled weight decay)."""
+    _adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, n, h.lr, h.beta1, h.beta2,
+          h.eps, h.weight_decay, h.amsgrad != 0, h.maximize != 0, h.step, True)
+
+
+cdef void lion(real* param, const real* grad, real* exp_avg, size_t n,
+               const lion_hyper* h) noexcept nogil:
+    """c = beta1 * m + (1 - beta1) * g; param -= lr * sign(c); m = beta2 * m + (1 - beta2) * g."""
+    cdef real lr = <real>h.lr, b1 = <real>h.beta1, keep1 = <real>(1.0 - h.beta1)
+    cdef real b2 = <real>h.beta2, keep2 = <real>(1.0 - h.beta2)
+    cdef real shrink = <real>(1.0 - h.lr * h.weight_decay)
+    cdef bint decay = h.weight_decay != 0, maximize = h.maximize != 0
+    cdef size_t i
+    cdef real g, c, p
+    for i in range(n):
+        g = -grad[i] if maximize else grad[i]
+        c = b1 * exp_avg[i] + keep1 * g
+        p = param[i] * shrink if decay else param[i]
+        param[i] = p - lr * _sign(c)
+        exp_avg[i] = b2 * exp_avg[i] + keep2 * g
 
 
 include "_entries.pxi"

@@ -19,7 +19,8 @@ from libc.string cimport memcpy
 
 from momentum._batch cimport Batch
 from momentum._checks cimport (
-    MAX_ARRAYS, MAX_HYPER, Place, RuleSpec, as_array, extra_names, has_extra, is_half,
+    CHECK_FLAG, MAX_ARRAYS, MAX_HYPER, Place, RuleSpec, as_array, extra_names, has_extra,
+    is_half, read_hyper,
     key_part, missing_array, numpy_place, pick_extra, read_hypers, read_rounding, source_of,
     spec_of, uses)
 from momentum._kernels cimport MOMENTUM_ROUND_NEAREST, momentum_task
@@ -84,24 +85,38 @@ cdef inline bint is_flag(object x):
     return type(x) is bool or isinstance(x, np.bool_)
 
 
-cdef tuple per_tensor_flags(object value, str name, Py_ssize_t n, str ref_name,
-                            str func):
-    """``value`` as a tuple of one bool per tensor (every item checked here,
-    so that reading one later runs no Python code), or None if it is one bool."""
-    if is_flag(value):
-        return None
-    if (isinstance(value, (str, bytes)) or not PySequence_Check(value)
-            or (cnp.PyArray_Check(value) and cnp.PyArray_NDIM(value) == 0)):
-        raise TypeError(f"{func}(): '{name}' must be a bool or a sequence "
-                        f"of bools, not {type(value).__name__}")
-    cdef tuple flags = tuple(value)
-    check_length(flags, name, n, ref_name, func)
+cdef bint is_one(object value, int check):
+    """``value`` is one value of a hyperparameter checked as ``check``, not a
+    sequence of one per tensor."""
+    if check == CHECK_FLAG:
+        return is_flag(value)
+    return (isinstance(value, (str, bytes)) or not PySequence_Check(value)
+            or (cnp.PyArray_Check(value) and cnp.PyArray_NDIM(value) == 0))
+
+
+cdef tuple per_tensor_values(int index, int j, object value, Py_ssize_t n, str ref_name,
+                             str func):
+    """``value``, a sequence of one value per tensor of hyperparameter ``j``,
+    as a tuple of doubles as the kernels read them (every item checked here,
+    so that reading one later runs no Python code)."""
+    cdef const RuleSpec* rule = spec_of(index)
+    cdef str name = HYPERS[index][j][0]
+    if isinstance(value, (str, bytes)) or not PySequence_Check(value):
+        kind = "bool" if rule.check[j] == CHECK_FLAG else "number"
+        raise TypeError(f"{func}(): '{name}' must be a {kind} or a sequence "
+                        f"of {kind}s, not {type(value).__name__}")
+    cdef tuple items = tuple(value)
+    check_length(items, name, n, ref_name, func)
+    cdef double out[MAX_HYPER]
+    cdef list checked = []
     cdef Py_ssize_t i
     for i in range(n):
-        if not is_flag(flags[i]):
+        if rule.check[j] == CHECK_FLAG and not is_flag(items[i]):
             raise TypeError(f"{func}(): '{name}[{i}]' must be a bool, not "
-                            f"{type(flags[i]).__name__}")
-    return flags
+                            f"{type(items[i]).__name__}")
+        read_hyper(index, j, items[i], out, f"{func}")
+        checked.append(out[j])
+    return tuple(checked)
 
 
 # -------------------------------------------------------------------- groups
@@ -111,7 +126,7 @@ cdef class Group:
     cdef momentum_task task  # its hyperparameters and rounding, every task's
     cdef tuple seqs         # per array, then the rounding's extra: a tuple of
                             # items, or None if unused
-    cdef list flags         # (position, one flag per tensor), or None
+    cdef list flags         # (position, one checked value per tensor), or None
     cdef tuple tensors      # the stochastic rounding's key per tensor, or None
     cdef str extra_plural   # 'masters' or 'comps'
     cdef set nearest        # tensors without their comp or master, or None
@@ -131,12 +146,13 @@ cdef Group prepare(int index, str func, tuple seqs, tuple values, tuple storage)
     cdef list checked = None
     group.flags = None
     for j in <tuple>PER_TENSOR[index]:
-        if not is_flag(values[j]):
-            # one flag per tensor: checked below, set per task by add_group
+        if not is_one(values[j], rule.check[j]):
+            # one value per tensor: checked below, set per task by add_group;
+            # the group's checks see the default in its place
             if checked is None:
                 checked, group.flags = list(values), []
             group.flags.append((j, values[j]))
-            checked[j] = False
+            checked[j] = HYPERS[index][j][1]
     read_hypers(rule, index, values if checked is None else tuple(checked), group.task.hyper,
                 func)
     extra = pick_extra(rule, &group.task, masters, comps, "s", func)
@@ -172,7 +188,7 @@ cdef Group prepare(int index, str func, tuple seqs, tuple values, tuple storage)
         for i in range(group.n):
             key_part(group.tensors[i], f"tensors[{i}]", func)
     if group.flags is not None:
-        group.flags = [(j, per_tensor_flags(flags, HYPERS[index][j][0], group.n, plurals[ref],
+        group.flags = [(j, per_tensor_values(index, j, flags, group.n, plurals[ref],
                                             func))
                        for j, flags in group.flags]
     return group
@@ -233,7 +249,7 @@ cdef int add_group(Batch batch, int index, Group group, Py_ssize_t first,
         task.tensor = first + j if group.tensors is None else <unsigned long long>group.tensors[j]
         if group.flags is not None:
             for position, flags in group.flags:
-                task.hyper[<int>position] = 1.0 if flags[j] else 0.0
+                task.hyper[<int>position] = <double>flags[j]
         count, names = rule.narrays, singular
         if extra:
             if (<tuple>group.seqs[rule.narrays])[j] is None:

@@ -16,13 +16,15 @@ once (:func:`_stored`): by ``astype`` (round to nearest even), by
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 
 import numpy as np
 
 from momentum.rules import RULES
 
-__all__ = ["update_buffer", "sgd", "heavy_ball", "random_bits", "round_stochastic"]
+__all__ = ["update_buffer", "sgd", "heavy_ball", "adam", "adamw", "lion", "random_bits",
+           "round_stochastic"]
 
 _M64 = (1 << 64) - 1
 
@@ -109,11 +111,14 @@ def _stored(name: str) -> Callable:
     written array is stored once."""
     rule = RULES[name]
     written = [a.written for a in rule.arrays]
+    own_step = any(h.name == "step" for h in rule.hypers)
 
     def wrap(formula):
         @functools.wraps(formula)
         def stored_step(*arrays, rounding="nearest", state_rounding="nearest", master=None,
-                 comp=None, seed=0, step=0, tensor=0, **hyper):
+                        comp=None, seed=0, tensor=0, **hyper):
+            # the stochastic key's step: the rule's own step count where it has one
+            step = hyper.get("step", 1) if own_step else hyper.pop("step", 0)
             own = list(arrays)
             if rounding == "master":
                 own[rule.param] = master
@@ -218,3 +223,88 @@ def heavy_ball(param: np.ndarray, grad: np.ndarray, buf: np.ndarray, *,
         param[...] = param - (momentum * buf + lr * g)
     else:
         param[...] = param - buf
+
+
+def maximum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a`` where ``a > b`` or ``a`` is NaN, else ``b``: NaN on either side
+    is NaN, and of two equal zeros ``b``'s sign is kept."""
+    return np.where((a > b) | np.isnan(a), a, b)
+
+
+def sign(x: np.ndarray) -> np.ndarray:
+    """1, -1, +0 for either zero, NaN for NaN (``x - x``)."""
+    return np.where(x > 0, x.dtype.type(1), np.where(x < 0, x.dtype.type(-1), x - x))
+
+
+def _adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps,
+          weight_decay, amsgrad, maximize, step, decoupled) -> None:
+    lr, beta1, beta2, eps, weight_decay, step = (
+        float(lr), float(beta1), float(beta2), float(eps), float(weight_decay), float(step))
+    bias1, bias2 = 1 - beta1 ** step, 1 - beta2 ** step
+    step_size, root2 = lr / bias1, math.sqrt(bias2)
+    g = -grad if maximize else grad
+    p = param
+    if weight_decay != 0:
+        if decoupled:
+            p = p * (1 - lr * weight_decay)
+        else:
+            g = g + weight_decay * p
+    exp_avg[...] = exp_avg + (1 - beta1) * (g - exp_avg)
+    exp_avg_sq[...] = beta2 * exp_avg_sq + (1 - beta2) * g * g
+    v = exp_avg_sq
+    if amsgrad:
+        max_exp_avg_sq[...] = maximum(max_exp_avg_sq, exp_avg_sq)
+        v = max_exp_avg_sq
+    param[...] = p - step_size * (exp_avg / (np.sqrt(v) / root2 + eps))
+
+
+@_stored("adam")
+def adam(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg_sq: np.ndarray,
+         max_exp_avg_sq: np.ndarray | None, *, lr: float, beta1: float = 0.9,
+         beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
+         amsgrad: bool = False, maximize: bool = False, step: int = 1) -> None:
+    """``torch.optim.Adam``'s step for one tensor (L2 weight decay), in place::
+
+        bias1, bias2 = 1 - beta1 ** step, 1 - beta2 ** step    # in double
+        g = -grad if maximize else grad
+        if weight_decay != 0: g = g + weight_decay * param
+        exp_avg = exp_avg + (1 - beta1) * (g - exp_avg)
+        exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
+        v = exp_avg_sq
+        if amsgrad: max_exp_avg_sq = v = maximum(max_exp_avg_sq, exp_avg_sq)
+        param = param - (lr / bias1) * (exp_avg / (sqrt(v) / sqrt(bias2) + eps))
+    """
+    _adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps,
+          weight_decay, amsgrad, maximize, step, False)
+
+
+@_stored("adamw")
+def adamw(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg_sq: np.ndarray,
+          max_exp_avg_sq: np.ndarray | None, *, lr: float, beta1: float = 0.9,
+          beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
+          amsgrad: bool = False, maximize: bool = False, step: int = 1) -> None:
+    """``torch.optim.AdamW``'s step for one tensor, in place: as :func:`adam`
+    but with decoupled weight decay, ``param = param * (1 - lr * weight_decay)``
+    first (and no decay in the gradient)."""
+    _adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps,
+          weight_decay, amsgrad, maximize, step, True)
+
+
+@_stored("lion")
+def lion(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, *, lr: float,
+         beta1: float = 0.9, beta2: float = 0.99, weight_decay: float = 0.0,
+         maximize: bool = False) -> None:
+    """Lion (Chen et al. 2023) for one tensor, in place::
+
+        g = -grad if maximize else grad
+        c = beta1 * exp_avg + (1 - beta1) * g
+        if weight_decay != 0: param = param * (1 - lr * weight_decay)
+        param = param - lr * sign(c)
+        exp_avg = beta2 * exp_avg + (1 - beta2) * g
+    """
+    lr, beta1, beta2, weight_decay = float(lr), float(beta1), float(beta2), float(weight_decay)
+    g = -grad if maximize else grad
+    c = beta1 * exp_avg + (1 - beta1) * g
+    p = param * (1 - lr * weight_decay) if weight_decay != 0 else param
+    param[...] = p - lr * sign(c)
+    exp_avg[...] = beta2 * exp_avg + (1 - beta2) * g

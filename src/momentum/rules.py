@@ -75,8 +75,10 @@ class Array:
 class Hyper:
     """One hyperparameter, read by the kernels as a double.
 
-    ``check``: ``"rate"`` (finite and >= 0), ``"unit"`` (in [0, 1]) or
-    ``"flag"`` (a bool, 1.0 or 0.0 for the kernel).  ``default`` None means
+    ``check``: ``"rate"`` (finite and >= 0), ``"unit"`` (in [0, 1]),
+    ``"beta"`` (in [0, 1), as torch checks Adam's betas), ``"count"`` (a
+    whole number >= 1, such as a step count) or ``"flag"`` (a bool, 1.0 or
+    0.0 for the kernel).  ``default`` None means
     the argument is required.  ``requires``: for a flag, a condition on the
     other hyperparameters that must hold when the flag is set, as PyTorch
     checks it: terms ``name op number`` (op one of ``>``, ``>=``, ``==``)
@@ -107,7 +109,7 @@ class Rule:
     """One update rule: its arrays, hyperparameters and formula.
 
     ``per_tensor``: hyperparameters that ``foreach`` also takes as one value
-    per tensor.  ``elementwise``: each element's update reads only that
+    per tensor (a flag, or a count such as Adam's step).  ``elementwise``: each element's update reads only that
     element of each array (so a call may be split anywhere, and arrays laid
     end to end in an arena step as one).  ``formula``: the per-element
     update, in the reference's order of operations (docstrings quote it).
@@ -178,6 +180,33 @@ _OPERATORS = {">": operator.gt, ">=": operator.ge, "==": operator.eq}
 
 _MOMENTUM_BUFFER = "momentum_buffer"
 
+# Adam's and AdamW's hyperparameters, in the order the kernels read them.
+_ADAM_HYPERS = (Hyper("lr", "rate"),
+                Hyper("beta1", "beta", 0.9),
+                Hyper("beta2", "beta", 0.999),
+                Hyper("eps", "rate", 1e-8),
+                Hyper("weight_decay", "rate", 0.0),
+                Hyper("amsgrad", "flag", False),
+                Hyper("maximize", "flag", False),
+                Hyper("step", "count", 1))
+_ADAM_NOTES = ("``step`` is the tensor's step count after this step (1 on the first); "
+               "the bias corrections are formed in double, once per call.  With "
+               "``amsgrad`` False ``max_exp_avg_sq`` is not touched and may be None.  "
+               "``max`` is NaN where either side is.  ")
+
+
+def _adam_formula(decay: str) -> str:
+    """Adam's per-element update, with ``decay`` as its weight-decay line."""
+    return f"""\
+bias1, bias2 = 1 - beta1 ** step, 1 - beta2 ** step    # in double
+g = -grad if maximize else grad
+{decay}
+exp_avg = exp_avg + (1 - beta1) * (g - exp_avg)
+exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
+v = exp_avg_sq
+if amsgrad: max_exp_avg_sq = v = max(max_exp_avg_sq, exp_avg_sq)
+param = param - (lr / bias1) * (exp_avg / (sqrt(v) / sqrt(bias2) + eps))"""
+
 RULES: dict[str, Rule] = {rule.name: rule for rule in (
     Rule(
         name="update_buffer",
@@ -235,6 +264,58 @@ buf = momentum * buf + lr * g
 param = param - (momentum * buf + lr * g) if nesterov else param - buf""",
         notes="Keras's ``velocity`` is ``-buf``.",
         typical={"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4},
+    ),
+
+    Rule(
+        name="adam",
+        summary="One torch.optim.Adam step for one tensor, in place.",
+        arrays=(Array("param", written=True),
+                Array("grad", written=False),
+                Array("exp_avg", written=True, state_key="exp_avg"),
+                Array("exp_avg_sq", written=True, state_key="exp_avg_sq"),
+                Array("max_exp_avg_sq", written=True, when="amsgrad",
+                      state_key="max_exp_avg_sq")),
+        hypers=_ADAM_HYPERS,
+        per_tensor=("step",),
+        formula=_adam_formula("if weight_decay != 0: g = g + weight_decay * param"),
+        notes=_ADAM_NOTES + "Weight decay is L2: added to the gradient.",
+        typical={"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "weight_decay": 1e-2, "step": 10},
+    ),
+    Rule(
+        name="adamw",
+        summary="One torch.optim.AdamW step for one tensor, in place.",
+        arrays=(Array("param", written=True),
+                Array("grad", written=False),
+                Array("exp_avg", written=True, state_key="exp_avg"),
+                Array("exp_avg_sq", written=True, state_key="exp_avg_sq"),
+                Array("max_exp_avg_sq", written=True, when="amsgrad",
+                      state_key="max_exp_avg_sq")),
+        hypers=_ADAM_HYPERS,
+        per_tensor=("step",),
+        formula=_adam_formula("if weight_decay != 0: param = param * (1 - lr * weight_decay)"),
+        notes=_ADAM_NOTES + "Weight decay is decoupled: the parameter shrinks first.",
+        typical={"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "weight_decay": 1e-2, "step": 10},
+    ),
+    Rule(
+        name="lion",
+        summary="One Lion step (Chen et al. 2023) for one tensor, in place.",
+        arrays=(Array("param", written=True),
+                Array("grad", written=False),
+                Array("exp_avg", written=True, state_key="exp_avg")),
+        hypers=(Hyper("lr", "rate"),
+                Hyper("beta1", "unit", 0.9),
+                Hyper("beta2", "unit", 0.99),
+                Hyper("weight_decay", "rate", 0.0),
+                Hyper("maximize", "flag", False)),
+        formula="""\
+g = -grad if maximize else grad
+c = beta1 * exp_avg + (1 - beta1) * g
+if weight_decay != 0: param = param * (1 - lr * weight_decay)
+param = param - lr * sign(c)
+exp_avg = beta2 * exp_avg + (1 - beta2) * g""",
+        notes="``sign(0) = 0`` as in the paper and lion-pytorch (DeepSpeed's CPU Lion "
+              "steps by ``lr`` where ``c == 0``); ``sign(NaN)`` is NaN.",
+        typical={"lr": 1e-4, "beta1": 0.9, "beta2": 0.99, "weight_decay": 1e-2},
     ),
 )}
 
