@@ -1,11 +1,17 @@
 """``python -m momentum bench``: how fast the kernels are, honestly.
 
 The report, in order: the machine and the build; a bitwise correctness gate
-against :mod:`momentum.reference` (exit status 1 if any bit differs); the
-memory bandwidth this build can reach (copy, STREAM triad, and a plain C loop
-that moves sgd's bytes); each rule, dtype and size against that ceiling, the
-NumPy reference and the peers (PyTorch, Numba, numexpr); the cost of one call
-on 16 elements; whole optimizer steps over real models' parameter shapes.
+against :mod:`momentum.reference` over every storage layout the kernels are
+built for (exit status 1 if any bit differs); how many elements of a 16-bit
+parameter one step changes, torch's paths against ours (torch's fused step
+leaves them unchanged); the memory bandwidth this build can reach (copy,
+STREAM triad, and a plain C loop that moves sgd's bytes); each rule, storage
+layout (:mod:`momentum._bench.storage`) and size against the plain C loop
+moving that layout's bytes (:mod:`momentum._bench.ceilings`), the float32
+call, the NumPy reference and the peers (PyTorch, also its 16-bit paths,
+Numba, numexpr); the 16-bit issue's speed targets, met or not; the cost of
+one call on 16 elements; whole optimizer steps over real models' parameter
+shapes.
 Timing is described in :mod:`momentum._bench.timing`.
 """
 from __future__ import annotations
