@@ -148,7 +148,8 @@ def layout_peers(rule: str, layout: Layout,
                  arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, Step], dict[str, str]]:
     """Every peer's step of ``rule`` in ``layout``, and why each missing one is missing:
     torch.optim.SGD keeps its buffer in the parameter's dtype and rounds to
-    nearest; numba and numexpr have no 16-bit arithmetic."""
+    nearest; numba and numexpr have no 16-bit arithmetic.  In 16 bits each
+    torch mode steps its own copy of the arrays (equal at the start)."""
     dtype = layout.uniform(TABLE[rule])
     if dtype in ("float32", "float64"):
         return peers(rule, *(arrays.get(name, arrays["buf"]) for name in ("param", "grad", "buf")))
@@ -157,7 +158,15 @@ def layout_peers(rule: str, layout: Layout,
         return {}, {**dict.fromkeys(TORCH_MODES, "torch.optim.SGD has no such layout"), **missing}
     if rule != "sgd":
         return {}, {**dict.fromkeys(TORCH_MODES, "no torch optimizer for this rule"), **missing}
-    steps, absent = torch_steps(TORCH_MODES, [arrays["param"]], [arrays["grad"]], [arrays["buf"]])
+    # Each torch mode steps its own copy (equal at the start): torch 2.13's
+    # fused float16 step drives the buffer to infinity within a few hundred
+    # steps, which would send every candidate after it down NaN paths.
+    steps, absent = {}, {}
+    for mode in TORCH_MODES:
+        own = {name: arrays[name].copy() for name in ("param", "grad", "buf")}
+        step, why = torch_steps([mode], [own["param"]], [own["grad"]], [own["buf"]])
+        steps.update(step)
+        absent.update(why)
     return steps, {**absent, **missing}
 
 
