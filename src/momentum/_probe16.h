@@ -135,31 +135,88 @@ static void pb_master(void *m, const void *g, void *b, void *p, float a, size_t 
                                             (uint16_t *)p, a, lo, hi))
 }
 
+/* The signature of the Kahan and master loops. */
+typedef void (*pb_four_loop)(void *x, const void *g, void *b, void *y, float a, size_t n,
+                             int nthreads);
+
 #if PROBE_HW_BF16
-/* All-16-bit sgd bytes with vcvtneps2bf16 for the rounding, 16 at a time. */
-static void pb_sgd_hw_part(uint16_t *restrict p, const uint16_t *restrict g, uint16_t *restrict b,
-                           float a, size_t lo, size_t hi)
+/* The same loops 16 elements at a time with vcvtneps2bf16 for the rounding
+ * (the tail by the software loops above). */
+static inline __m512 pbv_ld_H(const uint16_t *s)
+{
+    return _mm512_castsi512_ps(_mm512_slli_epi32(
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)s)), 16));
+}
+static inline __m512 pbv_ld_F(const float *s) { return _mm512_loadu_ps(s); }
+static inline void pbv_st_H(uint16_t *d, __m512 x)
+{
+    _mm256_storeu_si256((__m256i *)d, (__m256i)_mm512_cvtneps_pbh(x));
+}
+static inline void pbv_st_F(float *d, __m512 x) { _mm512_storeu_ps(d, x); }
+
+#define PB_SGD_HW(P, G, B)                                                       \
+static void pb_sgd_hw_##P##G##B##_part(PB_T_##P *restrict p, const PB_T_##G *restrict g, \
+                                       PB_T_##B *restrict b, float a, size_t lo, size_t hi) \
+{                                                                                \
+    size_t i = lo;                                                               \
+    __m512 va = _mm512_set1_ps(a);                                               \
+    for (; i + 16 <= hi; i += 16) {                                              \
+        __m512 bv = pbv_ld_##B(b + i);                                           \
+        pbv_st_##P(p + i, _mm512_sub_ps(pbv_ld_##P(p + i), _mm512_mul_ps(va, bv))); \
+        pbv_st_##B(b + i, _mm512_add_ps(pbv_ld_##G(g + i), bv));                 \
+    }                                                                            \
+    pb_sgd_##P##G##B##_part(p, g, b, a, i, hi);                                  \
+}                                                                                \
+static void pb_sgd_hw_##P##G##B(void *p, const void *g, void *b, float a, size_t n, \
+                                int nthreads)                                    \
+{                                                                                \
+    PB_PARALLEL(n, pb_sgd_hw_##P##G##B##_part((PB_T_##P *)p,                     \
+                (const PB_T_##G *)g, (PB_T_##B *)b, a, lo, hi))                  \
+}
+
+PB_SGD_HW(F, F, H) PB_SGD_HW(F, H, F) PB_SGD_HW(F, H, H)
+PB_SGD_HW(H, F, F) PB_SGD_HW(H, F, H) PB_SGD_HW(H, H, F) PB_SGD_HW(H, H, H)
+
+static void pb_kahan_hw_part(uint16_t *restrict p, const uint16_t *restrict g,
+                             uint16_t *restrict b, uint16_t *restrict c, float a,
+                             size_t lo, size_t hi)
 {
     size_t i = lo;
     __m512 va = _mm512_set1_ps(a);
     for (; i + 16 <= hi; i += 16) {
-        __m512 pv = _mm512_castsi512_ps(_mm512_slli_epi32(
-            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p + i))), 16));
-        __m512 gv = _mm512_castsi512_ps(_mm512_slli_epi32(
-            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(g + i))), 16));
-        __m512 bv = _mm512_castsi512_ps(_mm512_slli_epi32(
-            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(b + i))), 16));
-        _mm256_storeu_si256((__m256i *)(p + i),
-                            (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(pv, _mm512_mul_ps(va, bv))));
-        _mm256_storeu_si256((__m256i *)(b + i), (__m256i)_mm512_cvtneps_pbh(_mm512_add_ps(gv, bv)));
+        __m512 bv = pbv_ld_H(b + i), step = _mm512_mul_ps(va, bv);
+        pbv_st_H(p + i, _mm512_sub_ps(pbv_ld_H(p + i), step));
+        pbv_st_H(c + i, _mm512_add_ps(pbv_ld_H(c + i), step));
+        pbv_st_H(b + i, _mm512_add_ps(pbv_ld_H(g + i), bv));
     }
-    pb_sgd_HHH_part(p, g, b, a, i, hi);
+    pb_kahan_part(p, g, b, c, a, i, hi);
 }
 
-static void pb_sgd_hw(void *p, const void *g, void *b, float a, size_t n, int nthreads)
+static void pb_kahan_hw(void *p, const void *g, void *b, void *c, float a, size_t n, int nthreads)
 {
-    PB_PARALLEL(n, pb_sgd_hw_part((uint16_t *)p, (const uint16_t *)g, (uint16_t *)b,
-                                            a, lo, hi))
+    PB_PARALLEL(n, pb_kahan_hw_part((uint16_t *)p, (const uint16_t *)g, (uint16_t *)b,
+                                    (uint16_t *)c, a, lo, hi))
+}
+
+static void pb_master_hw_part(float *restrict m, const uint16_t *restrict g, float *restrict b,
+                              uint16_t *restrict p, float a, size_t lo, size_t hi)
+{
+    size_t i = lo;
+    __m512 va = _mm512_set1_ps(a);
+    for (; i + 16 <= hi; i += 16) {
+        __m512 bv = _mm512_loadu_ps(b + i);
+        __m512 mv = _mm512_sub_ps(_mm512_loadu_ps(m + i), _mm512_mul_ps(va, bv));
+        _mm512_storeu_ps(m + i, mv);
+        pbv_st_H(p + i, mv);
+        _mm512_storeu_ps(b + i, _mm512_add_ps(pbv_ld_H(g + i), bv));
+    }
+    pb_master_part(m, g, b, p, a, i, hi);
+}
+
+static void pb_master_hw(void *m, const void *g, void *b, void *p, float a, size_t n, int nthreads)
+{
+    PB_PARALLEL(n, pb_master_hw_part((float *)m, (const uint16_t *)g, (float *)b,
+                                     (uint16_t *)p, a, lo, hi))
 }
 #endif
 

@@ -16,6 +16,8 @@ cdef extern from "_probe16.h" nogil:
     void pb_sgd_HFH(void*, const void*, void*, float, size_t, int)
     void pb_sgd_HHF(void*, const void*, void*, float, size_t, int)
     void pb_sgd_HHH(void*, const void*, void*, float, size_t, int)
+    ctypedef void (*pb_four_loop)(void* x, const void* g, void* b, void* y, float a, size_t n,
+                                  int nthreads) noexcept nogil
     void pb_kahan(void* p, const void* g, void* b, void* c, float a, size_t n, int nthreads)
     void pb_master(void* m, const void* g, void* b, void* p, float a, size_t n, int nthreads)
 
@@ -43,18 +45,17 @@ cdef size_t _address(object a, str name, Py_ssize_t n, int itemsize=0) except? 0
     return <size_t>face["data"][0]
 
 
-def time_sgd16(p, g, b, Py_ssize_t repeat, int nthreads=1):
-    """Seconds for ``repeat`` passes of ``p = p - a*b; b = g + b`` on arrays of
-    float32 or 16-bit elements (not all float32), 16-bit values widened and
-    rounded to nearest as bfloat16."""
+cdef object _time_sgd(pb_sgd_loop* table, p, g, b, Py_ssize_t repeat, int nthreads):
+    """Seconds for ``repeat`` passes of the loop of ``table`` (by which of
+    p, g, b are 16-bit, as SGD16) on p, g, b."""
     cdef Py_ssize_t r, n = p.size
     cdef void* pp = <void*>_address(p, "p", n)
     cdef const void* gp = <const void*>_address(g, "g", n)
     cdef void* bp = <void*>_address(b, "b", n)
     cdef int key = (p.itemsize == 2) << 2 | (g.itemsize == 2) << 1 | (b.itemsize == 2)
     if key == 0:
-        raise ValueError("time_sgd16(): every array is float32: time it with time_fused()")
-    cdef pb_sgd_loop loop = SGD16[key]
+        raise ValueError("every array is float32: time it with time_fused()")
+    cdef pb_sgd_loop loop = table[key]
     t0 = perf_counter()
     with nogil:
         for r in range(repeat):
@@ -62,31 +63,35 @@ def time_sgd16(p, g, b, Py_ssize_t repeat, int nthreads=1):
     return perf_counter() - t0
 
 
-def time_kahan(p, g, b, c, Py_ssize_t repeat, int nthreads=1):
-    """Seconds for ``repeat`` passes of the Kahan layout's bytes: read 16-bit
-    p, g, b, c; write p, b, c (7 x 2 bytes per element)."""
-    cdef Py_ssize_t r, n = p.size
-    cdef void* pp = <void*>_address(p, "p", n, 2)
+cdef object _time_four(pb_four_loop loop, x, g, b, y, int xsize, int bsize,
+                       Py_ssize_t repeat, int nthreads):
+    """Seconds for ``repeat`` passes of the Kahan or master ``loop``."""
+    cdef Py_ssize_t r, n = x.size
+    cdef void* xp = <void*>_address(x, "x", n, xsize)
     cdef const void* gp = <const void*>_address(g, "g", n, 2)
-    cdef void* bp = <void*>_address(b, "b", n, 2)
-    cdef void* cp = <void*>_address(c, "c", n, 2)
+    cdef void* bp = <void*>_address(b, "b", n, bsize)
+    cdef void* yp = <void*>_address(y, "y", n, 2)
     t0 = perf_counter()
     with nogil:
         for r in range(repeat):
-            pb_kahan(pp, gp, bp, cp, STEP, <size_t>n, nthreads)
+            loop(xp, gp, bp, yp, STEP, <size_t>n, nthreads)
     return perf_counter() - t0
+
+
+def time_sgd16(p, g, b, Py_ssize_t repeat, int nthreads=1):
+    """Seconds for ``repeat`` passes of ``p = p - a*b; b = g + b`` on arrays of
+    float32 or 16-bit elements (not all float32), 16-bit values widened and
+    rounded to nearest as bfloat16."""
+    return _time_sgd(SGD16, p, g, b, repeat, nthreads)
+
+
+def time_kahan(p, g, b, c, Py_ssize_t repeat, int nthreads=1):
+    """Seconds for ``repeat`` passes of the Kahan layout's bytes: read 16-bit
+    p, g, b, c; write p, b, c (7 x 2 bytes per element)."""
+    return _time_four(pb_kahan, p, g, b, c, 2, 2, repeat, nthreads)
 
 
 def time_master(m, g, b, p, Py_ssize_t repeat, int nthreads=1):
     """Seconds for ``repeat`` passes of the master layout's bytes: read float32
     m, b and 16-bit g; write m, b and the 16-bit p (not read): 20 bytes per element."""
-    cdef Py_ssize_t r, n = m.size
-    cdef void* mp = <void*>_address(m, "m", n, 4)
-    cdef const void* gp = <const void*>_address(g, "g", n, 2)
-    cdef void* bp = <void*>_address(b, "b", n, 4)
-    cdef void* pp = <void*>_address(p, "p", n, 2)
-    t0 = perf_counter()
-    with nogil:
-        for r in range(repeat):
-            pb_master(mp, gp, bp, pp, STEP, <size_t>n, nthreads)
-    return perf_counter() - t0
+    return _time_four(pb_master, m, g, b, p, 4, 4, repeat, nthreads)

@@ -7,8 +7,7 @@ the Kahan layout's compensation buffer or the master layout's float32 master
 and written-only 16-bit param.  Each loop is timed in one nogil block on its
 own arrays of the row's size.  A 16-bit layout has up to three: the
 portable build's, the same loops built for AVX-512 with AVX512-BF16, and
-(all three arrays 16-bit) one rounding with vcvtneps2bf16; the row is held
-to the fastest.
+those again rounding with vcvtneps2bf16; the row is held to the fastest.
 """
 from __future__ import annotations
 
@@ -75,8 +74,8 @@ def loops(layout: Layout, n: int, threads: int) -> dict[str, Runner]:
         modules[AVX512] = hardware
     out = {name: (lambda k, f=getattr(m, timer): f(*data, k, threads))
            for name, m in modules.items()}
-    if hardware is not None and timer == "time_sgd16" and all(a.itemsize == 2 for a in data):
-        out[HARDWARE] = lambda k: hardware.time_sgd16_hw(*data, k, threads)
+    if hardware is not None:
+        out[HARDWARE] = lambda k, f=getattr(hardware, timer + "_hw"): f(*data, k, threads)
     return out
 
 
