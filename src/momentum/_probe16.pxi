@@ -28,6 +28,9 @@ SGD16[4], SGD16[5], SGD16[6], SGD16[7] = pb_sgd_HFF, pb_sgd_HFH, pb_sgd_HHF, pb_
 
 # The scale `a` of every loop, as in _probe.time_fused.
 cdef float STEP = 1e-3
+# The arrays of the Kahan and master timers, as their arguments are called.
+cdef tuple KAHAN = ("p", "g", "b", "c")
+cdef tuple MASTER = ("m", "g", "b", "p")
 
 
 cdef size_t _address(object a, str name, Py_ssize_t n, int itemsize=0) except? 0:
@@ -63,14 +66,15 @@ cdef object _time_sgd(pb_sgd_loop* table, p, g, b, Py_ssize_t repeat, int nthrea
     return perf_counter() - t0
 
 
-cdef object _time_four(pb_four_loop loop, x, g, b, y, int xsize, int bsize,
+cdef object _time_four(pb_four_loop loop, tuple names, x, g, b, y, int xsize, int bsize,
                        Py_ssize_t repeat, int nthreads):
-    """Seconds for ``repeat`` passes of the Kahan or master ``loop``."""
+    """Seconds for ``repeat`` passes of the Kahan or master ``loop`` (its
+    arrays called ``names`` in messages)."""
     cdef Py_ssize_t r, n = x.size
-    cdef void* xp = <void*>_address(x, "x", n, xsize)
-    cdef const void* gp = <const void*>_address(g, "g", n, 2)
-    cdef void* bp = <void*>_address(b, "b", n, bsize)
-    cdef void* yp = <void*>_address(y, "y", n, 2)
+    cdef void* xp = <void*>_address(x, names[0], n, xsize)
+    cdef const void* gp = <const void*>_address(g, names[1], n, 2)
+    cdef void* bp = <void*>_address(b, names[2], n, bsize)
+    cdef void* yp = <void*>_address(y, names[3], n, 2)
     t0 = perf_counter()
     with nogil:
         for r in range(repeat):
@@ -88,10 +92,10 @@ def time_sgd16(p, g, b, Py_ssize_t repeat, int nthreads=1):
 def time_kahan(p, g, b, c, Py_ssize_t repeat, int nthreads=1):
     """Seconds for ``repeat`` passes of the Kahan layout's bytes: read 16-bit
     p, g, b, c; write p, b, c (7 x 2 bytes per element)."""
-    return _time_four(pb_kahan, p, g, b, c, 2, 2, repeat, nthreads)
+    return _time_four(pb_kahan, KAHAN, p, g, b, c, 2, 2, repeat, nthreads)
 
 
 def time_master(m, g, b, p, Py_ssize_t repeat, int nthreads=1):
     """Seconds for ``repeat`` passes of the master layout's bytes: read float32
     m, b and 16-bit g; write m, b and the 16-bit p (not read): 20 bytes per element."""
-    return _time_four(pb_master, m, g, b, p, 4, 4, repeat, nthreads)
+    return _time_four(pb_master, MASTER, m, g, b, p, 4, 4, repeat, nthreads)

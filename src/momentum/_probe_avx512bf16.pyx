@@ -29,9 +29,9 @@ def time_sgd16_hw(p, g, b, Py_ssize_t repeat, int nthreads=1):
 
 def time_kahan_hw(p, g, b, c, Py_ssize_t repeat, int nthreads=1):
     """time_kahan with every store rounded by vcvtneps2bf16."""
-    return _time_four(pb_kahan_hw, p, g, b, c, 2, 2, repeat, nthreads)
+    return _time_four(pb_kahan_hw, KAHAN, p, g, b, c, 2, 2, repeat, nthreads)
 
 
 def time_master_hw(m, g, b, p, Py_ssize_t repeat, int nthreads=1):
     """time_master with the 16-bit store rounded by vcvtneps2bf16."""
-    return _time_four(pb_master_hw, m, g, b, p, 4, 4, repeat, nthreads)
+    return _time_four(pb_master_hw, MASTER, m, g, b, p, 4, 4, repeat, nthreads)
