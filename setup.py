@@ -110,6 +110,11 @@ build_macros = [
 ]
 isa_extensions = [extension(f"momentum._kernels_{isa}", ISA_MODULES[f"momentum._kernels_{isa}"])
                   for isa in BUILT_ISAS[1:]]
+# The bench's 16-bit ceiling loops with the hardware bfloat16 conversion, built
+# with that kernel build's flags (and only where it is built).
+if "avx512bf16" in BUILT_ISAS:
+    isa_extensions.append(extension("momentum._probe_avx512bf16",
+                                    ISA_MODULES["momentum._kernels_avx512bf16"]))
 
 
 MODULES = [

@@ -1,69 +1,88 @@
-"""One kernel call per rule, dtype and size: momentum against the NumPy
-reference and PyTorch's fused SGD.
+"""One kernel call per rule, storage layout and size: momentum against the
+NumPy reference and PyTorch's SGD (fused; for 16-bit layouts also its
+for-loop and foreach paths).
 
 Run: ``PYTHONPATH=src python -m pytest bench/test_bench_kernels.py``.  Each
-group (``sgd-float32-1Mi``) holds the candidates on the same arrays; every
-result records its GB/s in ``extra_info`` (sgd and heavy_ball move 5
-array-elements per element, update_buffer 3).  momentum's results also record
-the ceiling: the GB/s of the plain C loop that moves sgd's bytes on arrays of
-the same size, timed in one nogil block (a per-call timing would charge it
-the Python call), and momentum's percentage of it.
+group (``sgd-bf16/bf16/f32-1Mi``) holds the candidates on the same arrays;
+every result records its GB/s in ``extra_info`` (bytes read + written per
+element from the layout's dtypes, momentum._bench.storage).  momentum's
+results also record the ceiling: the GB/s of the fastest plain C loop moving
+the layout's bytes on arrays of the same size (momentum._bench.ceilings),
+timed in one nogil block (a per-call timing would charge it the Python
+call), and momentum's percentage of it.
 """
 import functools
 
-import numpy as np
 import pytest
 
-from momentum import _probe
-from momentum._bench.peers import C_LOOP, ours, torch_sgd
-from momentum.bench import PARALLEL_FROM, SIZES
+from momentum._bench import ceilings, storage
+from momentum._bench.peers import TORCH_MODES, layout_peers, stored
 from momentum._bench.report import size
-from momentum._bench.rules import DTYPES, ELEMENTS_MOVED, RULES, arrays
 from momentum._bench.timing import interleaved
+from momentum.bench import PARALLEL_FROM, REFERENCE_16BIT_UP_TO, SIZES
+from momentum.rules import RULES
 
-CANDIDATES = ("momentum", "reference", "torch fused")
-
-# Ordered so that one size's arrays serve all its rules and candidates.
-CASES = [pytest.param(rule, dtype, n, name,
-                      id=f"{rule}-{np.dtype(dtype).name}-{size(n).replace(' ', '')}-{name}")
-         for dtype in DTYPES for n in SIZES for rule in RULES for name in CANDIDATES
-         if name != "torch fused" or rule == "sgd"]
+TORCH_16BIT = tuple(TORCH_MODES)
 
 
-# The arrays the candidates of one size share, made once per size.
-data = functools.lru_cache(maxsize=1)(arrays)
+def _candidates(rule, layout, n):
+    float_layout = layout.uniform(RULES[rule]) in ("float32", "float64")
+    yield "momentum"
+    if float_layout or n <= REFERENCE_16BIT_UP_TO:
+        yield "reference"
+    if rule == "sgd" and layout.uniform(RULES[rule]):
+        yield from ("torch fused",) if float_layout else TORCH_16BIT
+
+
+def _group(rule, layout, n):
+    return f"{rule}-{layout.label(RULES[rule]).replace(' ', '_')}-{size(n).replace(' ', '')}"
+
+
+# Ordered so that one size's arrays serve all the candidates of a layout.
+CASES = [pytest.param(rule, layout, n, name, id=f"{_group(rule, layout, n)}-{name}")
+         for rule in RULES for layout in storage.layouts(RULES[rule]) for n in SIZES
+         for name in _candidates(rule, layout, n)]
+
+
+@functools.lru_cache(maxsize=1)
+def data(layout, n):
+    """The arrays the candidates of one layout and size share (skipped without ml_dtypes)."""
+    try:
+        return storage.make(layout, n)
+    except ImportError as error:
+        pytest.skip(str(error))
 
 
 @functools.lru_cache(maxsize=None)
-def c_loop_gbps(dtype: type, n: int, threads: int) -> float:
-    """GB/s of the C fused loop on its own ``n``-element arrays (5 elements moved)."""
-    probe = arrays(n, dtype)
-
-    def run(k: int) -> float:
-        return _probe.time_fused(*probe, k, threads)
-    seconds = interleaved({C_LOOP: run}, repeats=5, target=5e-3)[C_LOOP].median
-    return 5 * n * probe[0].itemsize / seconds / 1e9
+def c_loop_gbps(layout, n: int, threads: int) -> float:
+    """GB/s of the fastest C loop moving the layout's bytes on its own ``n``-element arrays."""
+    runners = ceilings.loops(layout, n, threads)
+    timings = interleaved(runners, repeats=5, target=5e-3)
+    return ceilings.bytes_per_element(layout) * n / min(t.median for t in timings.values()) / 1e9
 
 
-def step(rule: str, name: str, shared: tuple):
+def step(rule, layout, name, arrays):
     """One call of candidate ``name``."""
-    if name == "torch fused":
+    if name.startswith("torch"):
         pytest.importorskip("torch")
-        return torch_sgd(name, *([a] for a in shared))
-    return ours(rule, *shared)[name]
+        steps, missing = layout_peers(rule, layout, arrays)
+        if name in missing:
+            pytest.skip(f"{name}: {missing[name]}")
+        return steps[name]
+    return stored(rule, layout, arrays)[name]
 
 
-@pytest.mark.parametrize("rule, dtype, n, name", CASES)
-def test_kernel(benchmark, measured, bench_threads, rule, dtype, n, name):
-    shared = data(n, dtype)
-    benchmark.group = f"{rule}-{np.dtype(dtype).name}-{size(n).replace(' ', '')}"
-    benchmark(step(rule, name, shared))
+@pytest.mark.parametrize("rule, layout, n, name", CASES)
+def test_kernel(benchmark, measured, bench_threads, rule, layout, n, name):
+    arrays = data(layout, n)
+    benchmark.group = _group(rule, layout, n)
+    benchmark(step(rule, layout, name, arrays))
     seconds = measured("median")
-    gbps = ELEMENTS_MOVED[rule] * n * shared[0].itemsize / seconds / 1e9
+    gbps = layout.bytes_per_element(RULES[rule]) * n / seconds / 1e9
     benchmark.extra_info.update(threads=bench_threads, elements=n, GB_per_s=round(gbps, 2),
-                                Melem_per_s=round(n / seconds / 1e6, 1))
+                                Gelem_per_s=round(n / seconds / 1e9, 3))
     if name == "momentum":
         # Below PARALLEL_FROM the kernels run on one thread, and so does their ceiling.
-        ceiling = c_loop_gbps(dtype, n, bench_threads if n >= PARALLEL_FROM else 1)
+        ceiling = c_loop_gbps(layout, n, bench_threads if n >= PARALLEL_FROM else 1)
         benchmark.extra_info.update(c_loop_GB_per_s=round(ceiling, 2),
                                     pct_of_c_loop=round(100 * gbps / ceiling, 1))

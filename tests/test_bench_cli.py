@@ -7,19 +7,31 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import momentum
-from momentum._bench.rules import DTYPES
 from momentum.rules import RULES
 from momentum import bench
 from momentum.__main__ import main as cli
 from momentum._bench import report
 
 HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
-SECTIONS = {"units", "machine", "plan", "correctness", "bandwidth", "kernels",
+HAVE_ML_DTYPES = importlib.util.find_spec("ml_dtypes") is not None
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+SECTIONS = {"units", "machine", "plan", "correctness", "changed", "bandwidth", "kernels",
             "call_overhead", "workloads"}
+
+# The layouts every run reports, and their bytes read + written per element,
+# counted by hand: (param, grad, buf) read, (param, buf) written; update_buffer
+# reads (buf, grad) and writes buf; kahan adds a 16-bit comp read and written,
+# master a float32 master read and written and a 16-bit param written only.
+SGD_BYTES = {"f32/f32/f32": 20, "f64/f64/f64": 40, "bf16/bf16/bf16": 10, "f16/f16/f16": 10,
+             "bf16/bf16/f32": 14, "f16/f16/f32": 14, "f32>bf16/bf16/f32": 20,
+             "bf16/bf16/bf16 kahan": 14, "bf16/bf16/bf16 stochastic": 10,
+             "bf16/bf16/bf16 stochastic + stochastic state": 10}
+BYTES = {"sgd": SGD_BYTES, "heavy_ball": SGD_BYTES,
+         "update_buffer": {"f32/f32": 12, "f64/f64": 24, "bf16/bf16": 6, "f16/f16": 6,
+                           "f32/bf16": 10, "f32/f16": 10, "bf16/bf16 stochastic state": 6}}
 
 
 @pytest.fixture(scope="module")
@@ -46,22 +58,72 @@ def test_quick_run_writes_every_section_with_positive_rates(quick_run):
     assert proc.returncode == 0, proc.stderr
     results = json.loads((out / "out.json").read_text())
     assert SECTIONS <= results.keys()
-    assert results["correctness"] == {"passed": True, "failures": []}
+    assert results["correctness"] == {
+        "passed": True, "failures": [],
+        "unchecked_dtypes": {} if HAVE_ML_DTYPES else {"bfloat16": "not installed (ml_dtypes)"}}
     assert results["plan"]["threads"] == [1]
-    assert {(r["rule"], r["dtype"]) for r in results["kernels"]} == {
-        (rule, np.dtype(dtype).name) for rule in RULES for dtype in DTYPES}
-    for row in results["kernels"] + results["bandwidth"]:
+    measured = [r for r in results["kernels"] if "results" in r]
+    assert {(r["rule"], r["layout"]) for r in measured} == {
+        (rule, layout) for rule, layouts in BYTES.items() for layout in layouts
+        if HAVE_ML_DTYPES or "bf16" not in layout}
+    for row in measured + results["bandwidth"]:
         for res in row["results"].values():
             assert res["GB_per_s"] > 0 and res["Melem_per_s"] > 0
-    for row in results["kernels"]:
-        assert {"momentum", "reference", "C fused loop"} <= row["results"].keys()
+    for row in measured:
+        assert row["bytes_per_element"] == BYTES[row["rule"]][row["layout"]]
+        assert {"momentum", "reference", row["ceiling"]} <= row["results"].keys()
+        assert row["ceiling"] in row["c_loops"]
         assert row["speedup_vs_reference"] > 0 and row["pct_of_c_loop"] > 0
+        assert row["x_float32"] > 0
+    f32 = [r for r in measured if r["layout"] in ("f32/f32/f32", "f32/f32")]
+    assert len(f32) == len(RULES)
+    assert all(r["x_float32"] == 1 and r["ceiling"] == "C fused loop" for r in f32)
+    # torch's 16-bit paths on the all-16-bit sgd rows, beside momentum
+    for row in measured:
+        if HAVE_TORCH and (row["rule"], row["layout"]) in {("sgd", "bf16/bf16/bf16"),
+                                                             ("sgd", "f16/f16/f16")}:
+            assert {"torch for-loop", "torch foreach", "torch fused"} <= row["results"].keys()
     assert results["call_overhead"]["results"]["momentum"]["median_us"] > 0
     [workload] = results["workloads"]
     assert workload["name"] == "many-small" and workload["tensors"] == 1000
     assert all(r["median_ms"] > 0 for r in workload["results"].values())
-    assert "Kernels:" in proc.stdout and "[bench" in proc.stderr
+    assert "Kernels:" in proc.stdout and "Targets" in proc.stdout and "[bench" in proc.stderr
     assert f"wrote results to {out / 'out.json'}\n" in proc.stdout
+
+
+def test_the_correctness_line_measures_changed_fractions(quick_run):
+    proc, out = quick_run
+    rows = json.loads((out / "out.json").read_text())["changed"]
+    assert {(r["dtype"], r["n"]) for r in rows} == {
+        (d, n) for d in ("bfloat16", "float16") for n in (4096, 4099)}
+    for r in rows:
+        if r["dtype"] == "bfloat16" and not HAVE_ML_DTYPES:
+            continue
+        ours, exact = r["changed"]["momentum"], r["changed"]["float64, rounded"]
+        # one nearest-rounded float32 step changes what the exact step changes,
+        # give or take the elements whose rounding the float32 arithmetic flips
+        assert 0.5 < exact and abs(ours - exact) < 0.01
+        assert all(0 <= f <= 1 for f in r["changed"].values())
+    assert "Correctness: elements of a 16-bit parameter changed" in proc.stdout
+
+
+def test_without_ml_dtypes_bfloat16_rows_say_so(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "ml_dtypes", None)   # import ml_dtypes fails
+    path = tmp_path / "out.json"
+    argv = ["--quick", "--threads", "1", "--sizes", "64", "--workloads", "", "--json", str(path)]
+    assert bench.main(argv) == 0
+    results = json.loads(path.read_text())
+    assert results["correctness"]["unchecked_dtypes"] == {"bfloat16": "not installed (ml_dtypes)"}
+    missing = [r for r in results["kernels"] if "bf16" in r["layout"]]
+    assert missing and all("unavailable" in r and "results" not in r for r in missing)
+    assert all("ml_dtypes" in r["unavailable"] for r in missing)
+    f16 = [r for r in results["kernels"] if r["layout"] == "f16/f16/f16"]
+    assert f16 and all(r["results"]["momentum"]["GB_per_s"] > 0 for r in f16)
+    bf16_changed = [r for r in results["changed"] if r["dtype"] == "bfloat16"]
+    assert all(r["changed"] == {} and r["missing"] for r in bf16_changed)
+    out = capsys.readouterr().out
+    assert "bfloat16 layouts not checked: not installed (ml_dtypes)" in out
+    assert "sgd bf16/bf16/bf16: bfloat16 arrays through NumPy need ml_dtypes" in out
 
 
 @pytest.mark.skipif(not HAVE_MATPLOTLIB, reason="matplotlib not installed")
@@ -83,7 +145,8 @@ def test_gate_passes_the_real_kernels():
 
 def _off_by_one_ulp(param, grad, buf, **hyper):
     momentum.sgd(param, grad, buf, **hyper)
-    param[0] = np.nextafter(param[0], np.inf)
+    bits = param.view(f"u{param.itemsize}")   # any storage dtype: one unit in the last place
+    bits[0] += 1
 
 
 def test_gate_names_a_kernel_one_ulp_off():

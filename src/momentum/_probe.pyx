@@ -87,3 +87,4 @@ def time_fused(floating[::1] p, const floating[::1] g, floating[::1] b,
         for r in range(repeat):
             _fused(&p[0], &g[0], &b[0], a, n, nthreads)
     return perf_counter() - t0
+include "_probe16.pxi"

@@ -1,11 +1,17 @@
 """``python -m momentum bench``: how fast the kernels are, honestly.
 
 The report, in order: the machine and the build; a bitwise correctness gate
-against :mod:`momentum.reference` (exit status 1 if any bit differs); the
-memory bandwidth this build can reach (copy, STREAM triad, and a plain C loop
-that moves sgd's bytes); each rule, dtype and size against that ceiling, the
-NumPy reference and the peers (PyTorch, Numba, numexpr); the cost of one call
-on 16 elements; whole optimizer steps over real models' parameter shapes.
+against :mod:`momentum.reference` over every storage layout the kernels are
+built for (exit status 1 if any bit differs); how many elements of a 16-bit
+parameter one step changes, torch's paths against ours (torch's fused step
+leaves them unchanged); the memory bandwidth this build can reach (copy,
+STREAM triad, and a plain C loop that moves sgd's bytes); each rule, storage
+layout (:mod:`momentum._bench.storage`) and size against the plain C loop
+moving that layout's bytes (:mod:`momentum._bench.ceilings`), the float32
+call, the NumPy reference and the peers (PyTorch, also its 16-bit paths,
+Numba, numexpr); the 16-bit issue's speed targets, met or not; the cost of
+one call on 16 elements; whole optimizer steps over real models' parameter
+shapes.
 Timing is described in :mod:`momentum._bench.timing`.
 """
 from __future__ import annotations
@@ -22,11 +28,13 @@ import numpy as np
 
 import momentum
 from momentum import _probe
-from momentum._bench import machine, report, workloads
-from momentum._bench.peers import (C_LOOP, TORCH_MODES, Step, ours, peers, set_threads,
-                                   torch_steps)
+from momentum._bench import ceilings, changed, machine, report, storage, workloads
+from momentum._bench.peers import (C_LOOP, TORCH_MODES, Step, layout_peers, ours, set_threads,
+                                   stored, torch_steps)
 from momentum._bench.report import size
-from momentum._bench.rules import DTYPES, ELEMENTS_MOVED, RULES, arrays, check_rules
+from momentum._bench.rules import ELEMENTS_MOVED, RULES, arrays, check_rules, missing_dtypes
+from momentum._bench.storage import Layout
+from momentum.rules import RULES as TABLE
 from momentum._bench.timing import Runner, Timing, interleaved, loop
 from momentum._workloads import load_workload
 
@@ -38,6 +46,8 @@ QUICK_SIZES = (4 * KI, 64 * KI, 1 * MI)
 # little, and a 2-core machine shared with other work makes it cost a lot.)
 PARALLEL_FROM = 1 * MI
 OVERHEAD_N = 16
+# The NumPy reference of a 16-bit layout takes seconds per call beyond this.
+REFERENCE_16BIT_UP_TO = 1 * MI
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,7 @@ class Plan:
     target: float               # seconds per sample, at least
     bandwidth_n: int            # float64 elements per array of the DRAM probe
     workloads: Sequence[str]
+    every_layout: bool = False  # every dtype combination, not only storage.NAMED
 
     def threads_for(self, n: int) -> Sequence[int]:
         """The thread counts a row of ``n`` elements is measured at."""
@@ -64,10 +75,10 @@ def progress(message: str) -> None:
     print(f"[bench {perf_counter() - _START:5.1f}s] {message}", file=sys.stderr, flush=True)
 
 
-def rates(t: Timing, n: int, elements_moved: int, itemsize: int) -> dict:
+def rates(t: Timing, n: int, bytes_per_element: int) -> dict:
     """``t`` with Melem/s and GB/s (10^9 bytes) added."""
     return {**t.as_dict(), "Melem_per_s": n / t.median / 1e6,
-            "GB_per_s": elements_moved * n * itemsize / t.median / 1e9}
+            "GB_per_s": bytes_per_element * n / t.median / 1e9}
 
 
 def timed(steps: Mapping[str, Step], plan: Plan,
@@ -96,42 +107,64 @@ def bandwidth(plan: Plan) -> list[dict]:
         })
         moved = {"copy": 2, "triad": 3, C_LOOP: 5}
         rows.append({"threads": threads, "n": n, "dtype": "float64",
-                     "results": {k: rates(t, n, moved[k], 8) for k, t in timings.items()}})
+                     "results": {k: rates(t, n, moved[k] * 8) for k, t in timings.items()}})
     return rows
 
 
-def kernel_row(rule: str, n: int, threads: int, data: tuple, probe: tuple,
+def kernel_row(rule: str, layout: Layout, n: int, threads: int, arrays: Mapping,
                plan: Plan, dram: Mapping[int, float]) -> dict:
-    """One rule at one size and thread count: every candidate, interleaved."""
+    """One rule in one storage layout at one size and thread count: every
+    candidate and every C loop of the layout, interleaved."""
     set_threads(threads)
-    peer_steps, missing = peers(rule, *data)
-    timings = timed({**ours(rule, *data), **peer_steps}, plan,
-                    {C_LOOP: lambda k: _probe.time_fused(*probe, k, threads)})
-    itemsize = data[0].itemsize
-    results = {name: rates(t, n, 5 if name == C_LOOP else ELEMENTS_MOVED[rule], itemsize)
+    table = TABLE[rule]
+    peer_steps, missing = layout_peers(rule, layout, arrays)
+    steps = {**stored(rule, layout, arrays), **peer_steps}
+    if layout.uniform(table) not in ("float32", "float64") and n > REFERENCE_16BIT_UP_TO:
+        del steps["reference"]
+        missing["reference"] = f"not timed above {size(REFERENCE_16BIT_UP_TO)} in 16 bits"
+    c_loops = ceilings.loops(layout, n, threads)
+    timings = timed(steps, plan, c_loops)
+    moved, c_moved = layout.bytes_per_element(table), ceilings.bytes_per_element(layout)
+    results = {name: rates(t, n, c_moved if name in c_loops else moved)
                for name, t in timings.items()}
+    ceiling = max(c_loops, key=lambda name: results[name]["GB_per_s"])
     ours_gbps = results["momentum"]["GB_per_s"]
+    ref = timings.get("reference")
     return {
-        "rule": rule, "dtype": data[0].dtype.name, "n": n, "threads": threads,
-        "bytes_per_call": ELEMENTS_MOVED[rule] * n * itemsize,
-        "results": results, "missing": missing,
-        "pct_of_c_loop": 100 * ours_gbps / results[C_LOOP]["GB_per_s"],
+        "rule": rule, "layout": layout.label(table), "dtype": layout.uniform(table),
+        "n": n, "threads": threads, "bytes_per_element": moved,
+        "bytes_per_call": moved * n, "results": results, "missing": missing,
+        "c_loops": list(c_loops), "ceiling": ceiling,
+        "pct_of_c_loop": 100 * ours_gbps / results[ceiling]["GB_per_s"],
         "x_dram_c_loop": ours_gbps / dram[threads],
-        "speedup_vs_reference": timings["reference"].median / timings["momentum"].median,
+        "speedup_vs_reference": ref.median / timings["momentum"].median if ref else None,
     }
 
 
 def kernels(plan: Plan, dram: Mapping[int, float]) -> list[dict]:
-    """Every rule, dtype, size and thread count of the plan."""
+    """Every rule, storage layout, size and thread count of the plan; a
+    layout NumPy cannot hold here (bfloat16 without ml_dtypes) is a row
+    saying so.  Each row also gets its speed over the all-float32 row's."""
     rows = []
-    for dtype in DTYPES:
-        for n in plan.sizes:
-            data = arrays(n, dtype)
-            probe = tuple(x.copy() for x in data)
-            for threads in plan.threads_for(n):
-                for rule in RULES:
-                    progress(f"{rule} {np.dtype(dtype).name} {size(n)} elements, {threads} thread(s)")
-                    rows.append(kernel_row(rule, n, threads, data, probe, plan, dram))
+    for rule in RULES:
+        for layout in storage.layouts(TABLE[rule], every=plan.every_layout):
+            label = layout.label(TABLE[rule])
+            for n in plan.sizes:
+                try:
+                    arrays = storage.make(layout, n)
+                except ImportError as error:
+                    rows.append({"rule": rule, "layout": label, "n": n,
+                                 "unavailable": str(error).split(":")[0]})
+                    break
+                for threads in plan.threads_for(n):
+                    progress(f"{rule} {label} {size(n)} elements, {threads} thread(s)")
+                    rows.append(kernel_row(rule, layout, n, threads, arrays, plan, dram))
+                del arrays
+    float32 = {(r["rule"], r["n"], r["threads"]): r["results"]["momentum"]["median_s"]
+               for r in rows if r.get("dtype") == "float32"}
+    for r in rows:
+        if "results" in r:
+            r["x_float32"] = float32[r["rule"], r["n"], r["threads"]] / r["results"]["momentum"]["median_s"]
     return rows
 
 
@@ -164,8 +197,8 @@ def model_steps(plan: Plan) -> list[dict]:
             rows.append({
                 "name": name, "tensors": len(model), "elements": elements,
                 "threads": threads, "missing": missing,
-                "results": {k: {**rates(t, elements, ELEMENTS_MOVED["sgd"],
-                                        model.dtype.itemsize),
+                "results": {k: {**rates(t, elements,
+                                        ELEMENTS_MOVED["sgd"] * model.dtype.itemsize),
                                 "median_ms": t.median * 1e3,
                                 "ratio_to_momentum": t.median / ours_s}
                             for k, t in timings.items()},
@@ -180,9 +213,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m momentum bench",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="fewer repeats, sizes up to 1 Mi, only the many-small model (about 10 s)")
+                        help="fewer repeats, sizes up to 1 Mi, only the many-small model (about 30 s)")
     parser.add_argument("--json", metavar="FILE", help="write every result, with units, to FILE")
     parser.add_argument("--plot", metavar="FILE.png", help="plot GB/s against size (needs matplotlib)")
+    parser.add_argument("--every-layout", action="store_true",
+                        help="every storage dtype combination and rounding the kernels are "
+                             "built for, not only the named layouts (much longer)")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="run everything at N threads (default: 1, and all for large sizes)")
     # For the tests: a short run on chosen sizes and workloads.
@@ -205,7 +241,8 @@ def make_plan(opts: argparse.Namespace) -> Plan:
         names = [w for w in opts.workloads.split(",") if w]
     return Plan(sizes=sizes, threads=threads,
                 repeats=3 if opts.quick else 7, target=1e-3 if opts.quick else 5e-3,
-                bandwidth_n=16 * MI if opts.quick else 32 * MI, workloads=names)
+                bandwidth_n=16 * MI if opts.quick else 32 * MI, workloads=names,
+                every_layout=opts.every_layout)
 
 
 def unwritable(path: str) -> str | None:
@@ -252,16 +289,21 @@ def main(argv: Sequence[str]) -> int:
     print(report.plan_text(results["plan"]), flush=True)
     progress("correctness gate")
     failures = gate()
-    results["correctness"] = {"passed": not failures, "failures": failures}
-    print(report.gate_text(failures), flush=True)
+    results["correctness"] = {"passed": not failures, "failures": failures,
+                              "unchecked_dtypes": missing_dtypes()}
+    print(report.gate_text(failures, missing_dtypes()), flush=True)
     if failures:
         return 1
+    progress("16-bit parameters changed by one step")
+    results["changed"] = changed.rows()
+    print(report.changed_text(results["changed"]), flush=True)
     results["bandwidth"] = bandwidth(plan)
     print(report.bandwidth_text(results["bandwidth"]), flush=True)
     dram = {row["threads"]: row["results"][C_LOOP]["GB_per_s"] for row in results["bandwidth"]}
     results["kernels"] = kernels(plan, dram)
     print(report.kernels_text(results["kernels"]), flush=True)
     print(report.peers_text(results["kernels"]), flush=True)
+    print(report.targets_text(results["kernels"]), flush=True)
     results["call_overhead"] = call_overhead(plan)
     print(report.overhead_text(results["call_overhead"]), flush=True)
     results["workloads"] = model_steps(plan)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from momentum import _config
 
-SIMD_FLAGS = ("sse2", "avx2", "fma", "avx512f")
+SIMD_FLAGS = ("sse2", "avx2", "fma", "f16c", "avx512f", "avx512_bf16")
 PEER_MODULES = ("numpy", "torch", "numba", "numexpr")
 
 

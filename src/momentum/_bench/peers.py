@@ -9,13 +9,16 @@ of a rule, is reported with the reason instead of a step.
 from __future__ import annotations
 
 import importlib
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 import momentum
 from momentum import reference
+from momentum._bench import storage
 from momentum._bench.rules import TIMED, args
+from momentum._bench.storage import Layout
+from momentum.rules import RULES as TABLE
 
 TORCH_MODES = {"torch for-loop": {"foreach": False},
                "torch foreach": {"foreach": True},
@@ -73,13 +76,22 @@ def torch_sgd(mode: str, params: Sequence[np.ndarray], grads: Sequence[np.ndarra
         options = OUR_TORCH_MODES[mode]
     else:
         SGD, options = torch.optim.SGD, TORCH_MODES[mode]
-    tensors = [torch.from_numpy(p).requires_grad_() for p in params]
+    tensors = [as_tensor(p).requires_grad_() for p in params]
     for t, g in zip(tensors, grads):
-        t.grad = torch.from_numpy(g)
+        t.grad = as_tensor(g)
     opt = SGD(tensors, **TIMED["sgd"], **options)
     for t, b in zip(tensors, bufs):
-        opt.state[t]["momentum_buffer"] = torch.from_numpy(b)
+        opt.state[t]["momentum_buffer"] = as_tensor(b)
     return opt.step
+
+
+def as_tensor(a: np.ndarray):
+    """A torch tensor sharing ``a``'s memory; an ml_dtypes bfloat16 array
+    (which torch.from_numpy does not know) as a torch.bfloat16 view of its bits."""
+    import torch
+    if a.dtype.name == "bfloat16":
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
 
 
 def _numba(rule: str, param: np.ndarray, grad: np.ndarray, buf: np.ndarray) -> Step:
@@ -121,6 +133,41 @@ def torch_steps(modes: Sequence[str], params: Sequence[np.ndarray],
         except ImportError:
             missing[mode] = "not installed"
     return steps, missing
+
+
+def stored(rule: str, layout: Layout, arrays: Mapping[str, np.ndarray]) -> dict[str, Step]:
+    """``momentum`` and ``reference`` steps of ``rule`` on ``arrays`` stored as ``layout``."""
+    positional, keywords = storage.call(TABLE[rule], layout, arrays)
+    hyper = {**TIMED[rule], **keywords}
+    kernel, spec = getattr(momentum, rule), getattr(reference, rule)
+    return {"momentum": lambda: kernel(*positional, **hyper),
+            "reference": lambda: spec(*positional, **hyper)}
+
+
+def layout_peers(rule: str, layout: Layout,
+                 arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, Step], dict[str, str]]:
+    """Every peer's step of ``rule`` in ``layout``, and why each missing one is missing:
+    torch.optim.SGD keeps its buffer in the parameter's dtype and rounds to
+    nearest; numba and numexpr have no 16-bit arithmetic.  In 16 bits each
+    torch mode steps its own copy of the arrays (equal at the start)."""
+    dtype = layout.uniform(TABLE[rule])
+    if dtype in ("float32", "float64"):
+        return peers(rule, *(arrays.get(name, arrays["buf"]) for name in ("param", "grad", "buf")))
+    missing = dict.fromkeys(("numba", "numexpr"), "no 16-bit storage")
+    if dtype is None:
+        return {}, {**dict.fromkeys(TORCH_MODES, "torch.optim.SGD has no such layout"), **missing}
+    if rule != "sgd":
+        return {}, {**dict.fromkeys(TORCH_MODES, "no torch optimizer for this rule"), **missing}
+    # Each torch mode steps its own copy (equal at the start): torch 2.13's
+    # fused float16 step drives the buffer to infinity within a few hundred
+    # steps, which would send every candidate after it down NaN paths.
+    steps, absent = {}, {}
+    for mode in TORCH_MODES:
+        own = {name: arrays[name].copy() for name in ("param", "grad", "buf")}
+        step, why = torch_steps([mode], [own["param"]], [own["grad"]], [own["buf"]])
+        steps.update(step)
+        absent.update(why)
+    return steps, {**absent, **missing}
 
 
 def peers(rule: str, param: np.ndarray, grad: np.ndarray,

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from momentum._bench import targets
+from momentum._bench.ceilings import AVX512, HARDWARE, PORTABLE
 from momentum._bench.peers import C_LOOP, PEERS
 
 # One colour per candidate in every panel of the plot.
@@ -50,11 +52,27 @@ def plan_text(plan: dict) -> str:
             f"of >= {plan['target_s'] * 1e3:g} ms per candidate, median ± half IQR")
 
 
-def gate_text(failures: list[str]) -> str:
-    """The correctness gate's verdict."""
+def gate_text(failures: list[str], unchecked: dict[str, str] | None = None) -> str:
+    """The correctness gate's verdict (and the dtypes it could not check)."""
     if not failures:
-        return "\ncorrectness: every rule, dtype and branch bitwise equal to momentum.reference"
+        skipped = "".join(f"; {d} layouts not checked: {why}" for d, why in (unchecked or {}).items())
+        return ("\ncorrectness: every rule, storage layout and branch bitwise equal to "
+                "momentum.reference" + skipped)
     return "\n".join(["\ncorrectness: FAILED, no speeds reported", *failures])
+
+
+def changed_text(rows: list[dict]) -> str:
+    """The fraction of a 16-bit parameter's elements one step changes, per candidate."""
+    names = list(dict.fromkeys(k for r in rows for k in r["changed"]))
+    body = [[r["dtype"], str(r["n"])] + [f"{100 * r['changed'][k]:.1f}%" if k in r["changed"]
+                                          else "-" for k in names] for r in rows]
+    return _table("Correctness: elements of a 16-bit parameter changed by one sgd step "
+                  "(measured)", ["dtype", "n", *names], body,
+                  ["one first step (buffer = gradient) at the typical hyperparameters from the "
+                   "same standard normal param and grad;",
+                   "float64, rounded: the step in float64, rounded to the dtype (what an exact "
+                   "step changes). torch fused leaving parameters unchanged is pytorch issue "
+                   "191763."] + _missing_notes(r["missing"] for r in rows))
 
 
 def bandwidth_text(rows: list[dict]) -> str:
@@ -70,41 +88,75 @@ def bandwidth_text(rows: list[dict]) -> str:
                    "the ceiling the rules are held to."])
 
 
+def _available(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if "results" in r]
+
+
 def kernels_text(rows: list[dict]) -> str:
-    """Each rule against the C fused loop (same size), DRAM and the reference."""
+    """Each rule and layout against its C loop (same size), DRAM, float32 and the reference."""
     body = []
-    for r in rows:
-        ours, ref = r["results"]["momentum"], r["results"]["reference"]
-        body.append([r["rule"], r["dtype"], size(r["n"]), str(r["threads"]),
-                     f"{ours['Melem_per_s']:.0f}", f"{ours['GB_per_s']:.1f}", _iqr_pct(ours),
-                     f"{r['results'][C_LOOP]['GB_per_s']:.1f}",
+    for r in _available(rows):
+        ours, ref = r["results"]["momentum"], r["results"].get("reference")
+        body.append([r["rule"], r["layout"], size(r["n"]), str(r["threads"]),
+                     str(r["bytes_per_element"]),
+                     f"{ours['Melem_per_s'] / 1e3:.2f}", f"{ours['GB_per_s']:.1f}", _iqr_pct(ours),
+                     f"{r['x_float32']:.2f}x",
+                     f"{r['results'][r['ceiling']]['GB_per_s']:.1f}", _CEILING_TAGS[r["ceiling"]],
                      f"{r['pct_of_c_loop']:.0f}%", f"{r['x_dram_c_loop']:.2f}x",
-                     f"{ref['GB_per_s']:.2f}", f"{r['speedup_vs_reference']:.1f}x"])
-    return _table("Kernels: momentum vs the C fused loop at the same size, DRAM, and momentum.reference",
-                  ["rule", "dtype", "size", "thr", "Melem/s", "GB/s", "IQR", "C-loop GB/s",
-                   "% C-loop", "vs DRAM", "ref GB/s", "speed-up"], body,
-                  ["% C-loop: momentum's GB/s over the C fused loop's on same-size arrays "
-                   "(the ceiling in that cache level);",
-                   "vs DRAM: momentum's GB/s over the C fused loop's on arrays far larger than "
-                   "cache (above 1x = served from cache).",
-                   "speed-up: reference time / momentum time."])
+                     f"{ref['GB_per_s']:.2f}" if ref else "-",
+                     f"{r['speedup_vs_reference']:.1f}x" if ref else "-"])
+    notes = [f"- {r['rule']} {r['layout']}: {r['unavailable']}"
+             for r in rows if "unavailable" in r]
+    return _table("Kernels: momentum in each storage layout vs the C loop moving its bytes, "
+                  "float32, DRAM and momentum.reference",
+                  ["rule", "layout", "size", "thr", "B/el", "Gelem/s", "GB/s", "IQR", "x f32",
+                   "C GB/s", "C", "% C", "vs DRAM", "ref GB/s", "speed-up"], body,
+                  ["layout: the dtype of each array in argument order (f32>bf16: a float32 "
+                   "master written to a bfloat16 param), then the rounding if not nearest;",
+                   "B/el: bytes read + written per element; x f32: the all-float32 call's time "
+                   "/ this call's (same rule, size, threads);",
+                   "C: the fastest plain C loop moving the layout's bytes (sgd's shape) on "
+                   "same-size arrays: f = float fused loop, p = portable build, a = AVX-512 "
+                   "build, h = vcvtneps2bf16;",
+                   "% C: momentum's GB/s over that loop's; vs DRAM: over the float64 fused loop's "
+                   "on arrays far larger than cache (above 1x = served from cache).",
+                   "speed-up: reference time / momentum time."] + notes)
+
+
+_CEILING_TAGS = {C_LOOP: "f", PORTABLE: "p", AVX512: "a", HARDWARE: "h"}
 
 
 def peers_text(rows: list[dict]) -> str:
     """Each peer's GB/s and how many times longer it takes than momentum."""
     body = []
-    for r in rows:
+    for r in _available(rows):
+        if all(peer in r["missing"] for peer in PEERS):
+            continue
         ours = r["results"]["momentum"]["median_s"]
         cells = []
         for peer in PEERS:
             res = r["results"].get(peer)
             cells.append(f"{res['GB_per_s']:.1f} ({res['median_s'] / ours:.1f}x)" if res
                          else "-")
-        body.append([r["rule"], r["dtype"], size(r["n"]), str(r["threads"]),
+        body.append([r["rule"], r["layout"], size(r["n"]), str(r["threads"]),
                      f"{r['results']['momentum']['GB_per_s']:.1f}", *cells])
     return _table("Peers on identical data: GB/s (peer time / momentum time)",
-                  ["rule", "dtype", "size", "thr", "momentum", *PEERS], body,
-                  _missing_notes(r["missing"] for r in rows))
+                  ["rule", "layout", "size", "thr", "momentum", *PEERS], body,
+                  _missing_notes(r["missing"] for r in _available(rows)))
+
+
+def targets_text(rows: list[dict]) -> str:
+    """The 16-bit issue's speed targets on this run's sgd rows: value, bound, met."""
+    body = [[c.target, c.layout, size(c.n), str(c.threads), f"{c.value:.2f}",
+             f"{'<=' if c.at_most else '>='} {c.bound:g}", "met" if c.met else "NOT met"]
+            for c in targets.checks(rows)]
+    if not body:
+        return "\nTargets: none of the sizes they are set at were measured"
+    met = sum(row[-1] == "met" for row in body)
+    return _table(f"Targets of the 16-bit storage issue (sgd): {met} of {len(body)} met",
+                  ["target", "layout", "size", "thr", "value", "bound", ""], body,
+                  ["x: time of the named candidate / momentum's time; cost over nearest: "
+                   "time / the bf16 nearest call's time - 1."])
 
 
 def _missing_notes(missing: Iterable[dict[str, str]]) -> list[str]:
@@ -149,31 +201,39 @@ def require_matplotlib() -> None:
 
 
 def plot(results: dict, path: str) -> None:
-    """GB/s against size (log x) per rule and dtype at one thread, DRAM ceiling as a line."""
+    """GB/s against size (log x) per rule (columns) and storage layout (rows)
+    at one thread; each layout's fastest C loop dashed, DRAM ceiling as a line."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rules = list(dict.fromkeys(r["rule"] for r in results["kernels"]))
-    dtypes = list(dict.fromkeys(r["dtype"] for r in results["kernels"]))
     threads = results["plan"]["threads"][0]
+    rows = [r for r in _available(results["kernels"]) if r["threads"] == threads]
+    rules = list(dict.fromkeys(r["rule"] for r in rows))
+    layouts = {rule: list(dict.fromkeys(r["layout"] for r in rows if r["rule"] == rule))
+               for rule in rules}
+    height = max(map(len, layouts.values()))
     dram = next(b for b in results["bandwidth"] if b["threads"] == threads)
-    fig, axes = plt.subplots(len(dtypes), len(rules), figsize=(5 * len(rules), 4 * len(dtypes)),
+    fig, axes = plt.subplots(height, len(rules), figsize=(5 * len(rules), 4 * height),
                              squeeze=False, sharex=True)
-    for (i, dtype), (j, rule) in ((a, b) for a in enumerate(dtypes) for b in enumerate(rules)):
-        ax = axes[i][j]
-        rows = [r for r in results["kernels"]
-                if r["rule"] == rule and r["dtype"] == dtype and r["threads"] == threads]
-        for colour, name in enumerate(CANDIDATES):
-            pts = [(r["n"], r["results"][name]["GB_per_s"]) for r in rows if name in r["results"]]
-            if pts:
-                ax.plot(*zip(*pts), "--" if name == C_LOOP else "-", marker="o",
-                        color=f"C{colour}", label=name)
-        ax.axhline(dram["results"][C_LOOP]["GB_per_s"], color="k", linestyle=":",
-                   label=f"DRAM ceiling (C fused loop, {size(dram['n'])})")
-        ax.set(xscale="log", yscale="log", title=f"{rule}, {dtype}, {threads} thread",
-               xlabel="elements", ylabel="GB/s")
-        ax.grid(True, which="both", alpha=0.3)
+    for j, rule in enumerate(rules):
+        for i in range(height):
+            ax = axes[i][j]
+            if i >= len(layouts[rule]):
+                ax.axis("off")
+                continue
+            mine = [r for r in rows if r["rule"] == rule and r["layout"] == layouts[rule][i]]
+            for colour, name in enumerate(CANDIDATES):
+                pts = [(r["n"], r["results"][r["ceiling"] if name == C_LOOP else name]["GB_per_s"])
+                       for r in mine if name == C_LOOP or name in r["results"]]
+                if pts:
+                    ax.plot(*zip(*pts), "--" if name == C_LOOP else "-", marker="o",
+                            color=f"C{colour}", label="C loop (fastest)" if name == C_LOOP else name)
+            ax.axhline(dram["results"][C_LOOP]["GB_per_s"], color="k", linestyle=":",
+                       label=f"DRAM ceiling (C fused loop, {size(dram['n'])})")
+            ax.set(xscale="log", yscale="log", title=f"{rule}, {layouts[rule][i]}, {threads} thread",
+                   xlabel="elements", ylabel="GB/s")
+            ax.grid(True, which="both", alpha=0.3)
     # The panel with the most candidates carries the legend.
     max(axes.flat, key=lambda a: len(a.get_lines())).legend(fontsize=7)
     fig.tight_layout()

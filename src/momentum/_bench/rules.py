@@ -1,12 +1,14 @@
 """The rules as the benchmark times them, and the bitwise correctness gate."""
 from __future__ import annotations
 
-import itertools
 from typing import Callable, Mapping
 
 import numpy as np
 
 from momentum import reference
+from momentum._bench import storage
+from momentum.dtypes import numpy_dtype
+from momentum.rules import DTYPES as DTYPE_NAMES
 from momentum.rules import RULES as TABLE
 
 RULES = tuple(TABLE)
@@ -26,6 +28,8 @@ CASES = {name: list(rule.cases(NONZERO)) for name, rule in TABLE.items()}
 
 # One size per code path: the single-thread loop and the threaded split.
 GATE_SIZES = (1031, (1 << 17) + 37)
+# The stochastic rounding's key in the gate's calls (not the defaults, 0).
+RANDOM = {"seed": 12345, "step": 7}
 
 
 def arrays(n: int, dtype: type, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -46,25 +50,55 @@ def _bits(a: np.ndarray) -> np.ndarray:
     return a.view(f"u{a.itemsize}")
 
 
+def missing_dtypes() -> dict[str, str]:
+    """The storage dtypes NumPy cannot hold here, and why (bfloat16 without ml_dtypes)."""
+    missing = {}
+    for name in DTYPE_NAMES:
+        try:
+            numpy_dtype(name)
+        except ImportError:
+            missing[name] = "not installed (ml_dtypes)"
+    return missing
+
+
+def gate_plan(rule: str) -> list[tuple[storage.Layout, int, list[dict]]]:
+    """``(layout, n, cases)`` the gate runs for ``rule``: every layout the
+    kernels are built for, every branch at the single-thread size; at the
+    threaded size every branch of the named layouts and the typical call
+    of the others (all branches of all of them take too long for a quick run)."""
+    plan = []
+    named = storage.layouts(TABLE[rule])
+    for layout in storage.layouts(TABLE[rule], every=True):
+        plan.append((layout, GATE_SIZES[0], CASES[rule]))
+        plan.append((layout, GATE_SIZES[1], CASES[rule] if layout in named else [TIMED[rule]]))
+    return plan
+
+
 def check_rules(impl: Mapping[str, Callable]) -> list[str]:
-    """Run each rule of ``impl`` and of :mod:`momentum.reference` on the same data.
+    """Run each rule of ``impl`` and of :mod:`momentum.reference` on the same
+    data, in every storage layout of gate_plan() NumPy can hold here.
 
     Returns one message per case whose outputs differ in any bit (empty: all
     equal).  ``impl`` maps a rule's name to its function.
     """
     failures = []
-    for rule, dtype, n in itertools.product(RULES, DTYPES, GATE_SIZES):
-        for hyper in CASES[rule]:
-            mine = list(arrays(n, dtype, seed=n))
-            spec = [a.copy() for a in mine]
-            for a in TABLE[rule].arrays:
-                if a.when and not hyper[a.when]:  # an array this call does not use
-                    k = ("param", "grad", "buf").index(a.name)
-                    mine[k] = spec[k] = None
-            impl[rule](*args(rule, *mine), **hyper)
-            getattr(reference, rule)(*args(rule, *spec), **hyper)
-            for name, a, b in zip(("param", "grad", "buf"), mine, spec):
-                if a is not None and not np.array_equal(_bits(a), _bits(b)):
-                    failures.append(f"{rule} {np.dtype(dtype).name} n={n} {hyper}: "
-                                    f"'{name}' differs from the reference")
+    missing = missing_dtypes()
+    for rule in RULES:
+        spec_fn = getattr(reference, rule)
+        for layout, n, cases in gate_plan(rule):
+            if any(d in missing for _, d in layout.dtypes):
+                continue
+            for hyper in cases:
+                mine = storage.make(layout, n, seed=n)
+                spec = {k: a.copy() for k, a in mine.items()}
+                for a in TABLE[rule].arrays:
+                    if a.when and not hyper[a.when]:  # an array this call does not use
+                        mine[a.name] = spec[a.name] = None
+                for arrays, fn in ((mine, impl[rule]), (spec, spec_fn)):
+                    positional, keywords = storage.call(TABLE[rule], layout, arrays)
+                    fn(*positional, **hyper, **keywords, **RANDOM)
+                for name, a in mine.items():
+                    if a is not None and not np.array_equal(_bits(a), _bits(spec[name])):
+                        failures.append(f"{rule} {layout.label(TABLE[rule])} n={n} {hyper}: "
+                                        f"'{name}' differs from the reference")
     return failures
