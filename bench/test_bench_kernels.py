@@ -20,6 +20,7 @@ from momentum._bench.peers import TORCH_MODES, layout_peers, stored
 from momentum._bench.report import size
 from momentum._bench.timing import interleaved
 from momentum.bench import PARALLEL_FROM, REFERENCE_16BIT_UP_TO, SIZES
+from momentum._bench.rules import RULES as TIMED_RULES
 from momentum.rules import RULES
 
 TORCH_16BIT = tuple(TORCH_MODES)
@@ -40,7 +41,7 @@ def _group(rule, layout, n):
 
 # Ordered so that one size's arrays serve all the candidates of a layout.
 CASES = [pytest.param(rule, layout, n, name, id=f"{_group(rule, layout, n)}-{name}")
-         for rule in RULES for layout in storage.layouts(RULES[rule]) for n in SIZES
+         for rule in TIMED_RULES for layout in storage.layouts(RULES[rule]) for n in SIZES
          for name in _candidates(rule, layout, n)]
 
 

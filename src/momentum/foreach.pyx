@@ -101,7 +101,8 @@ cdef tuple per_tensor_values(int index, int j, object value, Py_ssize_t n, str r
     so that reading one later runs no Python code)."""
     cdef const RuleSpec* rule = spec_of(index)
     cdef str name = HYPERS[index][j][0]
-    if isinstance(value, (str, bytes)) or not PySequence_Check(value):
+    if (isinstance(value, (str, bytes)) or not PySequence_Check(value)
+            or (cnp.PyArray_Check(value) and cnp.PyArray_NDIM(value) == 0)):
         kind = "bool" if rule.check[j] == CHECK_FLAG else "number"
         raise TypeError(f"{func}(): '{name}' must be a {kind} or a sequence "
                         f"of {kind}s, not {type(value).__name__}")

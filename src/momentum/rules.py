@@ -89,6 +89,9 @@ class Hyper:
     check: str
     default: float | bool | None = None
     requires: str | None = None
+    # Whether its default and another value take different paths in the
+    # kernel (weight_decay's 0 skips a term): Rule.cases tries both only then.
+    branch: bool = True
 
     @property
     def terms(self) -> list[tuple[str, str, float]]:
@@ -153,10 +156,11 @@ class Rule:
 
     def cases(self, nonzero: Mapping[str, float]) -> Iterator[dict[str, float | bool]]:
         """Every combination the checks allow of: each flag False or True, each
-        optional value its default or ``nonzero[name]``, each required value
-        ``nonzero[name]``: every branch of the kernel."""
+        optional value that is a ``branch`` its default or ``nonzero[name]``,
+        every other value ``nonzero[name]``: every branch of the kernel."""
         choices = [[False, True] if h.check == "flag" else
-                   [nonzero[h.name]] if h.default is None else [h.default, nonzero[h.name]]
+                   [nonzero[h.name]] if h.default is None or not h.branch else
+                   [h.default, nonzero[h.name]]
                    for h in self.hypers]
         for values in itertools.product(*choices):
             hyper = dict(zip((h.name for h in self.hypers), values))
@@ -182,13 +186,13 @@ _MOMENTUM_BUFFER = "momentum_buffer"
 
 # Adam's and AdamW's hyperparameters, in the order the kernels read them.
 _ADAM_HYPERS = (Hyper("lr", "rate"),
-                Hyper("beta1", "beta", 0.9),
-                Hyper("beta2", "beta", 0.999),
-                Hyper("eps", "rate", 1e-8),
+                Hyper("beta1", "beta", 0.9, branch=False),
+                Hyper("beta2", "beta", 0.999, branch=False),
+                Hyper("eps", "rate", 1e-8, branch=False),
                 Hyper("weight_decay", "rate", 0.0),
                 Hyper("amsgrad", "flag", False),
                 Hyper("maximize", "flag", False),
-                Hyper("step", "count", 1))
+                Hyper("step", "count", 1, branch=False))
 _ADAM_NOTES = ("``step`` is the tensor's step count after this step (1 on the first); "
                "the bias corrections are formed in double, once per call.  With "
                "``amsgrad`` False ``max_exp_avg_sq`` is not touched and may be None.  "
@@ -303,8 +307,8 @@ param = param - (momentum * buf + lr * g) if nesterov else param - buf""",
                 Array("grad", written=False),
                 Array("exp_avg", written=True, state_key="exp_avg")),
         hypers=(Hyper("lr", "rate"),
-                Hyper("beta1", "unit", 0.9),
-                Hyper("beta2", "unit", 0.99),
+                Hyper("beta1", "unit", 0.9, branch=False),
+                Hyper("beta2", "unit", 0.99, branch=False),
                 Hyper("weight_decay", "rate", 0.0),
                 Hyper("maximize", "flag", False)),
         formula="""\
