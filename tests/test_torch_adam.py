@@ -130,7 +130,7 @@ def test_float32_network_parity(ours, theirs, flags, impl):
     parameter rounds it once more in each (twice with AdamW's decay): at
     most 3u * max|p| per step.  Differences add up over the steps:
     ``steps * (lr * A * K * u + 3u * max|p|)``.  For the default betas:
-    A = 2.35, K = 250; the bound is about 3.6e-5 + 1.8e-5 * max|p|; measured
+    A = 2.24, K = 250; the bound is about 3.3e-5 + 1.8e-5 * max|p|; measured
     differences are under 1e-6.  A wrong formula misses by about lr.
     """
     x, y = _data(torch.float32)
