@@ -390,3 +390,25 @@ def test_bfloat16_against_reference(rounding, state_dtype, cls, rule):
         ([extra] if extra else [])
     if extra == "master_param":
         np.testing.assert_array_equal(state[extra].numpy(), master)
+
+
+def test_deepcopy_and_torch_state_dict_groups():
+    """A deep copy steps as the original; torch's state dict (no storage
+    options in its groups) loads with the defaults."""
+    x, y = _data(torch.float64)
+    a = _net(torch.float64)
+    oa = mt.AdamW(a.parameters(), lr=LR)
+    _train(a, oa, x, y, 3)
+    b = copy.deepcopy(a)
+    ob = mt.AdamW(b.parameters(), lr=LR)
+    ob.load_state_dict(torch.optim.AdamW(b.parameters()).state_dict() | {
+        "state": copy.deepcopy(oa.state_dict()["state"]),
+        "param_groups": [{k: v for k, v in g.items()
+                          if k not in ("state_dtype", "rounding", "state_rounding", "seed")}
+                         for g in oa.state_dict()["param_groups"]]})
+    assert ob.param_groups[0]["rounding"] == "nearest"
+    oc = copy.deepcopy(oa)
+    _train(a, oa, x, y, 3)
+    _train(b, ob, x, y, 3)
+    assert _max_diff(a, b) == 0
+    assert oc.state_dict()["state"][0]["step"] == 3

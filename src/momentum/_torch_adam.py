@@ -32,6 +32,8 @@ from momentum._torch_step import (
 __all__ = ["Adam", "AdamW"]
 
 _STORAGE = ("state_dtype", "rounding", "state_rounding", "seed")
+# Their defaults, for a group of torch's state dict.
+_STORAGE_DEFAULTS = dict(zip(_STORAGE, (None, "nearest", "nearest", 0)))
 
 
 class _KernelAdam:
@@ -56,10 +58,8 @@ class _KernelAdam:
         """torch's, and the storage options for a group of torch's state dict."""
         super().__setstate__(state)
         for group in self.param_groups:
-            for key in _STORAGE:
-                group.setdefault(key, self.defaults.get(key, 0 if key == "seed" else
-                                                        "nearest" if "rounding" in key
-                                                        else None))
+            for key, value in _STORAGE_DEFAULTS.items():
+                group.setdefault(key, self.defaults.get(key, value))
         self.__dict__.setdefault("_warned", set())
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -140,7 +140,8 @@ class _KernelAdam:
                     warn_once(self, name, why)
                     fallback.append((p, state))
                     continue
-                self._add(call, p, state, group, first_index + i, entered, stale)
+                self._add(call, p, state, group, first_index + i, self._count, entered,
+                          stale)
                 steps.append(state["step"])
             fallbacks.append(fallback)
             first_index += len(group["params"])
@@ -190,15 +191,20 @@ class _KernelAdam:
 
     def _kernel_reason(self, p: torch.Tensor, state: dict[str, Any],
                        group: dict[str, Any]) -> str | None:
-        """Why the kernels cannot step ``p`` with its state, or None."""
+        """Why the kernels cannot step ``p`` with its state, or None (its
+        step count then in ``self._count``)."""
         if group["differentiable"]:
             return "differentiable=True"
         if group["capturable"]:
             return "capturable=True"
         step = state.get("step")
         if not (type(step) in PLAIN and step.is_cpu and step.dim() == 0
-                and step.is_floating_point() and float(step) == int(step) >= 0):
+                and step.is_floating_point()):
             return "a step count that is not a whole number in a CPU scalar tensor"
+        count = step.item()
+        if not (count == int(count) >= 0):
+            return "a step count that is not a whole number in a CPU scalar tensor"
+        self._count = int(count)  # read once here: _add passes it to the kernel
         keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")[:3 if group["amsgrad"] else 2]
         if any(not isinstance(state.get(key), torch.Tensor) for key in keys):
             return "a state without its moments"
@@ -208,10 +214,11 @@ class _KernelAdam:
 
     @staticmethod
     def _add(call: dict[str, Any], p: torch.Tensor, state: dict[str, Any],
-             group: dict[str, Any], index: int,
+             group: dict[str, Any], index: int, count: int,
              entered: list[tuple[torch.Tensor, dict[str, Any]]],
              stale: list[tuple[torch.Tensor, str]]) -> None:
-        """Add parameter ``p`` (state-dict index ``index``) to ``call``; a
+        """Add parameter ``p`` (state-dict index ``index``, ``count`` steps
+        so far) to ``call``; a
         16-bit one gets its rounding's extra entry (kahan's zero
         compensation, master's float32 copy), made now and entered with the
         state once the step's checks passed; another rounding's entry is
@@ -222,7 +229,7 @@ class _KernelAdam:
         call["exp_avg_sqs"].append(array(state["exp_avg_sq"]))
         call["max_exp_avg_sqs"].append(array(state["max_exp_avg_sq"])
                                        if group["amsgrad"] else None)
-        call["step"].append(int(state["step"]) + 1)
+        call["step"].append(count + 1)
         call["tensors"].append(index)
         key, dtype = EXTRA.get(group["rounding"], (None, None)) if p.dtype in HALF \
             else (None, None)

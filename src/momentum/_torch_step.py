@@ -54,7 +54,15 @@ def kernel_reason(param: torch.Tensor, tensors: Iterable[torch.Tensor],
     plain strided CPU tensors, not lazily negated or conjugated, of a kernel
     dtype, laid out as the parameter (one dense layout), aligned."""
     tensors = [param, *tensors]
-    for t, dtype in zip(tensors, [param.dtype, *dtypes]):
+    dtypes = [param.dtype, *dtypes]
+    if all(type(t) in PLAIN and t.is_cpu and t.layout == torch.strided and t.dtype == dtype
+           and t.is_contiguous() and not t.is_neg() for t, dtype in zip(tensors, dtypes)) \
+            and dtypes[0] in KERNEL_DTYPES and not dtypes[0].is_complex \
+            and all(t.shape == param.shape for t in tensors):
+        # the common case, decided at once (a contiguous tensor's data_ptr
+        # from torch's allocator is aligned to its dtype)
+        return None
+    for t, dtype in zip(tensors, dtypes):
         if type(t) not in PLAIN:
             return f"a tensor subclass ({type(t).__name__})"
         if not t.is_cpu:
@@ -80,6 +88,8 @@ def kernel_reason(param: torch.Tensor, tensors: Iterable[torch.Tensor],
 
 
 _BFLOAT16 = None
+# The dtypes Tensor.numpy() views as they are.
+_NUMPY = (torch.float32, torch.float64, torch.float16)
 
 
 def array(tensor: torch.Tensor) -> np.ndarray:
@@ -87,6 +97,10 @@ def array(tensor: torch.Tensor) -> np.ndarray:
     in memory order; complex tensors as their real view (an elementwise rule
     steps real and imaginary parts alike, as torch's Adam does), bfloat16
     through its int16 bits (NumPy's bfloat16 is ml_dtypes')."""
+    if tensor.is_contiguous() and tensor.dtype in _NUMPY:
+        # the common case: the array has the tensor's shape (the arrays of
+        # one parameter share it, which is all the kernels ask)
+        return (tensor.detach() if tensor.requires_grad else tensor).numpy()
     t = tensor.detach()
     if t.is_complex():
         t = torch.view_as_real(t)
