@@ -116,3 +116,25 @@ def test_bfloat16_against_reference():
                  step=step, tensor=0)
     np.testing.assert_array_equal(p.detach().view(torch.int16).numpy(), param.view(np.int16))
     np.testing.assert_array_equal(opt.state[p]["exp_avg"].numpy(), m)
+
+
+def test_fallback_steps_as_lion_pytorch():
+    """A gradient the kernels cannot step beside its parameter (a strided
+    slice): torch operations, one warning, as lion-pytorch."""
+    lion_pytorch = pytest.importorskip("lion_pytorch")
+    import warnings
+
+    def run(cls):
+        p = torch.nn.Parameter(torch.linspace(-1, 1, 12, dtype=torch.float64).reshape(3, 4))
+        opt = cls([p], lr=0.01, weight_decay=0.1)
+        for seed in range(5):
+            p.grad = torch.randn(3, 8, dtype=torch.float64,
+                                 generator=torch.Generator().manual_seed(seed))[:, ::2]
+            opt.step()
+        return p.detach()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mine = run(mt.Lion)
+    assert sum("PyTorch's own arithmetic" in str(w.message) for w in caught) == 1
+    torch.testing.assert_close(mine, run(lion_pytorch.Lion), rtol=0, atol=1e-12)

@@ -135,13 +135,12 @@ class _KernelAdam:
                 if not state:
                     state = self._new_state(p, group)
                     entered.append((p, state))
-                why = self._kernel_reason(p, state, group)
+                why, count = self._kernel_reason(p, state, group)
                 if why is not None:
                     warn_once(self, name, why)
                     fallback.append((p, state))
                     continue
-                self._add(call, p, state, group, first_index + i, self._count, entered,
-                          stale)
+                self._add(call, p, state, group, first_index + i, count, entered, stale)
                 steps.append(state["step"])
             fallbacks.append(fallback)
             first_index += len(group["params"])
@@ -189,28 +188,30 @@ class _KernelAdam:
         numbers in its messages and checks the group's hyperparameters."""
         return {key: [] if isinstance(value, list) else value for key, value in call.items()}
 
-    def _kernel_reason(self, p: torch.Tensor, state: dict[str, Any],
-                       group: dict[str, Any]) -> str | None:
-        """Why the kernels cannot step ``p`` with its state, or None (its
-        step count then in ``self._count``)."""
+    @staticmethod
+    def _kernel_reason(p: torch.Tensor, state: dict[str, Any],
+                       group: dict[str, Any]) -> tuple[str | None, int]:
+        """``(why, 0)``: why the kernels cannot step ``p`` with its state;
+        or ``(None, steps)``: they can, ``steps`` its step count so far
+        (read once: a tensor's item() is a call into torch)."""
         if group["differentiable"]:
-            return "differentiable=True"
+            return "differentiable=True", 0
         if group["capturable"]:
-            return "capturable=True"
+            return "capturable=True", 0
         step = state.get("step")
+        uncounted = "a step count that is not a whole number in a CPU scalar tensor", 0
         if not (type(step) in PLAIN and step.is_cpu and step.dim() == 0
                 and step.is_floating_point()):
-            return "a step count that is not a whole number in a CPU scalar tensor"
+            return uncounted
         count = step.item()
-        if not (count == int(count) >= 0):
-            return "a step count that is not a whole number in a CPU scalar tensor"
-        self._count = int(count)  # read once here: _add passes it to the kernel
+        if not count == int(count) >= 0:
+            return uncounted
         keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")[:3 if group["amsgrad"] else 2]
         if any(not isinstance(state.get(key), torch.Tensor) for key in keys):
-            return "a state without its moments"
+            return "a state without its moments", 0
         dtype = state_dtype(p, group)
         return kernel_reason(p, [p.grad, *(state[key] for key in keys)],
-                             [p.dtype] + [dtype] * len(keys))
+                             [p.dtype] + [dtype] * len(keys)), int(count)
 
     @staticmethod
     def _add(call: dict[str, Any], p: torch.Tensor, state: dict[str, Any],
