@@ -26,8 +26,8 @@ from torch.optim.optimizer import _get_scalar_dtype
 
 from momentum import foreach
 from momentum._torch_step import (
-    EXTRA, EXTRA_KEYS, HALF, extras, PLAIN, amp, array, check_storage, kernel_reason, reason,
-    scalar, state_dtype, unscale, warn_once)
+    EXTRA, EXTRA_KEYS, HALF, PLAIN, amp, array, check_storage, extras, kernel_reason,
+    reason, scalar, state_dtype, unscale, warn_once)
 
 __all__ = ["Adam", "AdamW"]
 

@@ -16,8 +16,8 @@ import torch
 
 from momentum import foreach
 from momentum._torch_step import (
-    EXTRA, EXTRA_KEYS, HALF, extras, amp, array, check_storage, kernel_reason, reason, scalar,
-    state_dtype, unscale, warn_once)
+    EXTRA, EXTRA_KEYS, HALF, amp, array, check_storage, extras, kernel_reason, reason,
+    scalar, state_dtype, unscale, warn_once)
 
 __all__ = ["Lion"]
 

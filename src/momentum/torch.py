@@ -37,8 +37,8 @@ from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimize
 from torch.optim.sgd import sgd as _torch_sgd
 
 from momentum import foreach
-from momentum._torch_step import amp, unscale
 from momentum._torch_keys import GRADS, HOLDS, Snapshot, know_torch, prepare_groups
+from momentum._torch_step import amp, unscale
 from momentum.arena import EXTRA as _ARENA_EXTRA, Arena
 from momentum.dtypes import numpy_dtype
 from momentum.rules import DTYPES, ROUNDINGS, RULES, STATE_ROUNDINGS
