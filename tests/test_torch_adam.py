@@ -441,3 +441,28 @@ def test_layouts_the_kernels_step_as_torch(layout):
         warnings.simplefilter("error")
         mine = run(mt.Adam)
     torch.testing.assert_close(mine, run(torch.optim.Adam), rtol=0, atol=1e-12)
+
+
+def test_bfloat16_fallback_with_float32_moments():
+    """A bfloat16 parameter with float32 moments (state_dtype) that the
+    kernels cannot step (a strided gradient): torch's arithmetic in float32
+    on copies, the parameter rounded once, as torch.optim.Adam on a float32
+    copy of the parameter with float32 gradients."""
+    start = torch.linspace(-1, 1, 12).reshape(3, 4)
+    p = torch.nn.Parameter(start.to(torch.bfloat16))
+    q = torch.nn.Parameter(p.detach().float())
+    mine = mt.Adam([p], lr=0.1, state_dtype=torch.float32)
+    theirs = torch.optim.Adam([q], lr=0.1)
+    for seed in range(3):
+        g = torch.randn(3, 8, generator=torch.Generator().manual_seed(seed)).to(torch.bfloat16)
+        p.grad = g[:, ::2]
+        q.grad = g[:, ::2].float()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mine.step()
+        theirs.step()
+        assert torch.equal(p.detach(), q.detach().to(torch.bfloat16))
+        q.data = q.detach().to(torch.bfloat16).float()  # the parameter as stored
+    assert mine.state[p]["exp_avg"].dtype == torch.float32
+    torch.testing.assert_close(mine.state[p]["exp_avg"], theirs.state[q]["exp_avg"],
+                               rtol=0, atol=0)

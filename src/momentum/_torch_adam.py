@@ -255,9 +255,16 @@ class _KernelAdam:
         for state in states:
             for key in EXTRA_KEYS:
                 state.pop(key, None)
+        # A 16-bit parameter with float32 moments (state_dtype) is stepped
+        # in float32 and rounded once, as the kernels step it: torch's
+        # arithmetic wants one dtype.
+        wide = [p.dtype in HALF and s["exp_avg"].dtype == torch.float32
+                for p, s in fallback]
+        work = [p.detach().float() if w else p for p, w in zip(params, wide)]
+        grads = [p.grad.float() if w else p.grad for p, w in zip(params, wide)]
         beta1, beta2 = group["betas"]
         with torch.set_grad_enabled(group["differentiable"]):
-            _torch_adam(params, [p.grad for p in params], [s["exp_avg"] for s in states],
+            _torch_adam(work, grads, [s["exp_avg"] for s in states],
                         [s["exp_avg_sq"] for s in states],
                         [s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else [],
                         [s["step"] for s in states], foreach=False, fused=False,
@@ -268,6 +275,9 @@ class _KernelAdam:
                         amsgrad=group["amsgrad"], beta1=beta1, beta2=beta2, lr=group["lr"],
                         weight_decay=group["weight_decay"], eps=group["eps"],
                         maximize=group["maximize"])
+        for p, w, x in zip(params, wide, work):
+            if w:
+                p.detach().copy_(x)
 
 
 class Adam(_KernelAdam, torch.optim.Adam):
