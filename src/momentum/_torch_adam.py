@@ -146,9 +146,12 @@ class _KernelAdam:
             first_index += len(group["params"])
         unscale(grads, grad_scale)
         try:
-            for rule, groups in calls.items():
-                if any(call["params"] for call in groups) or rule == "adam":
-                    getattr(foreach, rule + "_groups")([extras(c) for c in groups])
+            # Each call checks every group's hyperparameters (a group of the
+            # other rule is there without tensors); one runs even with none.
+            running = [rule for rule, groups in calls.items()
+                       if any(call["params"] for call in groups)] or ["adam"]
+            for rule in running:
+                getattr(foreach, rule + "_groups")([extras(c) for c in calls[rule]])
         except (TypeError, ValueError) as error:
             # Nothing was written but the gradients' unscaling, undone here
             # (exact for GradScaler's power-of-two scales).
