@@ -174,7 +174,7 @@ def test_state_dicts_both_ways(ours, theirs, amsgrad):
     x, y = _data(torch.float64)
     kw = dict(lr=LR, weight_decay=0.05, amsgrad=amsgrad)
     whole = _net(torch.float64)
-    _train(whole, theirs(whole.parameters(), **kw), x, y, 2 * STEPS // 2)
+    _train(whole, theirs(whole.parameters(), **kw), x, y, STEPS)
     for first, second in ((ours, theirs), (theirs, ours)):
         model = _net(torch.float64)
         opt = first(model.parameters(), **kw)
