@@ -435,3 +435,25 @@ def test_sgd_groups_name_the_group_even_when_there_is_one():
 def test_params_none_is_refused_even_with_no_tensors(call):
     with pytest.raises(TypeError, match="'params' must be a sequence"):
         call([], [])
+
+
+def test_groups_take_a_rules_own_step_per_tensor():
+    """adam_groups with ``step`` one count per tensor (the rule's own step,
+    which also keys its stochastic rounding): as adam over the same arrays,
+    bitwise (the groups' mapping once took it for the storage's step)."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+
+    def arrays():
+        r = np.random.default_rng(1)
+        return [[r.standard_normal(17).astype(np.float32).astype(bf16) for _ in range(2)]
+                for _ in range(4)]
+
+    kw = dict(lr=0.01, rounding="stochastic", state_rounding="stochastic", seed=5)
+    a, b = arrays(), arrays()
+    momentum.foreach.adam(*a, None, step=[3, 5], **kw)
+    momentum.foreach.adam_groups([dict(params=b[0], grads=b[1], exp_avgs=b[2], exp_avg_sqs=b[3],
+                                       step=[3, 5], **kw)])
+    for x, y in zip(a, b):
+        for u, v in zip(x, y):
+            np.testing.assert_array_equal(u.view(np.int16), v.view(np.int16))

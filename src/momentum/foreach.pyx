@@ -338,6 +338,7 @@ cdef int run_mappings(int index, str func, object groups) except -1:
              | {name for name, _ in STORAGE
                 if spec_of(index).param >= 0 or name not in ("rounding", "masters", "comps")})
     cdef list prepared = []
+    hyper_names = {name for name, _ in <tuple>HYPERS[index]}
     for k, group in enumerate(items):
         if not isinstance(group, Mapping):
             raise TypeError(f"{func}(): 'groups[{k}]' must be a mapping, not "
@@ -355,7 +356,11 @@ cdef int run_mappings(int index, str func, object groups) except -1:
             if plural not in group and spec_of(index).when[i] < 0:
                 raise TypeError(f"{func}(): 'groups[{k}]' has no {plural!r}")
             seqs.append(group.get(plural))
-        storage = tuple([group.get(name, default) for name, default in STORAGE])
+        # A rule with its own ``step`` (adam's count) keys its stochastic
+        # rounding with it, as its one-group face passes 0 for the storage's
+        # step: the mapping's ``step`` is the rule's hyperparameter only.
+        storage = tuple([0 if name == "step" and "step" in hyper_names
+                         else group.get(name, default) for name, default in STORAGE])
         try:
             prepared.append(prepare(index, func, tuple(seqs), tuple(values), storage))
         except (TypeError, ValueError) as e:

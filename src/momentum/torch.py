@@ -38,11 +38,12 @@ from torch.optim.sgd import sgd as _torch_sgd
 
 from momentum import foreach
 from momentum._torch_keys import GRADS, HOLDS, Snapshot, know_torch, prepare_groups
+from momentum._torch_step import amp, unscale
 from momentum.arena import EXTRA as _ARENA_EXTRA, Arena
 from momentum.dtypes import numpy_dtype
 from momentum.rules import DTYPES, ROUNDINGS, RULES, STATE_ROUNDINGS
 
-__all__ = ["SGD"]
+__all__ = ["SGD", "Adam", "AdamW", "Lion"]
 
 # The kernels' storage dtypes as torch's, and the complex dtypes stepped as
 # their real views: torch dtype -> (code in DTYPES, reals an element, bytes a real).
@@ -911,6 +912,10 @@ class SGD(torch.optim.Optimizer):
         return self._step(closure)
 
     step.hooked = True  # tells torch.optim.Optimizer not to wrap it
+    # torch.amp.GradScaler hands step() its scale and inf flag (as to
+    # torch's fused SGD): a step with found_inf set writes nothing, not even
+    # a first momentum buffer; grad_scale divides the gradients first.
+    _step_supports_amp_scaling = True
 
     @torch.no_grad()
     def _step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -919,12 +924,25 @@ class SGD(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        skip, grad_scale = amp(self)
+        if skip:
+            return loss
         hypers = [_hyperparameters(gi, group) for gi, group in enumerate(self.param_groups)]
         storage = [_storage(gi, group) for gi, group in enumerate(self.param_groups)]
-        if self.flat:
-            self._flat_step(hypers, storage)
-        else:
-            self._tensor_step(hypers, storage)
+        grads = [] if grad_scale is None else \
+            [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        unscale(grads, grad_scale)
+        try:
+            if self.flat:
+                self._flat_step(hypers, storage)
+            else:
+                self._tensor_step(hypers, storage)
+        except (TypeError, ValueError):
+            # Refused before anything was written but the unscaling: undone
+            # (exact for GradScaler's power-of-two scales).
+            if grads:
+                torch._foreach_mul_(grads, grad_scale.item())
+            raise
         return loss
 
     def _tensor_step(self, hypers: list[dict[str, Any]],
@@ -1123,3 +1141,9 @@ class SGD(torch.optim.Optimizer):
             group["step"] += 1
 
     _hooked_step = torch.optim.Optimizer.profile_hook_step(_step)
+
+
+# Adam, AdamW and Lion share the helpers of momentum._torch_step, not SGD's
+# snapshot machinery (its Cython snapshot knows sgd's arrays only).
+from momentum._torch_adam import Adam, AdamW  # noqa: E402
+from momentum._torch_lion import Lion  # noqa: E402

@@ -1,0 +1,203 @@
+"""What ``momentum.torch.Adam``, ``AdamW`` and ``Lion`` share: which
+tensors the kernels can step in place, the NumPy views they step them
+through, the 16-bit storage options of a param group, and AMP's
+``grad_scale``/``found_inf``.
+
+A step of these optimizers builds one NumPy view per tensor and hands every
+group to one ``foreach.<rule>_groups`` call (checked, then run as one batch
+with the GIL released once).  Unlike ``momentum.torch.SGD`` they keep no
+snapshot of the tensors between steps: each step costs a few microseconds
+of Python per tensor on top of the kernels.
+"""
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+
+from momentum.dtypes import numpy_dtype
+from momentum.rules import ROUNDINGS, STATE_ROUNDINGS
+
+# The kernels' storage dtypes, and the complex ones stepped as their real views.
+KERNEL_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16,
+                 torch.complex64, torch.complex128)
+HALF = (torch.bfloat16, torch.float16)
+PLAIN = (torch.Tensor, torch.nn.Parameter, torch.nn.Buffer)
+# The state entry each rounding keeps beside a 16-bit parameter, and its
+# dtype (None: the parameter's), as momentum.torch.SGD keeps them.
+EXTRA = {"kahan": ("kahan_comp", None), "master": ("master_param", torch.float32)}
+EXTRA_KEYS = tuple(key for key, _ in EXTRA.values())
+
+
+def dense(tensor: torch.Tensor) -> bool:
+    """``tensor``'s elements fill ``numel()`` consecutive elements of memory
+    in some order of its dimensions (contiguous, channels_last, a transpose)."""
+    if tensor.is_contiguous() or tensor.numel() == 0:
+        return True
+    expected = 1
+    for size, stride in sorted(zip(tensor.shape, tensor.stride()), key=lambda d: d[1]):
+        if size != 1:
+            if stride != expected:
+                return False
+            expected *= size
+    return True
+
+
+def kernel_reason(param: torch.Tensor, tensors: Iterable[torch.Tensor],
+                  dtypes: Iterable[torch.dtype]) -> str | None:
+    """Why the kernels cannot step ``param`` with ``tensors`` (its grad and
+    state, each of the dtype ``dtypes`` gives it) in place, or None: all
+    plain strided CPU tensors, not lazily negated or conjugated, of a kernel
+    dtype, laid out as the parameter (one dense layout), aligned."""
+    tensors = [param, *tensors]
+    dtypes = [param.dtype, *dtypes]
+    if all(type(t) in PLAIN and t.is_cpu and t.layout == torch.strided and t.dtype == dtype
+           and t.is_contiguous() and not t.is_neg() for t, dtype in zip(tensors, dtypes)) \
+            and dtypes[0] in KERNEL_DTYPES and not dtypes[0].is_complex \
+            and all(t.shape == param.shape for t in tensors):
+        # the common case, decided at once (a contiguous tensor's data_ptr
+        # from torch's allocator is aligned to its dtype)
+        return None
+    for t, dtype in zip(tensors, dtypes):
+        if type(t) not in PLAIN:
+            return f"a tensor subclass ({type(t).__name__})"
+        if not t.is_cpu:
+            return f"a tensor on device {t.device}"
+        if t.layout != torch.strided:
+            return f"a tensor of layout {t.layout}"
+        if t.is_neg() or t.is_conj():
+            return "a lazily negated or conjugated view"
+        if t.dtype != dtype:
+            return f"a {t.dtype} tensor beside a {param.dtype} parameter"
+    if param.dtype not in KERNEL_DTYPES:
+        return f"dtype {param.dtype}"
+    if not dense(param):
+        return "a parameter that is not dense (a slice or a strided view)"
+    if any(t.shape != param.shape for t in tensors):
+        return "a gradient or state of another shape"
+    if not all(t.is_contiguous() for t in tensors) and \
+            any(t.stride() != param.stride() for t in tensors):
+        return "a parameter, gradient and state of different layouts"
+    if any(t.data_ptr() % t.element_size() for t in tensors):
+        return "a tensor not aligned to its dtype"
+    return None
+
+
+_BFLOAT16 = None
+# The dtypes Tensor.numpy() views as they are.
+_NUMPY = (torch.float32, torch.float64, torch.float16)
+
+
+def array(tensor: torch.Tensor) -> np.ndarray:
+    """A 1-D NumPy view of ``tensor``'s memory (dense, see :func:`dense`),
+    in memory order; complex tensors as their real view (an elementwise rule
+    steps real and imaginary parts alike, as torch's Adam does), bfloat16
+    through its int16 bits (NumPy's bfloat16 is ml_dtypes')."""
+    if tensor.is_contiguous() and tensor.dtype in _NUMPY:
+        # the common case: the array has the tensor's shape (the arrays of
+        # one parameter share it, which is all the kernels ask)
+        return (tensor.detach() if tensor.requires_grad else tensor).numpy()
+    t = tensor.detach()
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    if not t.is_contiguous():
+        order = sorted(range(t.dim()), key=lambda d: -t.stride(d))
+        t = t.permute(order)
+    t = t.reshape(-1)  # a view: the memory is dense in this order
+    if t.dtype == torch.bfloat16:
+        global _BFLOAT16
+        _BFLOAT16 = _BFLOAT16 or numpy_dtype("bfloat16")
+        return t.view(torch.int16).numpy().view(_BFLOAT16)
+    return t.numpy()
+
+
+def check_storage(owner: str, rounding: Any, state_rounding: Any, seed: Any,
+                  state_dtype: Any) -> None:
+    """ValueError or TypeError, naming ``owner``, for a 16-bit storage
+    option the optimizer does not take."""
+    for name, value, choices in (("rounding", rounding, ROUNDINGS),
+                                 ("state_rounding", state_rounding, STATE_ROUNDINGS)):
+        if not (isinstance(value, str) and value in choices):
+            raise ValueError(f"{owner}: '{name}' must be one of "
+                             f"{', '.join(map(repr, choices))}, got {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"{owner}: 'seed' must be an int, not {type(seed).__name__}")
+    if not 0 <= seed < 1 << 64:
+        raise ValueError(f"{owner}: 'seed' must be in [0, 2**64), got {seed!r}")
+    if state_dtype is not None and state_dtype is not torch.float32:
+        raise ValueError(f"{owner}: 'state_dtype' must be None (the parameter's dtype) "
+                         f"or torch.float32, got {state_dtype!r}")
+
+
+def state_dtype(param: torch.Tensor, group: dict[str, Any]) -> torch.dtype:
+    """The dtype of ``param``'s state buffers in ``group``: float32 for a
+    16-bit parameter whose group has ``state_dtype=torch.float32`` (with
+    ``rounding="master"``: ZeRO-Offload's layout), else the parameter's (as
+    torch keeps them)."""
+    if param.dtype in HALF and group["state_dtype"] is torch.float32:
+        return torch.float32
+    return param.dtype
+
+
+def scalar(value: Any, name: str, where: str) -> Any:
+    """A hyperparameter; a 1-element tensor as its value (torch allows them)."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    if value.numel() != 1:
+        raise ValueError(f"{where}: Tensor {name} must be 1-element")
+    return value.item()
+
+
+def amp(optimizer: Any) -> tuple[bool, torch.Tensor | None]:
+    """``(skip, grad_scale)`` from the ``found_inf`` and ``grad_scale``
+    attributes ``torch.amp.GradScaler`` sets on an optimizer whose
+    ``_step_supports_amp_scaling`` is true (as torch's fused optimizers
+    read them): skip the whole step if ``found_inf`` is nonzero; else
+    gradients are divided by ``grad_scale`` (None: not scaled)."""
+    found_inf = getattr(optimizer, "found_inf", None)
+    if found_inf is not None and float(found_inf) != 0:
+        return True, None
+    return False, getattr(optimizer, "grad_scale", None)
+
+
+def unscale(grads: list[torch.Tensor], grad_scale: torch.Tensor | None) -> None:
+    """Divide ``grads`` by ``grad_scale`` in place, as torch's fused Adam and
+    SGD leave them (they write the unscaled gradient back): one pass over
+    the gradients before the kernels' (the rules take no scale); exact, as
+    the kernels' own division would be."""
+    if grad_scale is not None and grads:
+        torch._foreach_div_(grads, grad_scale.to(device="cpu", dtype=torch.float32)
+                            .item())
+
+
+def warn_once(optimizer: Any, name: str, why: str) -> None:
+    """Say once per optimizer and reason that torch's arithmetic steps some
+    tensors, from the first frame outside momentum and torch."""
+    if why in optimizer._warned:
+        return
+    optimizer._warned.add(why)
+    frame, level = sys._getframe(1), 2
+    while frame.f_back is not None and (
+            frame.f_globals.get("__name__", "").startswith(("momentum.", "torch."))):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(f"momentum.torch.{name}: {why}: stepped with PyTorch's own arithmetic, "
+                  f"not the kernels", RuntimeWarning, stacklevel=level)
+
+
+def reason(message: str) -> str:
+    """An error message of ``foreach`` without the function's name."""
+    return message.split("(): ", 1)[-1]
+
+
+def extras(call: dict[str, Any]) -> dict[str, Any]:
+    """``call`` (a group of foreach's ``*_groups``) with only its rounding's
+    extra sequence: ``comps`` for kahan, ``masters`` for master (foreach
+    refuses the other one, even all None)."""
+    for key, rounding in (("comps", "kahan"), ("masters", "master")):
+        if call["rounding"] != rounding:
+            call[key] = None
+    return call
