@@ -61,6 +61,7 @@ class Plan:
     bandwidth_n: int            # float64 elements per array of the DRAM probe
     workloads: Sequence[str]
     every_layout: bool = False  # every dtype combination, not only storage.NAMED
+    rules: Sequence[str] = RULES  # the rules of the kernel rows
 
     def threads_for(self, n: int) -> Sequence[int]:
         """The thread counts a row of ``n`` elements is measured at."""
@@ -122,12 +123,12 @@ def kernel_row(rule: str, layout: Layout, n: int, threads: int, arrays: Mapping,
     if layout.uniform(table) not in ("float32", "float64") and n > REFERENCE_16BIT_UP_TO:
         del steps["reference"]
         missing["reference"] = f"not timed above {size(REFERENCE_16BIT_UP_TO)} in 16 bits"
-    c_loops = ceilings.loops(layout, n, threads)
+    c_loops = ceilings.loops(layout, n, threads, rule)
     timings = timed(steps, plan, c_loops)
-    moved, c_moved = layout.bytes_per_element(table), ceilings.bytes_per_element(layout)
+    moved, c_moved = layout.bytes_per_element(table), ceilings.bytes_per_element(layout, rule)
     results = {name: rates(t, n, c_moved if name in c_loops else moved)
                for name, t in timings.items()}
-    ceiling = max(c_loops, key=lambda name: results[name]["GB_per_s"])
+    ceiling = max(c_loops, key=lambda name: results[name]["GB_per_s"], default=None)
     ours_gbps = results["momentum"]["GB_per_s"]
     ref = timings.get("reference")
     return {
@@ -135,7 +136,7 @@ def kernel_row(rule: str, layout: Layout, n: int, threads: int, arrays: Mapping,
         "n": n, "threads": threads, "bytes_per_element": moved,
         "bytes_per_call": moved * n, "results": results, "missing": missing,
         "c_loops": list(c_loops), "ceiling": ceiling,
-        "pct_of_c_loop": 100 * ours_gbps / results[ceiling]["GB_per_s"],
+        "pct_of_c_loop": 100 * ours_gbps / results[ceiling]["GB_per_s"] if ceiling else None,
         "x_dram_c_loop": ours_gbps / dram[threads],
         "speedup_vs_reference": ref.median / timings["momentum"].median if ref else None,
     }
@@ -146,12 +147,12 @@ def kernels(plan: Plan, dram: Mapping[int, float]) -> list[dict]:
     layout NumPy cannot hold here (bfloat16 without ml_dtypes) is a row
     saying so.  Each row also gets its speed over the all-float32 row's."""
     rows = []
-    for rule in RULES:
+    for rule in plan.rules:
         for layout in storage.layouts(TABLE[rule], every=plan.every_layout):
             label = layout.label(TABLE[rule])
             for n in plan.sizes:
                 try:
-                    arrays = storage.make(layout, n)
+                    arrays = storage.make(layout, n, rule=TABLE[rule])
                 except ImportError as error:
                     rows.append({"rule": rule, "layout": label, "n": n,
                                  "unavailable": str(error).split(":")[0]})
@@ -224,6 +225,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     # For the tests: a short run on chosen sizes and workloads.
     parser.add_argument("--sizes", help=argparse.SUPPRESS)
     parser.add_argument("--workloads", help=argparse.SUPPRESS)
+    parser.add_argument("--rules", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -242,7 +244,8 @@ def make_plan(opts: argparse.Namespace) -> Plan:
     return Plan(sizes=sizes, threads=threads,
                 repeats=3 if opts.quick else 7, target=1e-3 if opts.quick else 5e-3,
                 bandwidth_n=16 * MI if opts.quick else 32 * MI, workloads=names,
-                every_layout=opts.every_layout)
+                every_layout=opts.every_layout,
+                rules=opts.rules.split(",") if opts.rules else RULES)
 
 
 def unwritable(path: str) -> str | None:

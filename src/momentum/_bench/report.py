@@ -101,8 +101,9 @@ def kernels_text(rows: list[dict]) -> str:
                      str(r["bytes_per_element"]),
                      f"{ours['Melem_per_s'] / 1e3:.2f}", f"{ours['GB_per_s']:.1f}", _iqr_pct(ours),
                      f"{r['x_float32']:.2f}x",
-                     f"{r['results'][r['ceiling']]['GB_per_s']:.1f}", _CEILING_TAGS[r["ceiling"]],
-                     f"{r['pct_of_c_loop']:.0f}%", f"{r['x_dram_c_loop']:.2f}x",
+                     *([f"{r['results'][r['ceiling']]['GB_per_s']:.1f}", _CEILING_TAGS[r["ceiling"]],
+                        f"{r['pct_of_c_loop']:.0f}%"] if r["ceiling"] else ["-", "-", "-"]),
+                     f"{r['x_dram_c_loop']:.2f}x",
                      f"{ref['GB_per_s']:.2f}" if ref else "-",
                      f"{r['speedup_vs_reference']:.1f}x" if ref else "-"])
     notes = [f"- {r['rule']} {r['layout']}: {r['unavailable']}"
@@ -115,7 +116,8 @@ def kernels_text(rows: list[dict]) -> str:
                    "master written to a bfloat16 param), then the rounding if not nearest;",
                    "B/el: bytes read + written per element; x f32: the all-float32 call's time "
                    "/ this call's (same rule, size, threads);",
-                   "C: the fastest plain C loop moving the layout's bytes (sgd's shape) on "
+                   "C: the fastest plain C loop moving the layout's bytes (sgd's shape; "
+                   "Adam's for adam and adamw, none for their float64 and kahan rows) on "
                    "same-size arrays: f = float fused loop, p = portable build, a = AVX-512 "
                    "build, h = vcvtneps2bf16;",
                    "% C: momentum's GB/s over that loop's; vs DRAM: over the float64 fused loop's "
