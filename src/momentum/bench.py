@@ -209,6 +209,31 @@ def model_steps(plan: Plan) -> list[dict]:
     return rows
 
 
+def adamw_model_steps(plan: Plan) -> list[dict]:
+    """Whole float32 AdamW steps over every tensor of each workload, at each thread count."""
+    moved = storage.Layout((("param", "float32"), ("grad", "float32"), ("buf", "float32")))
+    moved = moved.bytes_per_element(TABLE["adamw"])
+    rows = []
+    for name in plan.workloads:
+        model = workloads.adamw_arena(load_workload(name)["shapes"])
+        steps, missing = workloads.adamw_steps(model)
+        elements = sum(v.size for v in model.param_views)
+        for threads in plan.threads:
+            progress(f"AdamW workload {name}, {threads} thread(s)")
+            set_threads(threads)
+            timings = timed(steps, plan)
+            ours_s = timings[workloads.ADAMW_BASELINE].median
+            rows.append({
+                "name": name, "tensors": len(model), "elements": elements,
+                "threads": threads, "missing": missing, "rule": "adamw",
+                "results": {k: {**rates(t, elements, moved), "median_ms": t.median * 1e3,
+                                "ratio_to_momentum": t.median / ours_s}
+                            for k, t in timings.items()},
+            })
+        del model, steps
+    return rows
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """The command line of ``python -m momentum bench``."""
     parser = argparse.ArgumentParser(prog="python -m momentum bench",
@@ -307,10 +332,13 @@ def main(argv: Sequence[str]) -> int:
     print(report.kernels_text(results["kernels"]), flush=True)
     print(report.peers_text(results["kernels"]), flush=True)
     print(report.targets_text(results["kernels"]), flush=True)
+    print(report.adam_targets_text(results["kernels"]), flush=True)
     results["call_overhead"] = call_overhead(plan)
     print(report.overhead_text(results["call_overhead"]), flush=True)
     results["workloads"] = model_steps(plan)
     print(report.workloads_text(results["workloads"]), flush=True)
+    results["adamw_workloads"] = adamw_model_steps(plan)
+    print(report.workloads_text(results["adamw_workloads"], "adamw"), flush=True)
     set_threads(0)
     if opts.json:
         with open(opts.json, "w") as f:

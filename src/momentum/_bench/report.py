@@ -161,6 +161,20 @@ def targets_text(rows: list[dict]) -> str:
                    "time / the bf16 nearest call's time - 1."])
 
 
+def adam_targets_text(rows: list[dict]) -> str:
+    """The Adam issue's speed targets on this run's adam, adamw and lion rows."""
+    body = [[c.target, c.layout, size(c.n), str(c.threads), f"{c.value:.2f}",
+             f">= {c.bound:g}", "met" if c.met else "NOT met"]
+            for c in targets.adam_checks(rows)]
+    if not body:
+        return "\nAdam targets: none of the rows they are set on were measured"
+    met = sum(row[-1] == "met" for row in body)
+    return _table(f"Targets of the Adam issue: {met} of {len(body)} met",
+                  ["target", "rule, layout", "size", "thr", "value", "bound", ""], body,
+                  ["x: the named candidate's time / momentum's time; of the C loop: "
+                   "momentum's GB/s / the fastest plain C loop's moving the same bytes."])
+
+
 def _missing_notes(missing: Iterable[dict[str, str]]) -> list[str]:
     """One note per reason a peer is absent: ``'-' torch fused: not installed``."""
     why: dict[str, dict[str, None]] = {}
@@ -178,8 +192,8 @@ def overhead_text(row: dict) -> str:
                   ["candidate", "µs/call", "IQR"], body, _missing_notes([row["missing"]]))
 
 
-def workloads_text(rows: list[dict]) -> str:
-    """Milliseconds per whole optimizer step, and ratios to momentum."""
+def workloads_text(rows: list[dict], rule: str = "sgd") -> str:
+    """Milliseconds per whole optimizer step of ``rule``, and ratios to momentum.foreach's."""
     body = []
     for w in rows:
         for name, r in w["results"].items():
@@ -187,10 +201,11 @@ def workloads_text(rows: list[dict]) -> str:
                          str(w["threads"]), name,
                          f"{r['median_ms']:.2f}", _iqr_pct(r), f"{r['GB_per_s']:.1f}",
                          f"{r['ratio_to_momentum']:.2f}x"])
-    return _table("Model workloads: one float32 sgd step over every tensor",
+    return _table(f"Model workloads: one float32 {rule} step over every tensor",
                   ["model", "tensors", "Melem", "thr", "candidate", "ms/step", "IQR", "GB/s",
                    "vs foreach"],
-                  body, ["vs foreach: candidate time / momentum.foreach.sgd time (above 1x: foreach faster)."]
+                  body, [f"vs foreach: candidate time / momentum.foreach.{rule} time "
+                         "(above 1x: foreach faster)."]
                   + _missing_notes(w["missing"] for w in rows))
 
 
