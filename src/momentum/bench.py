@@ -9,9 +9,10 @@ STREAM triad, and a plain C loop that moves sgd's bytes); each rule, storage
 layout (:mod:`momentum._bench.storage`) and size against the plain C loop
 moving that layout's bytes (:mod:`momentum._bench.ceilings`), the float32
 call, the NumPy reference and the peers (PyTorch, also its 16-bit paths,
-Numba, numexpr); the 16-bit issue's speed targets, met or not; the cost of
-one call on 16 elements; whole optimizer steps over real models' parameter
-shapes.
+Numba, numexpr; for adam and adamw torch.optim.Adam/AdamW and DeepSpeed's
+CPU Adam, for lion lion-pytorch: momentum._bench.adam_peers); the 16-bit
+and Adam issues' speed targets, met or not; the cost of one call on 16
+elements; whole sgd and AdamW steps over real models' parameter shapes.
 Timing is described in :mod:`momentum._bench.timing`.
 """
 from __future__ import annotations

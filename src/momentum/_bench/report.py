@@ -14,8 +14,9 @@ UNITS = {
     "median_s": "seconds per call (median of samples)",
     "q1_s": "seconds per call, first quartile", "q3_s": "seconds per call, third quartile",
     "Melem_per_s": "10^6 elements per second",
-    "GB_per_s": "10^9 bytes per second: elements read + written (sgd, heavy_ball 5, "
-                "update_buffer 3, copy 2, triad 3, C fused loop 5) * itemsize / median_s",
+    "GB_per_s": "10^9 bytes per second: elements read + written (sgd, heavy_ball, lion 5, "
+                "update_buffer 3, adam, adamw 7 without amsgrad, copy 2, triad 3, C fused "
+                "loop 5) * itemsize / median_s",
     "median_us": "microseconds per call", "median_ms": "milliseconds per step",
     "bytes_per_call": "bytes", "pct_of_c_loop": "percent",
     "x_dram_c_loop": "ratio to the C fused loop's GB/s on arrays far larger than cache",
