@@ -243,7 +243,7 @@ def plot(results: dict, path: str) -> None:
             mine = [r for r in rows if r["rule"] == rule and r["layout"] == layouts[rule][i]]
             for colour, name in enumerate(CANDIDATES):
                 pts = [(r["n"], r["results"][r["ceiling"] if name == C_LOOP else name]["GB_per_s"])
-                       for r in mine if name == C_LOOP or name in r["results"]]
+                       for r in mine if (r["ceiling"] if name == C_LOOP else name in r["results"])]
                 if pts:
                     ax.plot(*zip(*pts), "--" if name == C_LOOP else "-", marker="o",
                             color=f"C{colour}", label="C loop (fastest)" if name == C_LOOP else name)
