@@ -240,7 +240,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m momentum bench",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="fewer repeats, sizes up to 1 Mi, only the many-small model (about 30 s)")
+                        help="fewer repeats, sizes up to 1 Mi, only the many-small model (under a minute)")
     parser.add_argument("--json", metavar="FILE", help="write every result, with units, to FILE")
     parser.add_argument("--plot", metavar="FILE.png", help="plot GB/s against size (needs matplotlib)")
     parser.add_argument("--every-layout", action="store_true",

@@ -63,6 +63,7 @@ def deepspeed_adam(rule: str, arrays: Mapping[str, np.ndarray], own: bool):
     """``DeepSpeedCPUAdam.step`` (adamw_mode for adamw), its moments in the
     moments' dtype of the row."""
     from deepspeed.ops.adam import DeepSpeedCPUAdam
+    _cache_cpu_info()
     h = TIMED[rule]
     t = _tensors(arrays, ("param", "grad", "exp_avg", "exp_avg_sq"), own)
     p = _param(t)
@@ -72,6 +73,17 @@ def deepspeed_adam(rule: str, arrays: Mapping[str, np.ndarray], own: bool):
                            fp32_optimizer_states=fp32_states)
     opt.state[p] = {"step": START, "exp_avg": t["exp_avg"], "exp_avg_sq": t["exp_avg_sq"]}
     return opt.step
+
+
+def _cache_cpu_info() -> None:
+    """Make py-cpuinfo's get_cpu_info, which DeepSpeedCPUAdam calls in every
+    constructor, answer from a cache: it starts a subprocess and takes about a
+    second, once per kernel row (the bench's own process; steps are not affected)."""
+    import functools
+
+    import cpuinfo
+    if not hasattr(cpuinfo.get_cpu_info, "cache_info"):
+        cpuinfo.get_cpu_info = functools.lru_cache(maxsize=None)(cpuinfo.get_cpu_info)
 
 
 def lion_pytorch(arrays: Mapping[str, np.ndarray], own: bool):
