@@ -1,6 +1,7 @@
 """One kernel call per rule, storage layout and size: momentum against the
-NumPy reference and PyTorch's SGD (fused; for 16-bit layouts also its
-for-loop and foreach paths).
+NumPy reference and PyTorch's SGD, Adam and AdamW (fused; for 16-bit layouts
+also their for-loop and foreach paths), DeepSpeedCPUAdam for adam and adamw
+and lion-pytorch for lion (each skipped where absent or without the layout).
 
 Run: ``PYTHONPATH=src python -m pytest bench/test_bench_kernels.py``.  Each
 group (``sgd-bf16/bf16/f32-1Mi``) holds the candidates on the same arrays;
@@ -16,6 +17,7 @@ import functools
 import pytest
 
 from momentum._bench import ceilings, storage
+from momentum._bench.adam_peers import DEEPSPEED, LION
 from momentum._bench.peers import TORCH_MODES, layout_peers, stored
 from momentum._bench.report import size
 from momentum._bench.timing import interleaved
@@ -31,8 +33,12 @@ def _candidates(rule, layout, n):
     yield "momentum"
     if float_layout or n <= REFERENCE_16BIT_UP_TO:
         yield "reference"
-    if rule == "sgd" and layout.uniform(RULES[rule]):
+    if rule in ("sgd", "adam", "adamw") and layout.uniform(RULES[rule]):
         yield from ("torch fused",) if float_layout else TORCH_16BIT
+    if rule in ("adam", "adamw"):
+        yield DEEPSPEED        # skipped in the layouts it has none of
+    if rule == "lion" and layout.uniform(RULES[rule]):
+        yield LION
 
 
 def _group(rule, layout, n):
@@ -46,25 +52,29 @@ CASES = [pytest.param(rule, layout, n, name, id=f"{_group(rule, layout, n)}-{nam
 
 
 @functools.lru_cache(maxsize=1)
-def data(layout, n):
-    """The arrays the candidates of one layout and size share (skipped without ml_dtypes)."""
+def data(rule, layout, n):
+    """The arrays the candidates of one rule, layout and size share (skipped without ml_dtypes)."""
     try:
-        return storage.make(layout, n)
+        return storage.make(layout, n, rule=RULES[rule])
     except ImportError as error:
         pytest.skip(str(error))
 
 
 @functools.lru_cache(maxsize=None)
-def c_loop_gbps(layout, n: int, threads: int) -> float:
-    """GB/s of the fastest C loop moving the layout's bytes on its own ``n``-element arrays."""
-    runners = ceilings.loops(layout, n, threads)
+def c_loop_gbps(rule, layout, n: int, threads: int) -> float | None:
+    """GB/s of the fastest C loop moving the layout's bytes on its own
+    ``n``-element arrays (None where the rule has no loop for the layout)."""
+    runners = ceilings.loops(layout, n, threads, rule)
+    if not runners:
+        return None
     timings = interleaved(runners, repeats=5, target=5e-3)
-    return ceilings.bytes_per_element(layout) * n / min(t.median for t in timings.values()) / 1e9
+    moved = ceilings.bytes_per_element(layout, rule)
+    return moved * n / min(t.median for t in timings.values()) / 1e9
 
 
 def step(rule, layout, name, arrays):
     """One call of candidate ``name``."""
-    if name.startswith("torch"):
+    if name not in ("momentum", "reference"):
         pytest.importorskip("torch")
         steps, missing = layout_peers(rule, layout, arrays)
         if name in missing:
@@ -75,7 +85,7 @@ def step(rule, layout, name, arrays):
 
 @pytest.mark.parametrize("rule, layout, n, name", CASES)
 def test_kernel(benchmark, measured, bench_threads, rule, layout, n, name):
-    arrays = data(layout, n)
+    arrays = data(rule, layout, n)
     benchmark.group = _group(rule, layout, n)
     benchmark(step(rule, layout, name, arrays))
     seconds = measured("median")
@@ -84,6 +94,7 @@ def test_kernel(benchmark, measured, bench_threads, rule, layout, n, name):
                                 Gelem_per_s=round(n / seconds / 1e9, 3))
     if name == "momentum":
         # Below PARALLEL_FROM the kernels run on one thread, and so does their ceiling.
-        ceiling = c_loop_gbps(layout, n, bench_threads if n >= PARALLEL_FROM else 1)
-        benchmark.extra_info.update(c_loop_GB_per_s=round(ceiling, 2),
-                                    pct_of_c_loop=round(100 * gbps / ceiling, 1))
+        ceiling = c_loop_gbps(rule, layout, n, bench_threads if n >= PARALLEL_FROM else 1)
+        if ceiling is not None:
+            benchmark.extra_info.update(c_loop_GB_per_s=round(ceiling, 2),
+                                        pct_of_c_loop=round(100 * gbps / ceiling, 1))

@@ -20,18 +20,22 @@ def _dtypes(rule, layout):
     return tuple(layout.dtype(a.name) for a in rule.arrays)
 
 
+def _used_dtypes(rule, layout):
+    return tuple(layout.dtype(a.name) for a in storage.used(rule))
+
+
 @pytest.mark.parametrize("rule", list(RULES.values()), ids=list(RULES))
 def test_every_layout_covers_every_built_combination_in_every_rounding(rule):
-    layouts = storage.layouts(rule, every=True)
-    nearest = {_dtypes(rule, lay) for lay in layouts if lay.rounding == "nearest"
+    # (over the arrays a typical call uses: Adam's max_exp_avg_sq is not one)
+    layouts, used = storage.layouts(rule, every=True), len(storage.used(rule))
+    nearest = {_used_dtypes(rule, lay) for lay in layouts if lay.rounding == "nearest"
                and lay.state_rounding == "nearest"}
     # every array float64, or each independently float32, bfloat16 or float16
-    assert nearest == {("float64",) * len(rule.arrays),
-                       *itertools.product(SINGLE, repeat=len(rule.arrays))}
+    assert nearest == {("float64",) * used, *itertools.product(SINGLE, repeat=used)}
     if rule.param is not None:
         for rounding in ("stochastic", "kahan", "master"):
-            got = {_dtypes(rule, lay) for lay in layouts if lay.rounding == rounding}
-            want = {c for c in itertools.product(SINGLE, repeat=len(rule.arrays))
+            got = {_used_dtypes(rule, lay) for lay in layouts if lay.rounding == rounding}
+            want = {c for c in itertools.product(SINGLE, repeat=used)
                     if c[rule.param] != "float32"}
             assert got == want
     assert len({lay.label(rule) for lay in layouts}) == len(layouts)
@@ -48,6 +52,16 @@ def test_bytes_per_element_as_counted_by_hand():
     assert master.bytes_per_element(sgd) == 2 * 4 + 2 + 4 + 2 * 2  # master r + w, param w
     ub = storage.Layout((("buf", "float32"), ("grad", "bfloat16")))
     assert ub.bytes_per_element(RULES["update_buffer"]) == 2 * 4 + 2
+    # Adam without amsgrad: param, exp_avg, exp_avg_sq read + written, grad read
+    # (the state arrays take buf's dtype)
+    adam = RULES["adam"]
+    mixed = storage.Layout((("param", "bfloat16"), ("grad", "bfloat16"), ("buf", "float32")))
+    f32 = storage.Layout(tuple((n, "float32") for n, _ in mixed.dtypes))
+    assert f32.bytes_per_element(adam) == 3 * 2 * 4 + 4                            # 28
+    assert mixed.bytes_per_element(adam) == 2 * 2 + 2 + 2 * 2 * 4                  # 22
+    assert storage.Layout(mixed.dtypes, rounding="master").bytes_per_element(adam) == (
+        2 * 4 + 2 + 2 + 2 * 2 * 4)                                                 # 28
+    assert storage.Layout(mixed.dtypes).bytes_per_element(RULES["lion"]) == 2 * 2 + 2 + 2 * 4
 
 
 def test_labels_name_dtypes_in_argument_order_and_the_rounding():
@@ -65,7 +79,7 @@ def test_labels_name_dtypes_in_argument_order_and_the_rounding():
 @pytest.mark.parametrize("rule", list(RULES.values()), ids=list(RULES))
 def test_each_layout_makes_the_arrays_its_call_takes(rule):
     for layout in storage.layouts(rule):
-        arrays = storage.make(layout, 33)
+        arrays = storage.make(layout, 33, rule=rule)
         positional, keywords = storage.call(rule, layout, arrays)
         assert [a.dtype.name for a in positional] == list(_dtypes(rule, layout))
         if layout.rounding == "master":
@@ -87,10 +101,31 @@ def test_each_ceiling_moves_sgds_bytes_in_the_layout():
     assert ceilings.bytes_per_element(ub) == 2 * 2 + 4 + 2 * 2
 
 
-def test_every_ceiling_loop_runs_and_returns_seconds():
-    for layout in storage.layouts(RULES["sgd"]):
-        for name, run in ceilings.loops(layout, 100, 1).items():
+def test_adams_ceilings_move_adams_bytes_and_lions_sgds():
+    adam, lion, sgd = RULES["adam"], RULES["lion"], RULES["sgd"]
+    for layout in storage.layouts(adam):
+        assert ceilings.bytes_per_element(layout, "adam") == layout.bytes_per_element(adam)
+        covered = ceilings.adam_covers(layout)
+        assert covered == (layout.rounding != "kahan" and layout.dtype("param") != "float64")
+    for layout in storage.layouts(lion):
+        assert ceilings.bytes_per_element(layout, "lion") == layout.bytes_per_element(lion) \
+            == layout.bytes_per_element(sgd)
+
+
+@pytest.mark.parametrize("rule", ["sgd", "adam", "lion"])
+def test_every_ceiling_loop_runs_and_returns_seconds(rule):
+    for layout in storage.layouts(RULES[rule]):
+        for name, run in ceilings.loops(layout, 100, 1, rule).items():
             assert run(2) > 0, name
+
+
+def test_adam_probe_refuses_widths_it_has_no_loop_for():
+    h, f = np.zeros(8, np.uint16), np.zeros(8, np.float32)
+    with pytest.raises(ValueError, match=r"no Adam ceiling loop for element sizes \(2, 4, 4, 4\)"):
+        _probe.time_adam(h, f, f.copy(), f.copy(), 1)
+    with pytest.raises(ValueError, match="'w' has 2-byte elements"):
+        _probe.time_adam_master(h, h.copy(), f, f.copy(), h.copy(), 1)
+    assert _probe.time_adam(f, f.copy(), f.copy(), f.copy(), 3) > 0
 
 
 def test_probes_refuse_what_they_cannot_time():

@@ -99,3 +99,74 @@ def time_master(m, g, b, p, Py_ssize_t repeat, int nthreads=1):
     """Seconds for ``repeat`` passes of the master layout's bytes: read float32
     m, b and 16-bit g; write m, b and the 16-bit p (not read): 20 bytes per element."""
     return _time_four(pb_master, MASTER, m, g, b, p, 4, 4, repeat, nthreads)
+
+
+cdef extern from "_probe_adam.h" nogil:
+    ctypedef void (*pb_adam_loop)(void* p, const void* g, void* m, void* v, size_t n,
+                                  int nthreads) noexcept nogil
+    ctypedef void (*pb_adam_master_loop)(void* w, const void* g, void* m, void* v, void* p,
+                                         size_t n, int nthreads) noexcept nogil
+    void pb_adam_FFF(void*, const void*, void*, void*, size_t, int)
+    void pb_adam_HHH(void*, const void*, void*, void*, size_t, int)
+    void pb_adam_HHF(void*, const void*, void*, void*, size_t, int)
+    void pb_adam_master(void*, const void*, void*, void*, void*, size_t, int)
+
+cdef tuple ADAM = ("p", "g", "m", "v")
+cdef tuple ADAM_MASTER = ("w", "g", "m", "v", "p")
+
+
+cdef pb_adam_loop _adam_loop(p, g, m, v, pb_adam_loop fff, pb_adam_loop hhh, pb_adam_loop hhf):
+    """The loop for these arrays' widths: all float32, all 16-bit, or 16-bit
+    p and g with float32 moments (the layouts the bench reports)."""
+    widths = (p.itemsize, g.itemsize, m.itemsize, v.itemsize)
+    if widths == (4, 4, 4, 4) and fff != NULL:
+        return fff
+    if widths == (2, 2, 2, 2):
+        return hhh
+    if widths == (2, 2, 4, 4):
+        return hhf
+    raise ValueError(f"no Adam ceiling loop for element sizes {widths}")
+
+
+cdef object _time_adam(pb_adam_loop loop, p, g, m, v, Py_ssize_t repeat, int nthreads):
+    cdef Py_ssize_t r, n = p.size
+    cdef void* pp = <void*>_address(p, "p", n)
+    cdef const void* gp = <const void*>_address(g, "g", n)
+    cdef void* mp = <void*>_address(m, "m", n)
+    cdef void* vp = <void*>_address(v, "v", n)
+    t0 = perf_counter()
+    with nogil:
+        for r in range(repeat):
+            loop(pp, gp, mp, vp, <size_t>n, nthreads)
+    return perf_counter() - t0
+
+
+cdef object _time_adam_master(pb_adam_master_loop loop, w, g, m, v, p, Py_ssize_t repeat,
+                              int nthreads):
+    cdef Py_ssize_t r, n = w.size
+    cdef void* wp = <void*>_address(w, "w", n, 4)
+    cdef const void* gp = <const void*>_address(g, "g", n, 2)
+    cdef void* mp = <void*>_address(m, "m", n, 4)
+    cdef void* vp = <void*>_address(v, "v", n, 4)
+    cdef void* pp = <void*>_address(p, "p", n, 2)
+    t0 = perf_counter()
+    with nogil:
+        for r in range(repeat):
+            loop(wp, gp, mp, vp, pp, <size_t>n, nthreads)
+    return perf_counter() - t0
+
+
+def time_adam(p, g, m, v, Py_ssize_t repeat, int nthreads=1):
+    """Seconds for ``repeat`` passes of a plain float32 Adam step (read p, g,
+    m, v; write p, m, v) on arrays all float32 (28 bytes per element), all
+    16-bit (14), or 16-bit p, g with float32 m, v (22); 16-bit values widened
+    and rounded to nearest as bfloat16."""
+    return _time_adam(_adam_loop(p, g, m, v, pb_adam_FFF, pb_adam_HHH, pb_adam_HHF),
+                      p, g, m, v, repeat, nthreads)
+
+
+def time_adam_master(w, g, m, v, p, Py_ssize_t repeat, int nthreads=1):
+    """Seconds for ``repeat`` passes of Adam in ZeRO-Offload's layout: read the
+    float32 master w, 16-bit g, float32 m, v; write w, m, v and the 16-bit p
+    (not read): 28 bytes per element."""
+    return _time_adam_master(pb_adam_master, w, g, m, v, p, repeat, nthreads)

@@ -35,3 +35,21 @@ def time_kahan_hw(p, g, b, c, Py_ssize_t repeat, int nthreads=1):
 def time_master_hw(m, g, b, p, Py_ssize_t repeat, int nthreads=1):
     """time_master with the 16-bit store rounded by vcvtneps2bf16."""
     return _time_four(pb_master_hw, MASTER, m, g, b, p, 4, 4, repeat, nthreads)
+
+
+cdef extern from "_probe_adam.h" nogil:
+    void pb_adam_hw_HHH(void*, const void*, void*, void*, size_t, int)
+    void pb_adam_hw_HHF(void*, const void*, void*, void*, size_t, int)
+    void pb_adam_master_hw(void*, const void*, void*, void*, void*, size_t, int)
+
+
+def time_adam_hw(p, g, m, v, Py_ssize_t repeat, int nthreads=1):
+    """time_adam on 16-bit layouts, 16 elements at a time, every 16-bit store
+    rounded by vcvtneps2bf16."""
+    return _time_adam(_adam_loop(p, g, m, v, NULL, pb_adam_hw_HHH, pb_adam_hw_HHF),
+                      p, g, m, v, repeat, nthreads)
+
+
+def time_adam_master_hw(w, g, m, v, p, Py_ssize_t repeat, int nthreads=1):
+    """time_adam_master with the 16-bit store rounded by vcvtneps2bf16."""
+    return _time_adam_master(pb_adam_master_hw, w, g, m, v, p, repeat, nthreads)

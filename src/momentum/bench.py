@@ -9,9 +9,10 @@ STREAM triad, and a plain C loop that moves sgd's bytes); each rule, storage
 layout (:mod:`momentum._bench.storage`) and size against the plain C loop
 moving that layout's bytes (:mod:`momentum._bench.ceilings`), the float32
 call, the NumPy reference and the peers (PyTorch, also its 16-bit paths,
-Numba, numexpr); the 16-bit issue's speed targets, met or not; the cost of
-one call on 16 elements; whole optimizer steps over real models' parameter
-shapes.
+Numba, numexpr; for adam and adamw torch.optim.Adam/AdamW and DeepSpeed's
+CPU Adam, for lion lion-pytorch: momentum._bench.adam_peers); the 16-bit
+and Adam issues' speed targets, met or not; the cost of one call on 16
+elements; whole sgd and AdamW steps over real models' parameter shapes.
 Timing is described in :mod:`momentum._bench.timing`.
 """
 from __future__ import annotations
@@ -61,6 +62,7 @@ class Plan:
     bandwidth_n: int            # float64 elements per array of the DRAM probe
     workloads: Sequence[str]
     every_layout: bool = False  # every dtype combination, not only storage.NAMED
+    rules: Sequence[str] = RULES  # the rules of the kernel rows
 
     def threads_for(self, n: int) -> Sequence[int]:
         """The thread counts a row of ``n`` elements is measured at."""
@@ -122,12 +124,12 @@ def kernel_row(rule: str, layout: Layout, n: int, threads: int, arrays: Mapping,
     if layout.uniform(table) not in ("float32", "float64") and n > REFERENCE_16BIT_UP_TO:
         del steps["reference"]
         missing["reference"] = f"not timed above {size(REFERENCE_16BIT_UP_TO)} in 16 bits"
-    c_loops = ceilings.loops(layout, n, threads)
+    c_loops = ceilings.loops(layout, n, threads, rule)
     timings = timed(steps, plan, c_loops)
-    moved, c_moved = layout.bytes_per_element(table), ceilings.bytes_per_element(layout)
+    moved, c_moved = layout.bytes_per_element(table), ceilings.bytes_per_element(layout, rule)
     results = {name: rates(t, n, c_moved if name in c_loops else moved)
                for name, t in timings.items()}
-    ceiling = max(c_loops, key=lambda name: results[name]["GB_per_s"])
+    ceiling = max(c_loops, key=lambda name: results[name]["GB_per_s"], default=None)
     ours_gbps = results["momentum"]["GB_per_s"]
     ref = timings.get("reference")
     return {
@@ -135,7 +137,7 @@ def kernel_row(rule: str, layout: Layout, n: int, threads: int, arrays: Mapping,
         "n": n, "threads": threads, "bytes_per_element": moved,
         "bytes_per_call": moved * n, "results": results, "missing": missing,
         "c_loops": list(c_loops), "ceiling": ceiling,
-        "pct_of_c_loop": 100 * ours_gbps / results[ceiling]["GB_per_s"],
+        "pct_of_c_loop": 100 * ours_gbps / results[ceiling]["GB_per_s"] if ceiling else None,
         "x_dram_c_loop": ours_gbps / dram[threads],
         "speedup_vs_reference": ref.median / timings["momentum"].median if ref else None,
     }
@@ -146,12 +148,12 @@ def kernels(plan: Plan, dram: Mapping[int, float]) -> list[dict]:
     layout NumPy cannot hold here (bfloat16 without ml_dtypes) is a row
     saying so.  Each row also gets its speed over the all-float32 row's."""
     rows = []
-    for rule in RULES:
+    for rule in plan.rules:
         for layout in storage.layouts(TABLE[rule], every=plan.every_layout):
             label = layout.label(TABLE[rule])
             for n in plan.sizes:
                 try:
-                    arrays = storage.make(layout, n)
+                    arrays = storage.make(layout, n, rule=TABLE[rule])
                 except ImportError as error:
                     rows.append({"rule": rule, "layout": label, "n": n,
                                  "unavailable": str(error).split(":")[0]})
@@ -208,12 +210,37 @@ def model_steps(plan: Plan) -> list[dict]:
     return rows
 
 
+def adamw_model_steps(plan: Plan) -> list[dict]:
+    """Whole float32 AdamW steps over every tensor of each workload, at each thread count."""
+    moved = storage.Layout((("param", "float32"), ("grad", "float32"), ("buf", "float32")))
+    moved = moved.bytes_per_element(TABLE["adamw"])
+    rows = []
+    for name in plan.workloads:
+        model = workloads.adamw_arena(load_workload(name)["shapes"])
+        steps, missing = workloads.adamw_steps(model)
+        elements = sum(v.size for v in model.param_views)
+        for threads in plan.threads:
+            progress(f"AdamW workload {name}, {threads} thread(s)")
+            set_threads(threads)
+            timings = timed(steps, plan)
+            ours_s = timings[workloads.ADAMW_BASELINE].median
+            rows.append({
+                "name": name, "tensors": len(model), "elements": elements,
+                "threads": threads, "missing": missing, "rule": "adamw",
+                "results": {k: {**rates(t, elements, moved), "median_ms": t.median * 1e3,
+                                "ratio_to_momentum": t.median / ours_s}
+                            for k, t in timings.items()},
+            })
+        del model, steps
+    return rows
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """The command line of ``python -m momentum bench``."""
     parser = argparse.ArgumentParser(prog="python -m momentum bench",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="fewer repeats, sizes up to 1 Mi, only the many-small model (about 30 s)")
+                        help="fewer repeats, sizes up to 1 Mi, only the many-small model (under a minute)")
     parser.add_argument("--json", metavar="FILE", help="write every result, with units, to FILE")
     parser.add_argument("--plot", metavar="FILE.png", help="plot GB/s against size (needs matplotlib)")
     parser.add_argument("--every-layout", action="store_true",
@@ -224,6 +251,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     # For the tests: a short run on chosen sizes and workloads.
     parser.add_argument("--sizes", help=argparse.SUPPRESS)
     parser.add_argument("--workloads", help=argparse.SUPPRESS)
+    parser.add_argument("--rules", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -242,7 +270,8 @@ def make_plan(opts: argparse.Namespace) -> Plan:
     return Plan(sizes=sizes, threads=threads,
                 repeats=3 if opts.quick else 7, target=1e-3 if opts.quick else 5e-3,
                 bandwidth_n=16 * MI if opts.quick else 32 * MI, workloads=names,
-                every_layout=opts.every_layout)
+                every_layout=opts.every_layout,
+                rules=opts.rules.split(",") if opts.rules else RULES)
 
 
 def unwritable(path: str) -> str | None:
@@ -304,10 +333,13 @@ def main(argv: Sequence[str]) -> int:
     print(report.kernels_text(results["kernels"]), flush=True)
     print(report.peers_text(results["kernels"]), flush=True)
     print(report.targets_text(results["kernels"]), flush=True)
+    print(report.adam_targets_text(results["kernels"]), flush=True)
     results["call_overhead"] = call_overhead(plan)
     print(report.overhead_text(results["call_overhead"]), flush=True)
     results["workloads"] = model_steps(plan)
     print(report.workloads_text(results["workloads"]), flush=True)
+    results["adamw_workloads"] = adamw_model_steps(plan)
+    print(report.workloads_text(results["adamw_workloads"], "adamw"), flush=True)
     set_threads(0)
     if opts.json:
         with open(opts.json, "w") as f:

@@ -15,7 +15,7 @@ import numpy as np
 
 import momentum
 from momentum import reference
-from momentum._bench import storage
+from momentum._bench import adam_peers, storage
 from momentum._bench.rules import TIMED, args
 from momentum._bench.storage import Layout
 from momentum.rules import RULES as TABLE
@@ -26,7 +26,9 @@ TORCH_MODES = {"torch for-loop": {"foreach": False},
 # momentum's own optimizer, as a PyTorch user runs it (momentum.torch.SGD).
 OUR_TORCH_MODES = {"momentum.torch.SGD": {},
                    "momentum.torch.SGD(flat=True)": {"flat": True}}
-PEERS = (*TORCH_MODES, "numba", "numexpr")
+PEERS = (*TORCH_MODES, "numba", "numexpr", adam_peers.DEEPSPEED, adam_peers.LION)
+# The rules whose peers are in momentum._bench.adam_peers.
+NEW_RULES = ("adam", "adamw", "lion")
 # The plain C loop that moves sgd's bytes (momentum._probe): the ceiling.
 C_LOOP = "C fused loop"
 
@@ -150,6 +152,9 @@ def layout_peers(rule: str, layout: Layout,
     torch.optim.SGD keeps its buffer in the parameter's dtype and rounds to
     nearest; numba and numexpr have no 16-bit arithmetic.  In 16 bits each
     torch mode steps its own copy of the arrays (equal at the start)."""
+    if rule in NEW_RULES:
+        steps, missing = adam_peers.layout_peers(rule, layout, arrays)
+        return steps, {**missing, **dict.fromkeys(("numba", "numexpr"), "no form of this rule")}
     dtype = layout.uniform(TABLE[rule])
     if dtype in ("float32", "float64"):
         return peers(rule, *(arrays.get(name, arrays["buf"]) for name in ("param", "grad", "buf")))

@@ -14,8 +14,9 @@ UNITS = {
     "median_s": "seconds per call (median of samples)",
     "q1_s": "seconds per call, first quartile", "q3_s": "seconds per call, third quartile",
     "Melem_per_s": "10^6 elements per second",
-    "GB_per_s": "10^9 bytes per second: elements read + written (sgd, heavy_ball 5, "
-                "update_buffer 3, copy 2, triad 3, C fused loop 5) * itemsize / median_s",
+    "GB_per_s": "10^9 bytes per second: elements read + written (sgd, heavy_ball, lion 5, "
+                "update_buffer 3, adam, adamw 7 without amsgrad, copy 2, triad 3, C fused "
+                "loop 5) * itemsize / median_s",
     "median_us": "microseconds per call", "median_ms": "milliseconds per step",
     "bytes_per_call": "bytes", "pct_of_c_loop": "percent",
     "x_dram_c_loop": "ratio to the C fused loop's GB/s on arrays far larger than cache",
@@ -101,8 +102,9 @@ def kernels_text(rows: list[dict]) -> str:
                      str(r["bytes_per_element"]),
                      f"{ours['Melem_per_s'] / 1e3:.2f}", f"{ours['GB_per_s']:.1f}", _iqr_pct(ours),
                      f"{r['x_float32']:.2f}x",
-                     f"{r['results'][r['ceiling']]['GB_per_s']:.1f}", _CEILING_TAGS[r["ceiling"]],
-                     f"{r['pct_of_c_loop']:.0f}%", f"{r['x_dram_c_loop']:.2f}x",
+                     *([f"{r['results'][r['ceiling']]['GB_per_s']:.1f}", _CEILING_TAGS[r["ceiling"]],
+                        f"{r['pct_of_c_loop']:.0f}%"] if r["ceiling"] else ["-", "-", "-"]),
+                     f"{r['x_dram_c_loop']:.2f}x",
                      f"{ref['GB_per_s']:.2f}" if ref else "-",
                      f"{r['speedup_vs_reference']:.1f}x" if ref else "-"])
     notes = [f"- {r['rule']} {r['layout']}: {r['unavailable']}"
@@ -115,7 +117,8 @@ def kernels_text(rows: list[dict]) -> str:
                    "master written to a bfloat16 param), then the rounding if not nearest;",
                    "B/el: bytes read + written per element; x f32: the all-float32 call's time "
                    "/ this call's (same rule, size, threads);",
-                   "C: the fastest plain C loop moving the layout's bytes (sgd's shape) on "
+                   "C: the fastest plain C loop moving the layout's bytes (sgd's shape; "
+                   "Adam's for adam and adamw, none for their float64 and kahan rows) on "
                    "same-size arrays: f = float fused loop, p = portable build, a = AVX-512 "
                    "build, h = vcvtneps2bf16;",
                    "% C: momentum's GB/s over that loop's; vs DRAM: over the float64 fused loop's "
@@ -159,6 +162,20 @@ def targets_text(rows: list[dict]) -> str:
                    "time / the bf16 nearest call's time - 1."])
 
 
+def adam_targets_text(rows: list[dict]) -> str:
+    """The Adam issue's speed targets on this run's adam, adamw and lion rows."""
+    body = [[c.target, c.layout, size(c.n), str(c.threads), f"{c.value:.2f}",
+             f">= {c.bound:g}", "met" if c.met else "NOT met"]
+            for c in targets.adam_checks(rows)]
+    if not body:
+        return "\nAdam targets: none of the rows they are set on were measured"
+    met = sum(row[-1] == "met" for row in body)
+    return _table(f"Targets of the Adam issue: {met} of {len(body)} met",
+                  ["target", "rule, layout", "size", "thr", "value", "bound", ""], body,
+                  ["x: the named candidate's time / momentum's time; of the C loop: "
+                   "momentum's GB/s / the fastest plain C loop's moving the same bytes."])
+
+
 def _missing_notes(missing: Iterable[dict[str, str]]) -> list[str]:
     """One note per reason a peer is absent: ``'-' torch fused: not installed``."""
     why: dict[str, dict[str, None]] = {}
@@ -176,8 +193,8 @@ def overhead_text(row: dict) -> str:
                   ["candidate", "µs/call", "IQR"], body, _missing_notes([row["missing"]]))
 
 
-def workloads_text(rows: list[dict]) -> str:
-    """Milliseconds per whole optimizer step, and ratios to momentum."""
+def workloads_text(rows: list[dict], rule: str = "sgd") -> str:
+    """Milliseconds per whole optimizer step of ``rule``, and ratios to momentum.foreach's."""
     body = []
     for w in rows:
         for name, r in w["results"].items():
@@ -185,10 +202,11 @@ def workloads_text(rows: list[dict]) -> str:
                          str(w["threads"]), name,
                          f"{r['median_ms']:.2f}", _iqr_pct(r), f"{r['GB_per_s']:.1f}",
                          f"{r['ratio_to_momentum']:.2f}x"])
-    return _table("Model workloads: one float32 sgd step over every tensor",
+    return _table(f"Model workloads: one float32 {rule} step over every tensor",
                   ["model", "tensors", "Melem", "thr", "candidate", "ms/step", "IQR", "GB/s",
                    "vs foreach"],
-                  body, ["vs foreach: candidate time / momentum.foreach.sgd time (above 1x: foreach faster)."]
+                  body, [f"vs foreach: candidate time / momentum.foreach.{rule} time "
+                         "(above 1x: foreach faster)."]
                   + _missing_notes(w["missing"] for w in rows))
 
 
@@ -225,7 +243,7 @@ def plot(results: dict, path: str) -> None:
             mine = [r for r in rows if r["rule"] == rule and r["layout"] == layouts[rule][i]]
             for colour, name in enumerate(CANDIDATES):
                 pts = [(r["n"], r["results"][r["ceiling"] if name == C_LOOP else name]["GB_per_s"])
-                       for r in mine if name == C_LOOP or name in r["results"]]
+                       for r in mine if (r["ceiling"] if name == C_LOOP else name in r["results"])]
                 if pts:
                     ax.plot(*zip(*pts), "--" if name == C_LOOP else "-", marker="o",
                             color=f"C{colour}", label="C loop (fastest)" if name == C_LOOP else name)

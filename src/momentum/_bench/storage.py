@@ -2,8 +2,9 @@
 how a 16-bit parameter is rounded, and the bytes that moves.
 
 A :class:`Layout` gives a dtype per array *name* (``param``, ``grad``,
-``buf``), so one layout applies to every rule of the table that has those
-arrays.  Its rounding adds arrays: ``"kahan"`` a compensation buffer ``comp``
+``buf``); every state array of a rule without a ``buf`` (Adam's ``exp_avg``,
+``exp_avg_sq``, ``max_exp_avg_sq``, Lion's ``exp_avg``) takes ``buf``'s
+dtype, so one layout applies to every rule of the table.  Its rounding adds arrays: ``"kahan"`` a compensation buffer ``comp``
 (the parameter's dtype, read and written), ``"master"`` a float32 ``master``
 the rule updates in the parameter's place, the 16-bit ``param`` then only
 written.  Bytes per element are the item sizes of the arrays read plus those
@@ -41,8 +42,10 @@ class Layout:
     state_rounding: str = "nearest"
 
     def dtype(self, array: str) -> str:
-        """The storage dtype of the array called ``array``."""
-        return dict(self.dtypes)[array]
+        """The storage dtype of the array called ``array`` (a state array not
+        named in the layout: ``buf``'s)."""
+        roles = dict(self.dtypes)
+        return roles[array] if array in roles else roles["buf"]
 
     def applies(self, rule: Rule) -> bool:
         """Whether ``rule`` can run in this layout: a param rounding other than
@@ -58,9 +61,10 @@ class Layout:
             for a in rule.arrays)
 
     def arrays(self, rule: Rule) -> list[Stored]:
-        """Every array a call of ``rule`` reads or writes, the rounding's own included."""
+        """Every array a typical call of ``rule`` reads or writes (not Adam's
+        ``max_exp_avg_sq`` without amsgrad), the rounding's own included."""
         out = []
-        for a in rule.arrays:
+        for a in used(rule):
             if a.name == "param" and self.rounding == "master":
                 out += [Stored("master", "float32", True, True),
                         Stored("param", self.dtype("param"), False, True)]
@@ -80,7 +84,7 @@ class Layout:
         param), then the rounding where it is not nearest."""
         cells = [f"f32>{SHORT[self.dtype(a.name)]}"
                  if a.name == "param" and self.rounding == "master" else SHORT[self.dtype(a.name)]
-                 for a in rule.arrays]
+                 for a in used(rule)]
         modes = [self.rounding] if rule.param is not None and self.rounding in (
             "stochastic", "kahan") else []
         modes += [f"{self.state_rounding} state"] if self.state_rounding != "nearest" else []
@@ -89,9 +93,15 @@ class Layout:
     def uniform(self, rule: Rule) -> str | None:
         """The dtype of all of ``rule``'s arrays when they share one, rounded to
         nearest (the layouts torch.optim.SGD can step); None otherwise."""
-        names = {self.dtype(a.name) for a in rule.arrays}
+        names = {self.dtype(a.name) for a in used(rule)}
         plain = self.rounding == self.state_rounding == "nearest"
         return names.pop() if len(names) == 1 and plain else None
+
+
+def used(rule: Rule) -> tuple:
+    """``rule``'s arrays its typical call uses (an array with a ``when`` flag
+    off in ``rule.typical``, as Adam's ``max_exp_avg_sq``, is not)."""
+    return tuple(a for a in rule.arrays if not a.when or rule.typical.get(a.when))
 
 
 def _by_role(param: str, grad: str, buf: str, **rounding: str) -> Layout:
@@ -130,14 +140,20 @@ def layouts(rule: Rule, every: bool = False) -> list[Layout]:
     return list(out.values())
 
 
-def make(layout: Layout, n: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Every array of the layout, by name, ``n`` standard normal values each
-    (rounded to its dtype): ``param``, ``grad``, ``buf``, and ``master``
-    (float32, ``param`` its rounding) or ``comp`` (zeros) for those roundings.
+def make(layout: Layout, n: int, seed: int = 0,
+         rule: Rule | None = None) -> dict[str, np.ndarray]:
+    """Every array of the layout (or of ``rule`` in it), by name, ``n``
+    standard normal values each (rounded to its dtype; squared for a second
+    moment, ``*_sq``, which Adam keeps non-negative): ``param``, ``grad``,
+    ``buf`` or the rule's state arrays, and ``master`` (float32, ``param``
+    its rounding) or ``comp`` (zeros) for those roundings.
     Raises ImportError for bfloat16 without ml_dtypes."""
     rng = np.random.default_rng(seed)
-    out = {name: rng.standard_normal(n, dtype=np.float32).astype(numpy_dtype(d))
-           for name, d in layout.dtypes}
+    names = [a.name for a in rule.arrays] if rule else [name for name, _ in layout.dtypes]
+    out = {}
+    for name in names:
+        x = rng.standard_normal(n, dtype=np.float32)
+        out[name] = (x * x if name.endswith("_sq") else x).astype(numpy_dtype(layout.dtype(name)))
     if layout.rounding == "master":
         out["master"] = rng.standard_normal(n, dtype=np.float32)
         out["param"][...] = out["master"].astype(out["param"].dtype)

@@ -68,3 +68,38 @@ def checks(rows: list[dict]) -> Iterator[Check]:
     yield from each(STOCHASTIC, {LARGE}, "cost over nearest", over_nearest, 0.15, at_most=True)
     yield from each(KAHAN_MASTER, {LARGE}, "of the C loop", lambda r: r["pct_of_c_loop"] / 100,
                     0.95)
+
+
+# The Adam issue's targets, on adam's rows (adamw's and lion's alike where they apply).
+ADAM_F32 = "f32/f32/f32/f32"
+ADAM_BF16 = "bf16/bf16/bf16/bf16"
+ADAM_MIXED = "bf16/bf16/f32/f32"
+DEEPSPEED = "DeepSpeedCPUAdam"
+# (size, candidate, bound): momentum's speed over the candidate's.
+ADAM_PEERS = ((LARGE, "torch fused", 1.0), (LARGE, DEEPSPEED, 1.0),
+              (64 << 10, DEEPSPEED, 1.2), (64 << 10, "torch fused", 2.5),
+              (MI, DEEPSPEED, 1.0), (MI, "torch fused", 2.0))
+
+
+def adam_checks(rows: list[dict]) -> Iterator[Check]:
+    """Every Adam-issue target on every adam, adamw and lion row it applies to."""
+    for r in rows:
+        if r.get("rule") not in ("adam", "adamw", "lion") or "results" not in r:
+            continue
+        name = f"{r['rule']} {r['layout']}"
+        n, threads = r["n"], r["threads"]
+        speed = (lambda peer: _time(r, peer) / _time(r) if peer in r["results"] else None)
+        f32 = r["layout"] in (ADAM_F32, "f32/f32/f32")
+        if f32 and n == LARGE and r["pct_of_c_loop"] is not None:
+            yield Check("of the C loop", name, n, threads, r["pct_of_c_loop"] / 100, 0.95, False)
+        for size, peer, bound in ADAM_PEERS if r["layout"] == ADAM_F32 else ():
+            if n == size and speed(peer) is not None:
+                yield Check(f"x {peer}", name, n, threads, speed(peer), bound, False)
+        if r["layout"] == ADAM_BF16 and n == LARGE:
+            for peer, bound in (("torch fused", 2.2), (DEEPSPEED, 1.2)):
+                if speed(peer) is not None:
+                    yield Check(f"x {peer} (bf16 states)", name, n, threads, speed(peer), bound,
+                                False)
+        if r["layout"] == ADAM_MIXED and speed(DEEPSPEED) is not None:
+            yield Check(f"x {DEEPSPEED} (same layout)", name, n, threads, speed(DEEPSPEED), 1.0,
+                        False)
