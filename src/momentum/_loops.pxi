@@ -212,13 +212,15 @@ cdef void lion(real* param, const real* grad, real* exp_avg, size_t n,
     cdef real shrink = <real>(1.0 - h.lr * h.weight_decay)
     cdef bint decay = h.weight_decay != 0, maximize = h.maximize != 0
     cdef size_t i
-    cdef real g, c, p
+    cdef real g, c, p, m
     for i in range(n):
+        # exp_avg[i] read once, before the store to param[i] (see _adam: 4K aliasing)
         g = -grad[i] if maximize else grad[i]
-        c = b1 * exp_avg[i] + keep1 * g
+        m = exp_avg[i]
+        c = b1 * m + keep1 * g
         p = param[i] * shrink if decay else param[i]
         param[i] = p - lr * _sign(c)
-        exp_avg[i] = b2 * exp_avg[i] + keep2 * g
+        exp_avg[i] = b2 * m + keep2 * g
 
 
 include "_entries.pxi"
