@@ -167,16 +167,22 @@ cdef inline void _adam(real* param, const real* grad, real* exp_avg, real* exp_a
     cdef size_t i
     cdef real g, p, m, s
     for i in range(n):
+        # Every load before the first store: the arrays often share their
+        # offset within a 4 KiB page (NumPy's allocations do), and a load of
+        # exp_avg_sq[i] after the store to exp_avg[i] then waits on it (4K
+        # aliasing).  The arithmetic and its order are unchanged.
         g = -grad[i] if maximize else grad[i]
         p = param[i]
+        m = exp_avg[i]
+        s = exp_avg_sq[i]
         if decay:
             if decoupled:
                 p = p * shrink
             else:
                 g = g + wd * p
-        m = exp_avg[i] + keep1 * (g - exp_avg[i])
+        m = m + keep1 * (g - m)
+        s = b2 * s + keep2 * g * g
         exp_avg[i] = m
-        s = b2 * exp_avg_sq[i] + keep2 * g * g
         exp_avg_sq[i] = s
         if amsgrad:
             s = _max(max_exp_avg_sq[i], s)
@@ -206,13 +212,15 @@ cdef void lion(real* param, const real* grad, real* exp_avg, size_t n,
     cdef real shrink = <real>(1.0 - h.lr * h.weight_decay)
     cdef bint decay = h.weight_decay != 0, maximize = h.maximize != 0
     cdef size_t i
-    cdef real g, c, p
+    cdef real g, c, p, m
     for i in range(n):
+        # exp_avg[i] read once, before the store to param[i] (see _adam: 4K aliasing)
         g = -grad[i] if maximize else grad[i]
-        c = b1 * exp_avg[i] + keep1 * g
+        m = exp_avg[i]
+        c = b1 * m + keep1 * g
         p = param[i] * shrink if decay else param[i]
         param[i] = p - lr * _sign(c)
-        exp_avg[i] = b2 * exp_avg[i] + keep2 * g
+        exp_avg[i] = b2 * m + keep2 * g
 
 
 include "_entries.pxi"
