@@ -117,7 +117,12 @@ def test_quick_run_writes_every_section_with_positive_rates(quick_run):
         assert all(r["median_ms"] > 0 for r in workload["results"].values())
         assert f"momentum.foreach.{rule}" in workload["results"]
     assert "Kernels:" in proc.stdout and "Targets" in proc.stdout and "[bench" in proc.stderr
-    assert "Targets of the Adam issue" in proc.stdout
+    # At the quick run's one size (4 Ki) only the DeepSpeed layout target
+    # applies; without DeepSpeed the report says that none was measured.
+    if importlib.util.find_spec("deepspeed") is not None:
+        assert "Targets of the Adam issue" in proc.stdout
+    else:
+        assert "Adam targets: none of the rows they are set on were measured" in proc.stdout
     assert f"wrote results to {out / 'out.json'}\n" in proc.stdout
 
 
