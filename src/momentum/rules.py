@@ -184,7 +184,13 @@ _OPERATORS = {">": operator.gt, ">=": operator.ge, "==": operator.eq}
 
 _MOMENTUM_BUFFER = "momentum_buffer"
 
-# Adam's and AdamW's hyperparameters, in the order the kernels read them.
+# Adam's and AdamW's arrays and hyperparameters, in the order the kernels read them.
+_ADAM_ARRAYS = (Array("param", written=True),
+                Array("grad", written=False),
+                Array("exp_avg", written=True, state_key="exp_avg"),
+                Array("exp_avg_sq", written=True, state_key="exp_avg_sq"),
+                Array("max_exp_avg_sq", written=True, when="amsgrad",
+                      state_key="max_exp_avg_sq"))
 _ADAM_HYPERS = (Hyper("lr", "rate"),
                 Hyper("beta1", "beta", 0.9, branch=False),
                 Hyper("beta2", "beta", 0.999, branch=False),
@@ -273,12 +279,7 @@ param = param - (momentum * buf + lr * g) if nesterov else param - buf""",
     Rule(
         name="adam",
         summary="One torch.optim.Adam step for one tensor, in place.",
-        arrays=(Array("param", written=True),
-                Array("grad", written=False),
-                Array("exp_avg", written=True, state_key="exp_avg"),
-                Array("exp_avg_sq", written=True, state_key="exp_avg_sq"),
-                Array("max_exp_avg_sq", written=True, when="amsgrad",
-                      state_key="max_exp_avg_sq")),
+        arrays=_ADAM_ARRAYS,
         hypers=_ADAM_HYPERS,
         per_tensor=("step",),
         formula=_adam_formula("if weight_decay != 0: g = g + weight_decay * param"),
@@ -288,12 +289,7 @@ param = param - (momentum * buf + lr * g) if nesterov else param - buf""",
     Rule(
         name="adamw",
         summary="One torch.optim.AdamW step for one tensor, in place.",
-        arrays=(Array("param", written=True),
-                Array("grad", written=False),
-                Array("exp_avg", written=True, state_key="exp_avg"),
-                Array("exp_avg_sq", written=True, state_key="exp_avg_sq"),
-                Array("max_exp_avg_sq", written=True, when="amsgrad",
-                      state_key="max_exp_avg_sq")),
+        arrays=_ADAM_ARRAYS,
         hypers=_ADAM_HYPERS,
         per_tensor=("step",),
         formula=_adam_formula("if weight_decay != 0: param = param * (1 - lr * weight_decay)"),
