@@ -26,7 +26,7 @@ from torch.optim.optimizer import _get_scalar_dtype
 
 from momentum import foreach
 from momentum._torch_step import (
-    EXTRA, EXTRA_KEYS, HALF, PLAIN, amp, array, check_storage, extras, kernel_reason,
+    EXTRA, EXTRA_KEYS, HALF, PLAIN, closure_and_amp, array, check_storage, extras, kernel_reason,
     reason, scalar, state_dtype, unscale, warn_once)
 
 __all__ = ["Adam", "AdamW"]
@@ -105,11 +105,7 @@ class _KernelAdam:
         are stepped with torch's own for-loop arithmetic, with a
         RuntimeWarning once per reason.
         """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        skip, grad_scale = amp(self)
+        loss, skip, grad_scale = closure_and_amp(self, closure)
         if skip:
             return loss
         name = type(self).__name__

@@ -16,7 +16,7 @@ import torch
 
 from momentum import foreach
 from momentum._torch_step import (
-    EXTRA, EXTRA_KEYS, HALF, amp, array, check_storage, extras, kernel_reason, reason,
+    EXTRA, EXTRA_KEYS, HALF, closure_and_amp, array, check_storage, extras, kernel_reason, reason,
     scalar, state_dtype, unscale, warn_once)
 
 __all__ = ["Lion"]
@@ -90,11 +90,7 @@ class Lion(torch.optim.Optimizer):
         """One Lion step over every group; returns ``closure()``'s loss.
         A step with ``found_inf`` set nonzero writes nothing (no state made,
         the group's step not counted)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        skip, grad_scale = amp(self)
+        loss, skip, grad_scale = closure_and_amp(self, closure)
         if skip:
             return loss
         calls, fallbacks, entered, stale, grads = [], [], [], [], []

@@ -152,6 +152,16 @@ def scalar(value: Any, name: str, where: str) -> Any:
     return value.item()
 
 
+def closure_and_amp(optimizer: Any, closure: Any) -> tuple[Any, bool, torch.Tensor | None]:
+    """The start of every step(): ``closure()``'s loss (with grad enabled,
+    None without a closure), then amp()'s ``(skip, grad_scale)``."""
+    loss = None
+    if closure is not None:
+        with torch.enable_grad():
+            loss = closure()
+    return (loss, *amp(optimizer))
+
+
 def amp(optimizer: Any) -> tuple[bool, torch.Tensor | None]:
     """``(skip, grad_scale)`` from the ``found_inf`` and ``grad_scale``
     attributes ``torch.amp.GradScaler`` sets on an optimizer whose

@@ -38,7 +38,7 @@ from torch.optim.sgd import sgd as _torch_sgd
 
 from momentum import foreach
 from momentum._torch_keys import GRADS, HOLDS, Snapshot, know_torch, prepare_groups
-from momentum._torch_step import amp, unscale
+from momentum._torch_step import closure_and_amp, dense, unscale
 from momentum.arena import EXTRA as _ARENA_EXTRA, Arena
 from momentum.dtypes import numpy_dtype
 from momentum.rules import DTYPES, ROUNDINGS, RULES, STATE_ROUNDINGS
@@ -117,21 +117,6 @@ def _check(tensor: torch.Tensor, what: str, param: torch.Tensor, place: Place,
                      f".resolve_neg() on it before the step")
 
 
-def _dense(tensor: torch.Tensor) -> bool:
-    """``tensor``'s elements fill ``numel()`` consecutive elements of memory,
-    in some order of its dimensions (contiguous, channels_last, a
-    transpose), so an elementwise rule can step that memory as one array."""
-    if tensor.is_contiguous() or tensor.numel() == 0:
-        return True
-    expected = 1
-    for size, stride in sorted(zip(tensor.shape, tensor.stride()), key=lambda d: d[1]):
-        if size != 1:
-            if stride != expected:
-                return False
-            expected *= size
-    return True
-
-
 def _buffer_dtype(p: torch.Tensor, state_dtype: torch.dtype | None) -> torch.dtype:
     """The dtype of parameter ``p``'s momentum buffer in a group of
     ``state_dtype``: float32 for a 16-bit parameter with state_dtype
@@ -161,7 +146,7 @@ def _fallback_reason(p: torch.Tensor, g: torch.Tensor | None, b: torch.Tensor | 
                 f" whose buffers are {buf_dtype}" if t is b and buf_dtype != p.dtype else "")
     if p.dtype not in _KERNEL_DTYPES:
         return f"dtype {p.dtype}"
-    if not _dense(p):
+    if not dense(p):
         return "a parameter that is not dense (a slice or a strided view)"
     if not all(t.is_contiguous() for t in tensors) and \
             any(t.stride() != p.stride() for t in tensors):
@@ -920,11 +905,7 @@ class SGD(torch.optim.Optimizer):
     @torch.no_grad()
     def _step(self, closure: Callable[[], Any] | None = None) -> Any:
         """step() itself, without hooks."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        skip, grad_scale = amp(self)
+        loss, skip, grad_scale = closure_and_amp(self, closure)
         if skip:
             return loss
         hypers = [_hyperparameters(gi, group) for gi, group in enumerate(self.param_groups)]
@@ -1030,10 +1011,10 @@ class SGD(torch.optim.Optimizer):
         ``whose[1]`` of group ``whose[0]``, stepped with torch's arithmetic,
         its bytes within ``span``) shares a byte with a tensor the kernels
         step, unless both are only read (gradients)."""
-        dense = _dense(tensor)
+        is_dense = dense(tensor)
         for gk, plan in enumerate(plans):
             for k, array, lo, hi in plan.snapshot.touching(*span):
-                if (written or array != 1) and (dense or _touches(tensor, lo, hi)):
+                if (written or array != 1) and (is_dense or _touches(tensor, lo, hi)):
                     first, second = sorted([whose, (gk, k, array)])
                     raise ValueError(f"SGD.step(): {self._name(*first)} and "
                                      f"{self._name(*second)} overlap in memory")
