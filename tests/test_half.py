@@ -194,6 +194,34 @@ def test_foreach_and_groups_match_reference_with_each_tensor_keyed(rng):
         assert_same_bits(a, b)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_adam_tensors_with_other_steps_and_betas_keep_their_own_bias_corrections(threads, rng):
+    """The kernels keep the last bias corrections each thread computed (a
+    16-bit tensor's chunks share them): tensors interleaving other step
+    counts and betas, in one batch across threads, each get their own."""
+    n, steps = (1 << 17) + 300, [1, 7, 1, 1000, 7]
+    ps = [make(rng, n, "bfloat16", special=0.0) for _ in steps]
+    gs = [make(rng, n, "bfloat16", special=0.0) for _ in steps]
+    ms = [make(rng, n, "float32", special=0.0) for _ in steps]
+    vs = [np.abs(make(rng, n, "float32", special=0.0)) for _ in steps]
+    spec = [[a.copy() for a in seq] for seq in (ps, gs, ms, vs)]
+    groups = [{"params": ps[:3], "grads": gs[:3], "exp_avgs": ms[:3], "exp_avg_sqs": vs[:3],
+               "max_exp_avg_sqs": [None] * 3, "lr": 1e-2, "step": steps[:3]},
+              {"params": ps[3:], "grads": gs[3:], "exp_avgs": ms[3:], "exp_avg_sqs": vs[3:],
+               "max_exp_avg_sqs": [None] * 2, "lr": 1e-2, "step": steps[3:],
+               "beta1": 0.5, "beta2": 0.9}]
+    momentum.set_num_threads(threads)
+    try:
+        foreach.adam_groups(groups)
+    finally:
+        momentum.set_num_threads(0)
+    for i, (p, g, m, v) in enumerate(zip(*spec)):
+        betas = {} if i < 3 else {"beta1": 0.5, "beta2": 0.9}
+        reference.adam(p, g, m, v, None, lr=1e-2, step=steps[i], **betas)
+        assert_same_bits(ps[i], p, f"tensor {i}")
+        assert_same_bits(vs[i], v, f"tensor {i}")
+
+
 # ------------------------------------------------------- the roundings' contract
 
 def copy_through(values: np.ndarray, dtype: str) -> np.ndarray:

@@ -14,7 +14,7 @@
 # kept one rounding each, in the reference's order, and the build passes
 # -ffp-contract=off so that no multiply and add fuse.
 from cpython.pycapsule cimport PyCapsule_New
-from libc.math cimport pow, sqrt, sqrtf
+from libc.math cimport sqrt, sqrtf
 from libc.stddef cimport size_t
 from libc.stdint cimport uint32_t
 from momentum._kernels cimport MOMENTUM_KERNEL_COUNT, momentum_kernel, momentum_task
@@ -22,6 +22,7 @@ from momentum._kernels cimport MOMENTUM_KERNEL_COUNT, momentum_kernel, momentum_
 cdef extern from "_storage.h" nogil:
     ctypedef void (*momentum_loop32)(float* const* arrays, size_t n,
                                      const double* hyper) noexcept nogil
+    double momentum_bias(double beta, double step)
     void momentum_blocked(const momentum_task* t, size_t start, size_t n,
                           momentum_loop32 loop, int narrays, uint32_t codes,
                           uint32_t written, int param)
@@ -158,7 +159,7 @@ cdef inline void _adam(real* param, const real* grad, real* exp_avg, real* exp_a
                        double beta2, double eps, double weight_decay, bint amsgrad,
                        bint maximize, double step, bint decoupled) noexcept nogil:
     # The bias corrections in double, as the reference forms them.
-    cdef double bias1 = 1.0 - pow(beta1, step), bias2 = 1.0 - pow(beta2, step)
+    cdef double bias1 = momentum_bias(beta1, step), bias2 = momentum_bias(beta2, step)
     cdef real step_size = <real>(lr / bias1), root2 = <real>sqrt(bias2)
     cdef real keep1 = <real>(1.0 - beta1), b2 = <real>beta2, keep2 = <real>(1.0 - beta2)
     cdef real e = <real>eps, wd = <real>weight_decay

@@ -28,6 +28,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <math.h>
 #include <string.h>
 
 #include "momentum.h"
@@ -137,11 +138,8 @@ static void mm_store_bf16(uint16_t *restrict dst, const float *restrict src, siz
      * convert exactly). */
     for (; i + 16 <= n; i += 16) {
         __m512 x = _mm512_loadu_ps(src + i);
-        __m512i a = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7fffffff));
-        __mmask16 odd = _mm512_cmpgt_epu32_mask(a, _mm512_set1_epi32(0x7f800000))
-                      | _mm512_cmplt_epu32_mask(_mm512_sub_epi32(a, _mm512_set1_epi32(1)),
-                                                _mm512_set1_epi32(0x007fffff));
-        if (odd) {
+        /* one vfpclassps: quiet NaN (0x01), subnormal (0x20), signalling NaN (0x80) */
+        if (_mm512_fpclass_ps_mask(x, 0xa1)) {
             size_t j;
             for (j = i; j < i + 16; j++)
                 dst[j] = (uint16_t)mm_bf16_nearest(mm_bits(src[j]));
@@ -333,6 +331,29 @@ static void mm_store_kahan(uint32_t dtype, uint16_t *restrict param, uint16_t *r
         mm_kahan_loop(param, comp, fresh, n, 1);
     else
         mm_kahan_loop(param, comp, fresh, n, 0);
+}
+
+/* ------------------------------------------------- a rule's per-task terms */
+
+/* 1 - beta ** step (Adam's bias corrections), as the reference computes it.
+ * A rule's loop runs once per chunk of a 16-bit task, and two pow() calls
+ * cost as much as the rest of a 256-element chunk of bfloat16 Adam: each
+ * thread keeps the last value for each of two betas (a tensor's chunks
+ * share them). */
+static inline double momentum_bias(double beta, double step)
+{
+    static __thread double seen[2][3];   /* beta, step, 1 - beta ** step */
+    static __thread int next;
+    int i;
+    for (i = 0; i < 2; i++)
+        if (seen[i][0] == beta && seen[i][1] == step && seen[i][2] != 0)
+            return seen[i][2];
+    i = next;
+    next ^= 1;
+    seen[i][0] = beta;
+    seen[i][1] = step;
+    seen[i][2] = 1.0 - pow(beta, step);
+    return seen[i][2];
 }
 
 /* ------------------------------------------------------ the blocked driver */
