@@ -63,9 +63,11 @@ def test_float64_steps_as_torch(rule, amsgrad, maximize, weight_decay):
 @pytest.mark.parametrize("amsgrad, maximize", FLAGS)
 @pytest.mark.parametrize("rule", ["adam", "adamw"])
 def test_float32_stays_within_a_few_roundings_of_torch(rule, amsgrad, maximize):
-    """torch's for-loop Adam does the same operations in the same order, but
-    its kernels (lerp, addcmul, addcdiv) may round an intermediate otherwise
-    (a fused multiply-add, say).  Such a difference moves one step's update
+    """torch's for-loop Adam does the same operations in the same order but
+    one (it divides sqrt(v) by sqrt(bias2) where we multiply by the double
+    1 / sqrt(bias2) rounded once: the denominator can differ by a rounding),
+    and its kernels (lerp, addcmul, addcdiv) may round an intermediate
+    otherwise (a fused multiply-add, say).  Such a difference moves one step's update
     by a relative few 2**-24, at most lr * 2**-20 of the parameter, and Adam's
     update is normalised, so it does not grow from step to step; the
     parameter's own rounding can then differ by an ulp or two.  Bound:

@@ -13,7 +13,7 @@ torch's own; only ``step()`` differs.  Per parameter::
     exp_avg = exp_avg + (1 - beta1) * (g - exp_avg)
     exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
     v = max_exp_avg_sq = max(max_exp_avg_sq, exp_avg_sq) if amsgrad else exp_avg_sq
-    param = param - (lr / bias1) * (exp_avg / (sqrt(v) / sqrt(bias2) + eps))
+    param = param - (lr / bias1) * (exp_avg / (sqrt(v) * (1 / sqrt(bias2)) + eps))
 """
 from __future__ import annotations
 

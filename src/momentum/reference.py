@@ -241,7 +241,7 @@ def _adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, ep
     lr, beta1, beta2, eps, weight_decay, step = (
         float(lr), float(beta1), float(beta2), float(eps), float(weight_decay), float(step))
     bias1, bias2 = 1 - beta1 ** step, 1 - beta2 ** step
-    step_size, root2 = lr / bias1, math.sqrt(bias2)
+    step_size, inv_root2 = lr / bias1, 1 / math.sqrt(bias2)
     g = -grad if maximize else grad
     p = param
     if weight_decay != 0:
@@ -255,7 +255,7 @@ def _adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, ep
     if amsgrad:
         max_exp_avg_sq[...] = maximum(max_exp_avg_sq, exp_avg_sq)
         v = max_exp_avg_sq
-    param[...] = p - step_size * (exp_avg / (np.sqrt(v) / root2 + eps))
+    param[...] = p - step_size * (exp_avg / (np.sqrt(v) * inv_root2 + eps))
 
 
 @_stored("adam")
@@ -272,7 +272,7 @@ def adam(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg_sq: n
         exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
         v = exp_avg_sq
         if amsgrad: max_exp_avg_sq = v = maximum(max_exp_avg_sq, exp_avg_sq)
-        param = param - (lr / bias1) * (exp_avg / (sqrt(v) / sqrt(bias2) + eps))
+        param = param - (lr / bias1) * (exp_avg / (sqrt(v) * (1 / sqrt(bias2)) + eps))
     """
     _adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps,
           weight_decay, amsgrad, maximize, step, False)

@@ -215,7 +215,7 @@ exp_avg = exp_avg + (1 - beta1) * (g - exp_avg)
 exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
 v = exp_avg_sq
 if amsgrad: max_exp_avg_sq = v = max(max_exp_avg_sq, exp_avg_sq)
-param = param - (lr / bias1) * (exp_avg / (sqrt(v) / sqrt(bias2) + eps))"""
+param = param - (lr / bias1) * (exp_avg / (sqrt(v) * (1 / sqrt(bias2)) + eps))"""
 
 RULES: dict[str, Rule] = {rule.name: rule for rule in (
     Rule(
