@@ -1,14 +1,24 @@
-"""Train a small MLP on scikit-learn's digits with momentum.torch.SGD.
+"""Train a small MLP on scikit-learn's digits with momentum.torch.SGD or AdamW.
 
 The digits data set (1,797 8x8 images, 10 classes) ships with scikit-learn,
 so nothing is downloaded.  The script trains the same network from the same
-seed four times -- with ``momentum.torch.SGD`` (per tensor, and with
-``flat=True``: one arena, one kernel call), with ``torch.optim.SGD`` (its
-default per-tensor for-loop on CPU) and with ``torch.optim.SGD(fused=True)``
--- and prints loss and test accuracy per epoch for the first, the final
-accuracy of each, and the median time of one ``optimizer.step()`` of each::
+seed with each optimizer of one table and prints loss and test accuracy per
+epoch for the first, the final accuracy of each, and the median time of one
+``optimizer.step()`` of each.
+
+``--optimizer sgd`` (the default): ``momentum.torch.SGD`` (per tensor, and
+with ``flat=True``: one arena, one kernel call), ``torch.optim.SGD`` (its
+for-loop on CPU) and ``torch.optim.SGD(fused=True)``.
+
+``--optimizer adamw``: ``momentum.torch.AdamW``, ``torch.optim.AdamW``
+(for-loop) and ``torch.optim.AdamW(fused=True)``, and the ZeRO-Offload
+layout at the PyTorch level: the model in bfloat16 (so its gradients come
+in bfloat16), ``momentum.torch.AdamW(state_dtype=torch.float32,
+rounding="master")`` keeping a float32 master copy and float32 moments and
+writing the bfloat16 parameters from the master, in one pass per step::
 
     PYTHONPATH=src python examples/train_digits.py --epochs 20
+    PYTHONPATH=src python examples/train_digits.py --optimizer adamw --epochs 20
 """
 from __future__ import annotations
 
@@ -23,12 +33,33 @@ from sklearn.model_selection import train_test_split
 
 import momentum.torch
 
-HYPER = dict(lr=0.05, momentum=0.9, weight_decay=1e-4, nesterov=True)
-OPTIMIZERS: dict[str, Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]] = {
-    "momentum.torch.SGD": lambda ps: momentum.torch.SGD(ps, **HYPER),
-    "momentum.torch.SGD(flat=True)": lambda ps: momentum.torch.SGD(ps, **HYPER, flat=True),
-    "torch.optim.SGD (for-loop)": lambda ps: torch.optim.SGD(ps, **HYPER),
-    "torch.optim.SGD(fused=True)": lambda ps: torch.optim.SGD(ps, **HYPER, fused=True),
+Make = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+# Per --optimizer: its hyperparameters and, by name, each optimizer with the
+# dtype the model is trained in (bfloat16: the ZeRO-Offload layout).
+HYPERS = {"sgd": dict(lr=0.05, momentum=0.9, weight_decay=1e-4, nesterov=True),
+          "adamw": dict(lr=3e-3, betas=(0.9, 0.999), weight_decay=1e-2)}
+SGD, ADAMW = HYPERS["sgd"], HYPERS["adamw"]
+OPTIMIZERS: dict[str, dict[str, tuple[Make, torch.dtype]]] = {
+    "sgd": {
+        "momentum.torch.SGD": (lambda ps: momentum.torch.SGD(ps, **SGD), torch.float32),
+        "momentum.torch.SGD(flat=True)": (lambda ps: momentum.torch.SGD(ps, **SGD, flat=True),
+                                          torch.float32),
+        "torch.optim.SGD (for-loop)": (lambda ps: torch.optim.SGD(ps, **SGD), torch.float32),
+        "torch.optim.SGD(fused=True)": (lambda ps: torch.optim.SGD(ps, **SGD, fused=True),
+                                        torch.float32),
+    },
+    "adamw": {
+        "momentum.torch.AdamW": (lambda ps: momentum.torch.AdamW(ps, **ADAMW), torch.float32),
+        "torch.optim.AdamW (for-loop)": (lambda ps: torch.optim.AdamW(ps, **ADAMW),
+                                         torch.float32),
+        "torch.optim.AdamW(fused=True)": (lambda ps: torch.optim.AdamW(ps, **ADAMW, fused=True),
+                                          torch.float32),
+        # ZeRO-Offload: bfloat16 model, gradients and parameters; float32
+        # master copy and moments in the optimizer state; one pass a step.
+        "momentum.torch.AdamW, bf16 + master": (
+            lambda ps: momentum.torch.AdamW(ps, **ADAMW, state_dtype=torch.float32,
+                                            rounding="master"), torch.bfloat16),
+    },
 }
 
 
@@ -41,14 +72,15 @@ def digits(seed: int) -> tuple[torch.Tensor, ...]:
             torch.tensor(y_train), torch.tensor(y_test))
 
 
-def train(make_optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer],
-          epochs: int, batch_size: int, seed: int, verbose: bool
-          ) -> tuple[float, list[float]]:
-    """Train from ``seed``; return the final test accuracy and every step's time (s)."""
-    x_train, x_test, y_train, y_test = digits(seed)
+def train(make_optimizer: Make, dtype: torch.dtype, epochs: int, batch_size: int, seed: int,
+          verbose: bool) -> tuple[float, list[float]]:
+    """Train from ``seed`` with the model in ``dtype``; return the final test
+    accuracy and every step's time (s)."""
+    x_train, x_test, y_train, y_test = (t.to(dtype) if t.is_floating_point() else t
+                                        for t in digits(seed))
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(),
-                                torch.nn.Linear(128, 10))
+                                torch.nn.Linear(128, 10)).to(dtype)
     opt = make_optimizer(model.parameters())
     loss_fn = torch.nn.CrossEntropyLoss()
     step_times: list[float] = []
@@ -73,19 +105,21 @@ def train(make_optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.O
     return accuracy, step_times
 
 
-def main(epochs: int = 20, batch_size: int = 64, seed: int = 0) -> dict[str, tuple[float, float]]:
-    """Train with each optimizer; print and return ``{name: (accuracy, median step µs)}``."""
+def main(epochs: int = 20, batch_size: int = 64, seed: int = 0,
+         optimizer: str = "sgd") -> dict[str, tuple[float, float]]:
+    """Train with each optimizer of ``OPTIMIZERS[optimizer]``; print and
+    return ``{name: (accuracy, median step µs)}``."""
     torch.set_num_threads(1)  # the model is tiny: threads would only add overhead
     results = {}
-    for i, (name, make) in enumerate(OPTIMIZERS.items()):
+    for i, (name, (make, dtype)) in enumerate(OPTIMIZERS[optimizer].items()):
         if i == 0:
-            print(f"{name}, {epochs} epochs, batch {batch_size}, {HYPER}")
-        accuracy, times = train(make, epochs, batch_size, seed, verbose=i == 0)
+            print(f"{name}, {epochs} epochs, batch {batch_size}, {HYPERS[optimizer]}")
+        accuracy, times = train(make, dtype, epochs, batch_size, seed, verbose=i == 0)
         results[name] = (accuracy, statistics.median(times) * 1e6)
-    ours = results["momentum.torch.SGD"][1]
+    ours = next(iter(results.values()))[1]
     print("\nfinal test accuracy, median optimizer.step() time:")
     for name, (accuracy, micros) in results.items():
-        print(f"  {name:31} {accuracy:6.1%}  {micros:8.1f} us  ({micros / ours:.2f}x ours)")
+        print(f"  {name:36} {accuracy:6.1%}  {micros:8.1f} us  ({micros / ours:.2f}x ours)")
     return results
 
 
@@ -94,5 +128,6 @@ if __name__ == "__main__":
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd")
     args = parser.parse_args()
-    main(args.epochs, args.batch_size, args.seed)
+    main(args.epochs, args.batch_size, args.seed, args.optimizer)

@@ -358,24 +358,26 @@ def test_sparse_gradient_is_refused_as_torch():
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic", "kahan", "master"])
 @pytest.mark.parametrize("state_dtype", [None, torch.float32])
 @pytest.mark.parametrize("cls, rule", [(mt.Adam, ref.adam), (mt.AdamW, ref.adamw)])
-def test_bfloat16_against_reference(rounding, state_dtype, cls, rule):
+@pytest.mark.parametrize("shape", [(33,), (3, 11)])
+def test_bfloat16_against_reference(rounding, state_dtype, cls, rule, shape):
     """bfloat16 parameters, 5 steps, bitwise as momentum.reference (NumPy,
     float32 arithmetic, each stored value rounded once), the rounding's
-    extra state entry made and kept as SGD's."""
+    extra state entry made and kept as SGD's; a 2-D parameter too (its
+    float32 moments and master once came out of another shape than it)."""
     ml_dtypes = pytest.importorskip("ml_dtypes")
     bf16 = np.dtype(ml_dtypes.bfloat16)
     rng = np.random.default_rng(4)
-    start = rng.standard_normal(33).astype(np.float32)
+    start = rng.standard_normal(shape).astype(np.float32)
     p = torch.nn.Parameter(torch.from_numpy(start).to(torch.bfloat16))
     opt = cls([p], lr=0.05, weight_decay=0.1, amsgrad=True, state_dtype=state_dtype,
               rounding=rounding, state_rounding="stochastic", seed=7)
     sdt = np.float32 if state_dtype is torch.float32 else bf16
     param = start.astype(bf16)
-    m, v, mx = (np.zeros(33, sdt) for _ in range(3))
+    m, v, mx = (np.zeros(shape, sdt) for _ in range(3))
     master = param.astype(np.float32) if rounding == "master" else None
-    comp = np.zeros(33, bf16) if rounding == "kahan" else None
+    comp = np.zeros(shape, bf16) if rounding == "kahan" else None
     for step in range(1, 6):
-        grad = rng.standard_normal(33).astype(np.float32).astype(bf16)
+        grad = rng.standard_normal(shape).astype(np.float32).astype(bf16)
         p.grad = torch.from_numpy(grad.view(np.int16)).view(torch.bfloat16)
         opt.step()
         rule(param, grad, m, v, mx, lr=0.05, weight_decay=0.1, amsgrad=True, step=step,

@@ -97,19 +97,21 @@ def test_frozen_zero_size_and_constructor():
             mt.Lion([live], **kw)
 
 
-def test_bfloat16_against_reference():
+@pytest.mark.parametrize("shape", [(40,), (5, 8)])
+def test_bfloat16_against_reference(shape):
     """bfloat16 with float32 moments and stochastic rounding, 5 steps:
-    bitwise as momentum.reference.lion, keyed on the group's step count."""
+    bitwise as momentum.reference.lion, keyed on the group's step count
+    (a 2-D parameter too: its arrays must come out of one shape)."""
     ml_dtypes = pytest.importorskip("ml_dtypes")
     bf16 = np.dtype(ml_dtypes.bfloat16)
     rng = np.random.default_rng(3)
-    param = rng.standard_normal(40).astype(np.float32).astype(bf16)
+    param = rng.standard_normal(shape).astype(np.float32).astype(bf16)
     p = torch.nn.Parameter(torch.from_numpy(param.copy().view(np.int16)).view(torch.bfloat16))
     opt = mt.Lion([p], lr=0.01, weight_decay=0.1, state_dtype=torch.float32,
                   rounding="stochastic", seed=3)
-    m = np.zeros(40, np.float32)
+    m = np.zeros(shape, np.float32)
     for step in range(5):
-        grad = rng.standard_normal(40).astype(np.float32).astype(bf16)
+        grad = rng.standard_normal(shape).astype(np.float32).astype(bf16)
         p.grad = torch.from_numpy(grad.view(np.int16)).view(torch.bfloat16)
         opt.step()
         ref.lion(param, grad, m, lr=0.01, weight_decay=0.1, rounding="stochastic", seed=3,

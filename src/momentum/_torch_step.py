@@ -93,21 +93,21 @@ _NUMPY = (torch.float32, torch.float64, torch.float16)
 
 
 def array(tensor: torch.Tensor) -> np.ndarray:
-    """A 1-D NumPy view of ``tensor``'s memory (dense, see :func:`dense`),
-    in memory order; complex tensors as their real view (an elementwise rule
-    steps real and imaginary parts alike, as torch's Adam does), bfloat16
-    through its int16 bits (NumPy's bfloat16 is ml_dtypes')."""
+    """A NumPy view of ``tensor``'s memory (dense, see :func:`dense`): of
+    its shape where it is contiguous, else 1-D in memory order (the arrays
+    of one parameter share its layout, so they come out alike); complex
+    tensors as their real view (an elementwise rule steps real and imaginary
+    parts alike, as torch's Adam does), bfloat16 through its int16 bits
+    (NumPy's bfloat16 is ml_dtypes')."""
     if tensor.is_contiguous() and tensor.dtype in _NUMPY:
-        # the common case: the array has the tensor's shape (the arrays of
-        # one parameter share it, which is all the kernels ask)
+        # the common case, with the fewest calls into torch
         return (tensor.detach() if tensor.requires_grad else tensor).numpy()
     t = tensor.detach()
     if t.is_complex():
         t = torch.view_as_real(t)
     if not t.is_contiguous():
         order = sorted(range(t.dim()), key=lambda d: -t.stride(d))
-        t = t.permute(order)
-    t = t.reshape(-1)  # a view: the memory is dense in this order
+        t = t.permute(order).reshape(-1)  # a view: the memory is dense in this order
     if t.dtype == torch.bfloat16:
         global _BFLOAT16
         _BFLOAT16 = _BFLOAT16 or numpy_dtype("bfloat16")
