@@ -272,6 +272,15 @@ static void mm_load16(uint32_t dtype, float *dst, const uint16_t *src, size_t n)
         mm_load_f16(dst, src, n);
 }
 
+/* Round src[0:n] into dst[0:n] to nearest. */
+static void mm_store_nearest(uint32_t dtype, uint16_t *dst, const float *src, size_t n)
+{
+    if (dtype == MOMENTUM_BFLOAT16)
+        mm_store_bf16(dst, src, n);
+    else
+        mm_store_f16(dst, src, n);
+}
+
 /* Round src[0:n] into dst[0:n], elements `index`.. of array `array`. */
 static void mm_store16(const momentum_task *t, uint32_t dtype, uint32_t array,
                        uint16_t *dst, const float *src, size_t n, size_t index)
@@ -282,10 +291,8 @@ static void mm_store16(const momentum_task *t, uint32_t dtype, uint32_t array,
             mm_store_bf16_stochastic(dst, src, (uint32_t)n, key, (uint32_t)index);
         else
             mm_store_f16_stochastic(dst, src, (uint32_t)n, key, (uint32_t)index);
-    } else if (dtype == MOMENTUM_BFLOAT16) {
-        mm_store_bf16(dst, src, n);
     } else {
-        mm_store_f16(dst, src, n);
+        mm_store_nearest(dtype, dst, src, n);
     }
 }
 
@@ -296,41 +303,42 @@ static void mm_store16(const momentum_task *t, uint32_t dtype, uint32_t array,
  * y or s is not finite (an infinite or NaN parameter or result, or an
  * overflow) the parameter is round(fresh) and c is 0, as without Kahan (c
  * is 0 too where round(s) overflows to infinity); a
- * zero s takes the sign of fresh (-0.0 stays -0.0).  One pass; `bf16` is a
- * constant at each call, so each dtype gets its own loop. */
-static inline __attribute__((always_inline)) void
-mm_kahan_loop(uint16_t *restrict param, uint16_t *restrict comp, const float *restrict fresh,
-              size_t n, int bf16)
+ * zero s takes the sign of fresh (-0.0 stays -0.0).
+ *
+ * In passes over the chunk (n <= MOMENTUM_CHUNK), so that every widening
+ * and rounding is the vector one of mm_load16/mm_store16 (the hardware's,
+ * where the build has it): widen p and c; form y and the value to store;
+ * round it into param; widen what was stored; form and round the carry. */
+
+static inline uint32_t mm_not_finite(float x)
 {
-    size_t i;
-    for (i = 0; i < n; i++) {
-        float p = bf16 ? mm_float((uint32_t)param[i] << 16) : mm_f16_widen(param[i]);
-        float c = bf16 ? mm_float((uint32_t)comp[i] << 16) : mm_f16_widen(comp[i]);
-        float y = (fresh[i] - p) + c, s = p + y;
-        uint32_t f = mm_bits(fresh[i]), sb = mm_bits(s);
-        /* not finite: y or s has an all-ones exponent */
-        uint32_t plain = mm_mask((mm_bits(y) & 0x7f800000u) == 0x7f800000u)
-                         | mm_mask((sb & 0x7f800000u) == 0x7f800000u);
-        uint32_t zero = mm_mask((sb & 0x7fffffffu) == 0);
-        sb = (f & plain) | (((f & 0x80000000u) | (sb & 0x7fffffffu)) & zero)
-             | (sb & ~(plain | zero));
-        uint32_t r = bf16 ? mm_bf16_nearest(sb) : mm_f16_nearest(sb);
-        float stored = bf16 ? mm_float(r << 16) : mm_f16_widen(r);
-        /* an overflow to infinity in the store carries nothing either */
-        plain |= mm_mask((mm_bits(stored) & 0x7f800000u) == 0x7f800000u);
-        uint32_t carry = mm_bits(y - (stored - p)) & ~plain;
-        param[i] = (uint16_t)r;
-        comp[i] = (uint16_t)(bf16 ? mm_bf16_nearest(carry) : mm_f16_nearest(carry));
-    }
+    return mm_mask((mm_bits(x) & 0x7f800000u) == 0x7f800000u);
 }
 
 static void mm_store_kahan(uint32_t dtype, uint16_t *restrict param, uint16_t *restrict comp,
                            const float *restrict fresh, size_t n)
 {
-    if (dtype == MOMENTUM_BFLOAT16)
-        mm_kahan_loop(param, comp, fresh, n, 1);
-    else
-        mm_kahan_loop(param, comp, fresh, n, 0);
+    float p[MOMENTUM_CHUNK], c[MOMENTUM_CHUNK], y[MOMENTUM_CHUNK], v[MOMENTUM_CHUNK];
+    size_t i;
+    mm_load16(dtype, p, param, n);
+    mm_load16(dtype, c, comp, n);
+    for (i = 0; i < n; i++) {
+        float yi = (fresh[i] - p[i]) + c[i];
+        uint32_t f = mm_bits(fresh[i]), sb = mm_bits(p[i] + yi);
+        uint32_t plain = mm_not_finite(yi) | mm_not_finite(p[i] + yi);
+        uint32_t zero = mm_mask((sb & 0x7fffffffu) == 0);
+        y[i] = yi;
+        v[i] = mm_float((f & plain) | (((f & 0x80000000u) | (sb & 0x7fffffffu)) & zero)
+                        | (sb & ~(plain | zero)));
+    }
+    mm_store_nearest(dtype, param, v, n);
+    mm_load16(dtype, v, param, n);       /* what was stored */
+    for (i = 0; i < n; i++) {
+        /* an overflow to infinity in the store carries nothing either */
+        uint32_t plain = mm_not_finite(y[i]) | mm_not_finite(p[i] + y[i]) | mm_not_finite(v[i]);
+        c[i] = mm_float(mm_bits(y[i] - (v[i] - p[i])) & ~plain);
+    }
+    mm_store_nearest(dtype, comp, c, n);
 }
 
 /* ------------------------------------------------- a rule's per-task terms */
