@@ -184,3 +184,31 @@ def test_parameter_put_twice_into_the_groups_is_refused_not_stepped_once(flat, w
                                          r"and parameter \d .* overlap in memory"):
         opt.step()
     assert p.tolist() == [1.0, 2.0] and q.tolist() == [3.0]
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "master"])
+def test_a_step_that_passes_its_checks_names_no_tensor(monkeypatch, rounding):
+    """A tensor's name ('the grad of parameter 3 (...)') is worded only for
+    an error: making three per parameter every step cost more than the
+    checks themselves (4.6 ms a step of 1,000 tensors instead of 1.3)."""
+    params = [torch.nn.Parameter(torch.randn(8, dtype=torch.bfloat16)) for _ in range(3)]
+    opt = SGD(params, lr=0.1, momentum=0.9, rounding=rounding)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+
+    def no_names(*args):
+        raise AssertionError("a tensor was named on a step that passed its checks")
+
+    monkeypatch.setattr(opt, "_name", no_names)
+    for _ in range(2):
+        for p in params:
+            p.grad = torch.randn_like(p)   # new gradients: checked again
+        opt.step()
+    monkeypatch.undo()
+    # a failing check still names its tensors: a new gradient that is
+    # another parameter's memory
+    params[1].grad = params[0].detach()
+    with pytest.raises(ValueError, match=r"parameter 0 .* and the grad of parameter 1 .* "
+                                         r"overlap in memory"):
+        opt.step()

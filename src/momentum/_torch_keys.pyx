@@ -111,6 +111,8 @@ GRADS = 1    # only gradients differ (other tensors or other memory)
 CHANGED = 2  # a parameter, its memory, a state entry or a buffer differs
 
 cdef object MOMENTUM_BUFFER = "momentum_buffer"
+# Names for the checks of a task that passes them (named() words a failure).
+cdef tuple UNNAMED = ("?",) * (MAX_ARRAYS + 1)
 cdef str STEP = "SGD.step"
 
 # What the checks ask of torch, set once by know_torch().
@@ -545,7 +547,9 @@ def prepare_groups(list snapshots, list hypers, list new_bufs, object name,
             for a in range(rule.narrays + has_extra(rule, task)):
                 places[a] = given[source_of(rule, task, a)]
             try:
-                batch.add(rule, places, task_names(rule, task, name, k, i), STEP)
+                # the tensors' names are made only to word an error: a
+                # parameter's three cost more than its checks
+                batch.add(rule, places, UNNAMED, STEP)
             except (TypeError, ValueError):
                 named(batch, rule, places, task_names(rule, task, name, k, i))
                 raise
