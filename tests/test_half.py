@@ -272,6 +272,30 @@ def test_loads_are_exact_for_every_16_bit_pattern(isa, dtype):
     assert_same_bits(buf, every.astype(np.float32))
 
 
+@pytest.mark.parametrize("dtype", [dtype_param(d) for d in HALF])
+def test_conversions_ignore_the_cpus_flush_to_zero_setting(isa, dtype):
+    """Under denormals-are-zero (``torch.set_flush_denormal(True)``, which a
+    training script may set) every subnormal still widens and rounds as
+    NumPy's astype: the conversions' tests are integer ones (vfpclassps, for
+    one, calls a subnormal zero there, and vcvtneps2bf16 would flush it)."""
+    torch = pytest.importorskip("torch")
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush denormals")
+    momentum.set_num_threads(1)  # the setting is the calling thread's
+    try:
+        tiny = np.arange(1, 1 << 23, 997, dtype=np.uint32)
+        x = np.concatenate([tiny, tiny | 0x80000000]).view(np.float32)   # float32 subnormals
+        assert_same_bits(copy_through(x, dtype), x.astype(HAVE[dtype]))
+        every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(HAVE[dtype])
+        buf = np.zeros(every.size, np.float32)
+        momentum.sgd(np.zeros(every.size, np.float32), every, buf, lr=0.0, momentum=0.5,
+                     first_step=True)
+        assert_same_bits(buf, every.astype(np.float32))
+    finally:
+        torch.set_flush_denormal(False)
+        momentum.set_num_threads(0)
+
+
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic", "kahan", "master"])
 @pytest.mark.parametrize("dtype", [dtype_param(d) for d in HALF])
 def test_signed_zero_and_infinity_survive_a_step(dtype, rounding):

@@ -468,3 +468,25 @@ def test_bfloat16_fallback_with_float32_moments():
     assert mine.state[p]["exp_avg"].dtype == torch.float32
     torch.testing.assert_close(mine.state[p]["exp_avg"], theirs.state[q]["exp_avg"],
                                rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cls", [mt.AdamW, mt.Lion])
+def test_a_master_copy_of_another_layout_is_stepped_by_torch_not_refused(cls):
+    """A state's master copy laid out otherwise than its parameter (a loaded
+    state dict's, say: column-major beside a row-major parameter) is not one
+    dense layout with it: the parameter is stepped with torch's arithmetic,
+    with the warning, as any other such tensor (it was once refused with a
+    shape error, and before that would have been stepped out of order)."""
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(5, 7).to(torch.bfloat16))
+    opt = cls([p], lr=1e-2, state_dtype=torch.float32, rounding="master")
+    p.grad = torch.randn(5, 7).to(torch.bfloat16)
+    opt.step()
+    master = opt.state[p]["master_param"]
+    opt.state[p]["master_param"] = master.t().contiguous().t()   # same values, column-major
+    before = p.detach().clone()
+    p.grad = torch.randn(5, 7).to(torch.bfloat16)
+    with pytest.warns(RuntimeWarning, match="different layouts"):
+        opt.step()
+    assert not torch.equal(p.detach(), before)
+    assert "master_param" not in opt.state[p]   # stepped without it: dropped

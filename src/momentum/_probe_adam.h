@@ -3,8 +3,8 @@
  * (one square root, one division, the bias corrections folded into two
  * scalars), so that the bench can hold the kernels to "a plain C loop moving
  * the same bytes" (momentum._probe times them).  Not bitwise the kernels':
- * those divide by sqrt(bias2) as the reference does, these multiply by its
- * inverse.  Lion moves sgd's bytes (read p, g, m; write p, m), so its
+ * those form step_size * (m / d) as the reference does, these
+ * step_size * m / d, and round no 16-bit value as the kernels do.  Lion moves sgd's bytes (read p, g, m; write p, m), so its
  * ceilings are _probe16.h's sgd loops.
  *
  * Each array is float32 (F) or 16-bit (H, widened and rounded as bfloat16:

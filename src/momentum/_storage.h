@@ -138,8 +138,13 @@ static void mm_store_bf16(uint16_t *restrict dst, const float *restrict src, siz
      * convert exactly). */
     for (; i + 16 <= n; i += 16) {
         __m512 x = _mm512_loadu_ps(src + i);
-        /* one vfpclassps: quiet NaN (0x01), subnormal (0x20), signalling NaN (0x80) */
-        if (_mm512_fpclass_ps_mask(x, 0xa1)) {
+        /* integer compares, not vfpclassps: under DAZ (as
+         * torch.set_flush_denormal(True) sets) that reports a subnormal as zero */
+        __m512i a = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7fffffff));
+        __mmask16 odd = _mm512_cmpgt_epu32_mask(a, _mm512_set1_epi32(0x7f800000))
+                      | _mm512_cmplt_epu32_mask(_mm512_sub_epi32(a, _mm512_set1_epi32(1)),
+                                                _mm512_set1_epi32(0x007fffff));
+        if (odd) {
             size_t j;
             for (j = i; j < i + 16; j++)
                 dst[j] = (uint16_t)mm_bf16_nearest(mm_bits(src[j]));

@@ -26,8 +26,8 @@ from torch.optim.optimizer import _get_scalar_dtype
 
 from momentum import foreach
 from momentum._torch_step import (
-    EXTRA, EXTRA_KEYS, HALF, PLAIN, closure_and_amp, array, check_storage, extras, kernel_reason,
-    reason, scalar, state_dtype, unscale, warn_once)
+    EXTRA_KEYS, HALF, PLAIN, closure_and_amp, array, check_storage, extras, kernel_reason,
+    new_extra, reason, rounding_extra, scalar, state_dtype, unscale, warn_once)
 
 __all__ = ["Adam", "AdamW"]
 
@@ -209,8 +209,12 @@ class _KernelAdam:
         if any(not isinstance(state.get(key), torch.Tensor) for key in keys):
             return "a state without its moments", 0
         dtype = state_dtype(p, group)
-        return kernel_reason(p, [p.grad, *(state[key] for key in keys)],
-                             [p.dtype] + [dtype] * len(keys)), int(count)
+        tensors, dtypes = [p.grad, *(state[key] for key in keys)], [p.dtype] + [dtype] * len(keys)
+        _, extra_dtype, extra = rounding_extra(p, state, group)
+        if extra is not None:  # a loaded state's own, laid out as it may be
+            tensors.append(extra)
+            dtypes.append(extra_dtype)
+        return kernel_reason(p, tensors, dtypes), int(count)
 
     @staticmethod
     def _add(call: dict[str, Any], p: torch.Tensor, state: dict[str, Any],
@@ -231,12 +235,10 @@ class _KernelAdam:
                                        if group["amsgrad"] else None)
         call["step"].append(count + 1)
         call["tensors"].append(index)
-        key, dtype = EXTRA.get(group["rounding"], (None, None)) if p.dtype in HALF \
-            else (None, None)
+        key, _, extra = rounding_extra(p, state, group)
         stale += [(p, other) for other in EXTRA_KEYS if other != key and other in state]
-        extra = state.get(key) if key else None
         if key and extra is None:
-            extra = torch.zeros_like(p) if dtype is None else p.detach().to(dtype, copy=True)
+            extra = new_extra(p, key)
             entered.append((p, {key: extra}))
         # The rounding's extra, beside the parameter (check_task refuses a
         # wrong dtype or length, and overlap, before anything is written).

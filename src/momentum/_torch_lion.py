@@ -16,8 +16,8 @@ import torch
 
 from momentum import foreach
 from momentum._torch_step import (
-    EXTRA, EXTRA_KEYS, HALF, closure_and_amp, array, check_storage, extras, kernel_reason, reason,
-    scalar, state_dtype, unscale, warn_once)
+    EXTRA_KEYS, HALF, closure_and_amp, array, check_storage, extras, kernel_reason, new_extra,
+    reason, rounding_extra, scalar, state_dtype, unscale, warn_once)
 
 __all__ = ["Lion"]
 
@@ -118,19 +118,19 @@ class Lion(torch.optim.Optimizer):
                 if "exp_avg" not in state:
                     state = {"exp_avg": torch.zeros_like(p, dtype=state_dtype(p, group))}
                     entered.append((p, state))
-                why = kernel_reason(p, [p.grad, state["exp_avg"]],
-                                    [p.dtype, state_dtype(p, group)])
+                key, extra_dtype, extra = rounding_extra(p, self.state.get(p, {}), group)
+                tensors, dtypes = [p.grad, state["exp_avg"]], [p.dtype, state_dtype(p, group)]
+                if extra is not None:  # a loaded state's own, laid out as it may be
+                    tensors.append(extra)
+                    dtypes.append(extra_dtype)
+                why = kernel_reason(p, tensors, dtypes)
                 if why is not None:
                     warn_once(self, "Lion", why)
                     fallback.append((p, state))
                     continue
-                key, dtype = EXTRA.get(group["rounding"], (None, None)) \
-                    if p.dtype in HALF else (None, None)
                 stale += [(p, k) for k in EXTRA_KEYS if k != key and k in state]
-                extra = self.state.get(p, {}).get(key) if key else None
                 if key and extra is None:
-                    extra = torch.zeros_like(p) if dtype is None \
-                        else p.detach().to(dtype, copy=True)
+                    extra = new_extra(p, key)
                     entered.append((p, {key: extra}))
                 for name, t in (("params", p), ("grads", p.grad),
                                 ("exp_avgs", state["exp_avg"])):
@@ -156,6 +156,10 @@ class Lion(torch.optim.Optimizer):
             group["step"] += 1
             beta1, beta2 = group["betas"]
             for p, state in fallback:
+                # the parameter moves away from a rounding's extra entry: dropped, as
+                # Adam's and SGD's fallbacks drop it
+                for key in EXTRA_KEYS:
+                    self.state[p].pop(key, None)
                 _torch_lion(p, p.grad, self.state[p]["exp_avg"], lr, wd, beta1, beta2,
                             group["maximize"])
         return loss

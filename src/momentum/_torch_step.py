@@ -33,6 +33,25 @@ EXTRA = {"kahan": ("kahan_comp", None), "master": ("master_param", torch.float32
 EXTRA_KEYS = tuple(key for key, _ in EXTRA.values())
 
 
+def rounding_extra(p: torch.Tensor, state: dict[str, Any], group: dict[str, Any]
+                   ) -> tuple[str | None, torch.dtype | None, torch.Tensor | None]:
+    """The state entry the group's rounding keeps beside a 16-bit ``p``:
+    ``(key, dtype, tensor)``, ``tensor`` the state's one or None where there
+    is none yet, ``dtype`` the one it must have; ``(None, None, None)`` for
+    a rounding without one or a parameter that is not 16-bit."""
+    key, dtype = EXTRA.get(group["rounding"], (None, None)) if p.dtype in HALF \
+        else (None, None)
+    if key is None:
+        return None, None, None
+    return key, dtype or p.dtype, state.get(key)
+
+
+def new_extra(p: torch.Tensor, key: str) -> torch.Tensor:
+    """A first ``key`` entry for ``p``: kahan's zero compensation, or
+    master's float32 copy of the parameter."""
+    return torch.zeros_like(p) if key == "kahan_comp" else p.detach().to(torch.float32, copy=True)
+
+
 def dense(tensor: torch.Tensor) -> bool:
     """``tensor``'s elements fill ``numel()`` consecutive elements of memory
     in some order of its dimensions (contiguous, channels_last, a transpose)."""
