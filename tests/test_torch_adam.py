@@ -282,6 +282,35 @@ def test_fallback_warns_and_steps_as_torch():
     torch.testing.assert_close(a, run(torch.optim.AdamW), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("cls", [mt.Adam, mt.AdamW, mt.Lion])
+def test_a_misaligned_contiguous_gradient_is_stepped_as_torch_steps_it(cls):
+    """A gradient in memory not aligned to its dtype (torch.frombuffer at an
+    odd offset: contiguous, so the common-case test must ask) is stepped
+    with torch's arithmetic after warm steps, with the warning, not refused:
+    torch.optim steps it."""
+    torch.manual_seed(0)
+    start = torch.randn(8, dtype=torch.float64)
+    grads = [torch.randn(8, dtype=torch.float64) for _ in range(3)]
+    raw = bytearray(8 * 8 + 1)
+    odd = torch.frombuffer(raw, dtype=torch.float64, offset=1, count=8)
+
+    def run(make, misaligned):
+        p = torch.nn.Parameter(start.clone())
+        opt = make([p], lr=0.1)
+        for k, g in enumerate(grads):
+            if misaligned and k == 2:   # after two warm steps
+                odd.copy_(g)
+                g = odd
+            p.grad = g
+            opt.step()
+        return p.detach()
+
+    with pytest.warns(RuntimeWarning, match="not aligned"):
+        ours = run(cls, True)
+    # the third step by torch's arithmetic, the kernels' otherwise: float64 agree
+    torch.testing.assert_close(ours, run(cls, False), rtol=0, atol=1e-12)
+
+
 def test_differentiable_and_capturable_are_torchs():
     """differentiable=True steps with torch's arithmetic: the step's result
     has the same gradient with respect to what the gradient was made from;

@@ -75,11 +75,12 @@ def kernel_reason(param: torch.Tensor, tensors: Iterable[torch.Tensor],
     tensors = [param, *tensors]
     dtypes = [param.dtype, *dtypes]
     if all(type(t) in PLAIN and t.is_cpu and t.layout == torch.strided and t.dtype == dtype
-           and t.is_contiguous() and not t.is_neg() for t, dtype in zip(tensors, dtypes)) \
+           and t.is_contiguous() and not t.is_neg() and t.data_ptr() % t.element_size() == 0
+           for t, dtype in zip(tensors, dtypes)) \
             and dtypes[0] in KERNEL_DTYPES and not dtypes[0].is_complex \
             and all(t.shape == param.shape for t in tensors):
-        # the common case, decided at once (a contiguous tensor's data_ptr
-        # from torch's allocator is aligned to its dtype)
+        # the common case, decided at once (alignment asked too: a tensor
+        # of torch.frombuffer(..., offset=1) is contiguous and is not)
         return None
     for t, dtype in zip(tensors, dtypes):
         if type(t) not in PLAIN:
