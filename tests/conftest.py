@@ -68,6 +68,28 @@ def busiest(rule: str) -> dict[str, Any]:
                key=lambda hyper: sum(bool(v) for v in hyper.values()))
 
 
+@pytest.fixture(params=momentum.available_isas())
+def isa(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each available kernel build in turn (avx512bf16 has the bfloat16
+    instruction, avx2 and avx512 F16C); the default is restored after."""
+    before = momentum.get_isa()
+    momentum.set_isa(request.param)
+    yield request.param
+    momentum.set_isa(before)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """torch's own thread pool on the torch tests' tiny tensors only spins
+    against the other processes of a shared machine (50x slower on two busy
+    cores): a module that uses this runs torch on one thread."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     """A generator with a fixed seed, fresh for every test."""

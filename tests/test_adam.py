@@ -23,14 +23,6 @@ STEPS = 100
 FLAGS = list(itertools.product([False, True], repeat=2))   # amsgrad, maximize
 
 
-@pytest.fixture(params=momentum.available_isas())
-def isa(request):
-    before = momentum.get_isa()
-    momentum.set_isa(request.param)
-    yield request.param
-    momentum.set_isa(before)
-
-
 def run_against_torch(rule: str, dtype, amsgrad: bool, maximize: bool, weight_decay: float):
     """STEPS steps of momentum.<rule> and of torch's optimizer on the same
     gradients; returns (ours, torch's) parameters."""

@@ -6,7 +6,6 @@ and bad input refused with nothing written."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -38,16 +37,6 @@ def combo_params(rule: str) -> list[Any]:
             reason="bfloat16 through NumPy needs ml_dtypes")]
         out.append(pytest.param(combo, id=",".join(combo), marks=marks))
     return out
-
-
-@pytest.fixture(params=momentum.available_isas())
-def isa(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Each available kernel build in turn (avx512bf16 has the bfloat16
-    instruction, avx2 and avx512 F16C); the default is restored after."""
-    before = momentum.get_isa()
-    momentum.set_isa(request.param)
-    yield request.param
-    momentum.set_isa(before)
 
 
 def bits(a: np.ndarray) -> np.ndarray:

@@ -10,7 +10,6 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 
@@ -21,15 +20,6 @@ from conftest import case_id
 from test_parity import CASES, DTYPES
 
 SIZES = [0, 1, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 97, 1000]
-
-
-@pytest.fixture(params=momentum.available_isas())
-def isa(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Each available kernel build in turn; the default is restored after."""
-    before = momentum.get_isa()
-    momentum.set_isa(request.param)
-    yield request.param
-    momentum.set_isa(before)
 
 
 def test_baseline_is_always_available():

@@ -122,7 +122,7 @@ def kernel_named(name: str) -> int:
 
 
 @pytest.mark.parametrize("dtype", HALF)
-def test_stochastic_bits_past_two_to_the_32(isa_each, dtype):
+def test_stochastic_bits_past_two_to_the_32(isa, dtype):
     """Elements 2**32 - 700 .. 2**32 + 800 of a tensor, run through the C
     ABI (the arrays' pointers moved back by ``start`` so only these
     elements are touched): the chunk that crosses 2**32 is split, and each
@@ -143,9 +143,3 @@ def test_stochastic_bits_past_two_to_the_32(isa_each, dtype):
     assert np.array_equal(bits(buf), bits(want))
 
 
-@pytest.fixture(params=momentum.available_isas())
-def isa_each(request):
-    before = momentum.get_isa()
-    momentum.set_isa(request.param)
-    yield request.param
-    momentum.set_isa(before)

@@ -22,14 +22,7 @@ STEPS = 100
 LR = 1e-2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """torch's own thread pool on these tiny networks only spins against the
-    other processes of a shared machine (50x slower on two busy cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 
 
 PAIRS = [(mt.Adam, torch.optim.Adam), (mt.AdamW, torch.optim.AdamW)]

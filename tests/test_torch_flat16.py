@@ -16,17 +16,11 @@ pytest.importorskip("ml_dtypes")
 
 from momentum.rules import ROUNDINGS  # noqa: E402
 from momentum.torch import SGD  # noqa: E402
+from torch_helpers import FLAG_CASES, KEYS  # noqa: E402
 
 HALF = [torch.bfloat16, torch.float16]
 # Straddling the 16-bit vector widths; 0 and a frozen tensor break the runs.
 SIZES = [1, 33, 0, 64, 129, 1000]
-FLAG_CASES = {
-    "momentum": dict(momentum=0.9),
-    "nesterov, weight decay": dict(momentum=0.9, nesterov=True, weight_decay=0.01),
-    "dampening, maximize": dict(momentum=0.5, dampening=0.25, maximize=True),
-    "no momentum": dict(weight_decay=0.1),
-}
-KEYS = {"kahan": "kahan_comp", "master": "master_param"}
 
 
 def _params(dtype: torch.dtype, sizes=SIZES, seed: int = 0) -> list[torch.nn.Parameter]:

@@ -17,19 +17,13 @@ pytest.importorskip("ml_dtypes")
 
 from momentum.rules import ROUNDINGS  # noqa: E402
 from momentum.torch import SGD  # noqa: E402
-from torch_helpers import Reference, assert_bitwise, fallback_warnings, numpy_of  # noqa: E402
+from torch_helpers import (  # noqa: E402
+    FLAG_CASES, KEYS, Reference, assert_bitwise, fallback_warnings, numpy_of)
 
 HALF = [torch.bfloat16, torch.float16]
 # Sizes straddling the 16-bit vector widths (twice the float32 lanes), and
 # one above the threading threshold.
 SIZES = [0, 1, 2, 3, 31, 32, 33, 63, 64, 65, 127, 128, 129, 128 * 1024 + 5]
-FLAG_CASES = {
-    "momentum": dict(momentum=0.9),
-    "nesterov, weight decay": dict(momentum=0.9, nesterov=True, weight_decay=0.01),
-    "dampening, maximize": dict(momentum=0.5, dampening=0.25, maximize=True),
-    "no momentum": dict(weight_decay=0.1),
-}
-KEYS = {"kahan": "kahan_comp", "master": "master_param"}
 
 
 def _params(dtype: torch.dtype, sizes: list[int] = SIZES, seed: int = 0) -> list[torch.Tensor]:

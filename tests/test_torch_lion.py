@@ -16,13 +16,7 @@ import momentum.torch as mt  # noqa: E402
 STEPS = 100
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """torch's thread pool only spins on these tiny networks (see test_torch_adam)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 
 
 def _net():

@@ -18,6 +18,16 @@ def sgd_flag_combinations(momentum: float, dampening: float) -> list[dict[str, A
             if not n or (m > 0 and d == 0)]
 
 
+# SGD's flag cases the 16-bit tests step, and each rounding's state entry.
+FLAG_CASES = {
+    "momentum": dict(momentum=0.9),
+    "nesterov, weight decay": dict(momentum=0.9, nesterov=True, weight_decay=0.01),
+    "dampening, maximize": dict(momentum=0.5, dampening=0.25, maximize=True),
+    "no momentum": dict(weight_decay=0.1),
+}
+KEYS = {"kahan": "kahan_comp", "master": "master_param"}
+
+
 def make_model(dtype: torch.dtype) -> torch.nn.Module:
     """A 2-layer MLP with fixed initial weights."""
     torch.manual_seed(0)
