@@ -38,7 +38,9 @@ from torch.optim.sgd import sgd as _torch_sgd
 
 from momentum import foreach
 from momentum._torch_keys import GRADS, HOLDS, Snapshot, know_torch, prepare_groups
-from momentum._torch_step import closure_and_amp, dense, unscale
+from momentum._torch_step import (
+    EXTRA as _EXTRA, EXTRA_KEYS as _EXTRA_KEYS, HALF as _HALF, PLAIN as _PLAIN, closure_and_amp,
+    dense, new_extra, unscale)
 from momentum.arena import EXTRA as _ARENA_EXTRA, Arena
 from momentum.dtypes import numpy_dtype
 from momentum.rules import DTYPES, ROUNDINGS, RULES, STATE_ROUNDINGS
@@ -53,13 +55,6 @@ _KERNEL_DTYPES = {**{real: (code, 1, real.itemsize) for real, code in _REAL.item
                      (_REAL[real], 2, real.itemsize) for real in (torch.float32, torch.float64)}}
 _DTYPES = tuple(_REAL)
 _DTYPE_NAMES = ", ".join(map(str, _DTYPES[:-1])) + f" or {_DTYPES[-1]}"
-# The 16-bit storage dtypes: computed in float32, rounded once when stored.
-_HALF = (torch.bfloat16, torch.float16)
-# The state entry each rounding keeps beside a 16-bit parameter, and its
-# dtype (None: the parameter's).
-_EXTRA = {"kahan": ("kahan_comp", None), "master": ("master_param", torch.float32)}
-_EXTRA_KEYS = tuple(key for key, _ in _EXTRA.values())
-_PLAIN = (torch.Tensor, torch.nn.Parameter, torch.nn.Buffer)
 _NO_STATE = MappingProxyType({})
 # sgd's hyperparameters, in the table's order.
 _SGD_HYPERS = tuple(h.name for h in RULES["sgd"].hypers)
@@ -1035,11 +1030,8 @@ class SGD(torch.optim.Optimizer):
         each 16-bit parameter the kernels step that has a gradient and none
         yet, by its position in the group: zeros of the parameter's dtype
         (kahan's compensation), or the parameter as float32 (master)."""
-        params = group["params"]
-        if group["rounding"] == "kahan":
-            return {i: torch.zeros_like(params[i]) for i in plan.snapshot.missing_extra}
-        return {i: params[i].detach().to(torch.float32, copy=True)
-                for i in plan.snapshot.missing_extra}
+        params, key = group["params"], _EXTRA.get(group["rounding"], (None,))[0]
+        return {i: new_extra(params[i], key) for i in plan.snapshot.missing_extra}
 
     def _torch_sgd(self, group: dict[str, Any], hyper: dict[str, Any],
                    positions: list[int]) -> None:
