@@ -17,17 +17,17 @@ torch's own; only ``step()`` differs.  Per parameter::
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+
 from typing import Any
 
 import torch
 from torch.optim.adam import adam as _torch_adam
 from torch.optim.optimizer import _get_scalar_dtype
 
-from momentum import foreach
+from momentum._torch_engine import KernelStep
 from momentum._torch_step import (
-    EXTRA_KEYS, HALF, PLAIN, closure_and_amp, array, check_storage, extras, kernel_reason,
-    new_extra, reason, rounding_extra, scalar, state_dtype, unscale, warn_once)
+    HALF, PLAIN, check_storage, hypers_of, scalar, state_dtype, state_keys)
 
 __all__ = ["Adam", "AdamW"]
 
@@ -36,8 +36,22 @@ _STORAGE = ("state_dtype", "rounding", "state_rounding", "seed")
 _STORAGE_DEFAULTS = dict(zip(_STORAGE, (None, "nearest", "nearest", 0)))
 
 
-class _KernelAdam:
+def _counts(step: Any) -> bool:
+    """``step`` is a step count the kernels read from memory (and count on
+    there): a plain aligned float32 or float64 CPU scalar tensor holding a
+    whole number in [0, 2**53)."""
+    if not (type(step) in PLAIN and step.is_cpu and step.dim() == 0
+            and step.dtype in (torch.float32, torch.float64)
+            and step.data_ptr() % step.element_size() == 0):
+        return False
+    count = step.item()
+    return math.isfinite(count) and 0 <= count < 2 ** 53 and count == int(count)
+
+
+class _KernelAdam(KernelStep):
     """The step of Adam and AdamW (mixed into torch's classes)."""
+
+    _step_key = "step"
 
     # GradScaler then hands found_inf and grad_scale to step() (as to
     # torch's fused Adam) rather than unscaling the gradients itself.
@@ -61,6 +75,7 @@ class _KernelAdam:
             for key, value in _STORAGE_DEFAULTS.items():
                 group.setdefault(key, self.defaults.get(key, value))
         self.__dict__.setdefault("_warned", set())
+        self._plans = {}  # a copy or a loaded state makes its own
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's, but torch casts every state tensor but ``step`` to its
@@ -89,173 +104,67 @@ class _KernelAdam:
         else:
             step = torch.tensor(0.0, dtype=_get_scalar_dtype())
         dtype = state_dtype(p, group)
-        keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")[:3 if group["amsgrad"] else 2]
         return {"step": step, **{key: torch.zeros_like(p, memory_format=torch.preserve_format,
-                                                       dtype=dtype) for key in keys}}
+                                                       dtype=dtype)
+                                 for key in self._state_keys(group)}}
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One step over every param group; returns ``closure()``'s loss.
+    def _rule(self, group: dict[str, Any]) -> str:
+        """The kernels' rule for ``group``."""
+        return "adamw" if group["decoupled_weight_decay"] else "adam"
 
-        With ``found_inf`` set nonzero (``torch.amp.GradScaler``) nothing is
-        written: parameters, state and step counts stay as they were, and
-        no state is made.  With ``grad_scale`` set, gradients are divided by
-        it in place first (as torch's fused Adam leaves them).  Tensors the
-        kernels cannot step in place (see momentum.torch's README section)
-        are stepped with torch's own for-loop arithmetic, with a
-        RuntimeWarning once per reason.
-        """
-        loss, skip, grad_scale = closure_and_amp(self, closure)
-        if skip:
-            return loss
-        name = type(self).__name__
-        calls: dict[str, list[dict[str, Any]]] = {"adam": [], "adamw": []}
-        fallbacks, entered, stale, steps, grads = [], [], [], [], []
-        first_index = 0
-        for gi, group in enumerate(self.param_groups):
-            where = f"{name}.step(): param_groups[{gi}]"
-            check_storage(where, *(group[key] for key in _STORAGE[1:]), group["state_dtype"])
-            call = self._group_call(group, where)
-            rule = "adamw" if group["decoupled_weight_decay"] else "adam"
-            calls[rule].append(call)
-            calls["adamw" if rule == "adam" else "adam"].append(self._empty(call))
-            fallback = []
-            for i, p in enumerate(group["params"]):
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("Adam does not support sparse gradients, please "
-                                       "consider SparseAdam instead")
-                grads.append(p.grad)
-                state = self.state.get(p)
-                if not state:
-                    state = self._new_state(p, group)
-                    entered.append((p, state))
-                why, count = self._kernel_reason(p, state, group)
-                if why is not None:
-                    warn_once(self, name, why)
-                    fallback.append((p, state))
-                    continue
-                self._add(call, p, state, group, first_index + i, count, entered, stale)
-                steps.append(state["step"])
-            fallbacks.append(fallback)
-            first_index += len(group["params"])
-        unscale(grads, grad_scale)
-        try:
-            # Each call checks every group's hyperparameters (a group of the
-            # other rule is there without tensors); one runs even with none.
-            running = [rule for rule, groups in calls.items()
-                       if any(call["params"] for call in groups)] or ["adam"]
-            for rule in running:
-                getattr(foreach, rule + "_groups")([extras(c) for c in calls[rule]])
-        except (TypeError, ValueError) as error:
-            # Nothing was written but the gradients' unscaling, undone here
-            # (exact for GradScaler's power-of-two scales).
-            if grad_scale is not None and grads:
-                torch._foreach_mul_(grads, grad_scale.item())
-            raise type(error)(f"{name}.step(): {reason(str(error))}") from None
-        for p, state in entered:
-            self.state[p].update(state)
-        for p, key in stale:
-            self.state[p].pop(key, None)
-        if steps:
-            torch._foreach_add_(steps, 1)
-        for group, fallback in zip(self.param_groups, fallbacks):
-            if fallback:
-                self._torch_step(group, fallback)
-        return loss
+    def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        """The moments ``group`` keeps (``max_exp_avg_sq`` with amsgrad)."""
+        return state_keys("adam", group)
 
-    @staticmethod
-    def _group_call(group: dict[str, Any], where: str) -> dict[str, Any]:
-        """The group's keyword arguments of foreach.adam(w)_groups, read
-        afresh each step (schedulers and edits of the group take effect),
-        with empty sequences to be filled."""
+    def _key_step(self, group: dict[str, Any]) -> int:
+        """Nothing: each parameter's own step count keys its stochastic rounding."""
+        return 0
+
+    def _hypers(self, group: dict[str, Any], where: str) -> tuple[Any, ...]:
+        """The group's hyperparameters in the table's order, read afresh each
+        step (schedulers and edits of the group take effect); its storage
+        options checked."""
+        check_storage(where, *(group[key] for key in _STORAGE[1:]), group["state_dtype"])
         beta1, beta2 = group["betas"]
-        return dict(params=[], grads=[], exp_avgs=[], exp_avg_sqs=[], max_exp_avg_sqs=[],
-                    masters=[], comps=[], step=[], tensors=[],
-                    lr=scalar(group["lr"], "lr", where),
-                    beta1=scalar(beta1, "betas[0]", where),
-                    beta2=scalar(beta2, "betas[1]", where), eps=group["eps"],
-                    weight_decay=scalar(group["weight_decay"], "weight_decay", where),
-                    amsgrad=group["amsgrad"], maximize=group["maximize"],
-                    rounding=group["rounding"], state_rounding=group["state_rounding"],
-                    seed=group["seed"])
+        return hypers_of(self._rule(group), dict(
+            lr=scalar(group["lr"], "lr", where), beta1=scalar(beta1, "betas[0]", where),
+            beta2=scalar(beta2, "betas[1]", where), eps=group["eps"],
+            weight_decay=scalar(group["weight_decay"], "weight_decay", where),
+            amsgrad=group["amsgrad"], maximize=group["maximize"]))
 
-    @staticmethod
-    def _empty(call: dict[str, Any]) -> dict[str, Any]:
-        """``call`` without tensors: the other rule's call then keeps group
-        numbers in its messages and checks the group's hyperparameters."""
-        return {key: [] if isinstance(value, list) else value for key, value in call.items()}
+    def _refuse(self, p: torch.Tensor, where: str) -> None:
+        """KernelStep's refusals, and a gradient of another dtype than its
+        parameter (TypeError): torch's Adam raises for it midway."""
+        super()._refuse(p, where)
+        if p.grad.dtype != p.dtype:
+            raise TypeError(f"{where} has dtype {p.grad.dtype} but the parameter has dtype "
+                            f"{p.dtype}")
 
-    @staticmethod
-    def _kernel_reason(p: torch.Tensor, state: dict[str, Any],
-                       group: dict[str, Any]) -> tuple[str | None, int]:
-        """``(why, 0)``: why the kernels cannot step ``p`` with its state;
-        or ``(None, steps)``: they can, ``steps`` its step count so far
-        (read once: a tensor's item() is a call into torch)."""
+    def _kernel_reason(self, p: torch.Tensor, state: dict[str, Any],
+                       group: dict[str, Any]) -> str | None:
+        """Why the kernels cannot step ``p`` (with a gradient) with its state
+        (empty before a first step), or None; RuntimeError for a sparse
+        gradient, as torch's."""
+        if p.grad.is_sparse:
+            raise RuntimeError("Adam does not support sparse gradients, please "
+                               "consider SparseAdam instead")
         if group["differentiable"]:
-            return "differentiable=True", 0
+            return "differentiable=True"
         if group["capturable"]:
-            return "capturable=True", 0
-        step = state.get("step")
-        uncounted = "a step count that is not a whole number in a CPU scalar tensor", 0
-        if not (type(step) in PLAIN and step.is_cpu and step.dim() == 0
-                and step.is_floating_point()):
-            return uncounted
-        count = step.item()
-        if not count == int(count) >= 0:
-            return uncounted
-        keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")[:3 if group["amsgrad"] else 2]
-        if any(not isinstance(state.get(key), torch.Tensor) for key in keys):
-            return "a state without its moments", 0
-        dtype = state_dtype(p, group)
-        tensors, dtypes = [p.grad, *(state[key] for key in keys)], [p.dtype] + [dtype] * len(keys)
-        _, extra_dtype, extra = rounding_extra(p, state, group)
-        if extra is not None:  # a loaded state's own, laid out as it may be
-            tensors.append(extra)
-            dtypes.append(extra_dtype)
-        return kernel_reason(p, tensors, dtypes), int(count)
-
-    @staticmethod
-    def _add(call: dict[str, Any], p: torch.Tensor, state: dict[str, Any],
-             group: dict[str, Any], index: int, count: int,
-             entered: list[tuple[torch.Tensor, dict[str, Any]]],
-             stale: list[tuple[torch.Tensor, str]]) -> None:
-        """Add parameter ``p`` (state-dict index ``index``, ``count`` steps
-        so far) to ``call``; a
-        16-bit one gets its rounding's extra entry (kahan's zero
-        compensation, master's float32 copy), made now and entered with the
-        state once the step's checks passed; another rounding's entry is
-        then dropped (``stale``)."""
-        call["params"].append(array(p))
-        call["grads"].append(array(p.grad))
-        call["exp_avgs"].append(array(state["exp_avg"]))
-        call["exp_avg_sqs"].append(array(state["exp_avg_sq"]))
-        call["max_exp_avg_sqs"].append(array(state["max_exp_avg_sq"])
-                                       if group["amsgrad"] else None)
-        call["step"].append(count + 1)
-        call["tensors"].append(index)
-        key, _, extra = rounding_extra(p, state, group)
-        stale += [(p, other) for other in EXTRA_KEYS if other != key and other in state]
-        if key and extra is None:
-            extra = new_extra(p, key)
-            entered.append((p, {key: extra}))
-        # The rounding's extra, beside the parameter (check_task refuses a
-        # wrong dtype or length, and overlap, before anything is written).
-        call["comps"].append(array(extra) if key == "kahan_comp" else None)
-        call["masters"].append(array(extra) if key == "master_param" else None)
+            return "capturable=True"
+        if state and not _counts(state.get("step")):
+            return "a step count that is not a whole number in a CPU float32 or " \
+                   "float64 scalar tensor"
+        return super()._kernel_reason(p, state, group)
 
     def _torch_step(self, group: dict[str, Any],
                     fallback: list[tuple[torch.Tensor, dict[str, Any]]]) -> None:
         """Step ``fallback``'s parameters with torch's own for-loop Adam
         (torch.optim.adam.adam, foreach=False), as torch.optim.Adam(W)
-        would, their state kept alike; a rounding's extra entry is dropped
-        (the parameter moves away from it)."""
+        would, their state kept alike (a rounding's extra entry already
+        dropped: the parameter moves away from it)."""
         params = [p for p, _ in fallback]
         states = [s for _, s in fallback]
-        for state in states:
-            for key in EXTRA_KEYS:
-                state.pop(key, None)
         # A 16-bit parameter with float32 moments (state_dtype) is stepped
         # in float32 and rounded once, as the kernels step it: torch's
         # arithmetic wants one dtype.

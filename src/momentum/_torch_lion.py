@@ -9,22 +9,20 @@
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from momentum import foreach
+from momentum._torch_engine import KernelStep
 from momentum._torch_step import (
-    EXTRA_KEYS, HALF, closure_and_amp, array, check_storage, extras, kernel_reason, new_extra,
-    reason, rounding_extra, scalar, state_dtype, unscale, warn_once)
+    HALF, check_storage, hypers_of, scalar, state_dtype, state_keys)
 
 __all__ = ["Lion"]
 
 _STORAGE = ("state_dtype", "rounding", "state_rounding", "seed")
 
 
-class Lion(torch.optim.Optimizer):
+class Lion(KernelStep, torch.optim.Optimizer):
     """Lion with lion-pytorch's constructor and state (``state[p]["exp_avg"]``,
     zeros at a parameter's first step).
 
@@ -62,6 +60,12 @@ class Lion(torch.optim.Optimizer):
                                       rounding=rounding, state_rounding=state_rounding,
                                       seed=seed, step=0))
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What ``torch.optim.Optimizer`` pickles, and what decoupled weight
+        decay needs (a copy without them could not step)."""
+        return dict(super().__getstate__(), decoupled_wd=self.decoupled_wd,
+                    _init_lr=self._init_lr)
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         """torch's, and this optimizer's options for a group of lion-pytorch's state dict."""
         super().__setstate__(state)
@@ -70,6 +74,7 @@ class Lion(torch.optim.Optimizer):
                                    state_rounding="nearest", seed=0, step=0).items():
                 group.setdefault(key, value)
         self.__dict__.setdefault("_warned", set())
+        self._plans = {}  # a copy or a loaded state makes its own
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's, converting a 16-bit parameter's exp_avg to the dtype its
@@ -85,84 +90,50 @@ class Lion(torch.optim.Optimizer):
                         state_dtype(p, group) if key == "exp_avg" else p.dtype
                     self.state[p][key] = value.to(dtype=dtype, copy=True)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One Lion step over every group; returns ``closure()``'s loss.
-        A step with ``found_inf`` set nonzero writes nothing (no state made,
-        the group's step not counted)."""
-        loss, skip, grad_scale = closure_and_amp(self, closure)
-        if skip:
-            return loss
-        calls, fallbacks, entered, stale, grads = [], [], [], [], []
-        first_index = 0
-        for gi, group in enumerate(self.param_groups):
-            where = f"Lion.step(): param_groups[{gi}]"
-            check_storage(where, group["rounding"], group["state_rounding"], group["seed"],
-                          group["state_dtype"])
-            beta1, beta2 = group["betas"]
-            lr = scalar(group["lr"], "lr", where)
-            wd = scalar(group["weight_decay"], "weight_decay", where)
-            if self.decoupled_wd:
-                wd /= self._init_lr
-            call = dict(params=[], grads=[], exp_avgs=[], masters=[], comps=[], tensors=[],
-                        lr=lr, beta1=beta1, beta2=beta2, weight_decay=wd,
-                        maximize=group["maximize"], rounding=group["rounding"],
-                        state_rounding=group["state_rounding"], seed=group["seed"],
-                        step=group["step"])
-            fallback = []
-            for i, p in enumerate(group["params"]):
-                if p.grad is None:
-                    continue
-                grads.append(p.grad)
-                state = self.state.get(p) or {}
-                if "exp_avg" not in state:
-                    state = {"exp_avg": torch.zeros_like(p, dtype=state_dtype(p, group))}
-                    entered.append((p, state))
-                key, extra_dtype, extra = rounding_extra(p, self.state.get(p, {}), group)
-                tensors, dtypes = [p.grad, state["exp_avg"]], [p.dtype, state_dtype(p, group)]
-                if extra is not None:  # a loaded state's own, laid out as it may be
-                    tensors.append(extra)
-                    dtypes.append(extra_dtype)
-                why = kernel_reason(p, tensors, dtypes)
-                if why is not None:
-                    warn_once(self, "Lion", why)
-                    fallback.append((p, state))
-                    continue
-                stale += [(p, k) for k in EXTRA_KEYS if k != key and k in state]
-                if key and extra is None:
-                    extra = new_extra(p, key)
-                    entered.append((p, {key: extra}))
-                for name, t in (("params", p), ("grads", p.grad),
-                                ("exp_avgs", state["exp_avg"])):
-                    call[name].append(array(t))
-                call["comps"].append(array(extra) if key == "kahan_comp" else None)
-                call["masters"].append(array(extra) if key == "master_param" else None)
-                call["tensors"].append(first_index + i)
-            calls.append(call)
-            fallbacks.append((lr, wd, fallback))
-            first_index += len(group["params"])
-        unscale(grads, grad_scale)
-        try:
-            foreach.lion_groups([extras(c) for c in calls])
-        except (TypeError, ValueError) as error:
-            if grad_scale is not None and grads:  # undo, exact for power-of-two scales
-                torch._foreach_mul_(grads, grad_scale.item())
-            raise type(error)(f"Lion.step(): {reason(str(error))}") from None
-        for p, state in entered:
-            self.state[p].update(state)
-        for p, key in stale:
-            self.state[p].pop(key, None)
-        for group, (lr, wd, fallback) in zip(self.param_groups, fallbacks):
-            group["step"] += 1
-            beta1, beta2 = group["betas"]
-            for p, state in fallback:
-                # the parameter moves away from a rounding's extra entry: dropped, as
-                # Adam's and SGD's fallbacks drop it
-                for key in EXTRA_KEYS:
-                    self.state[p].pop(key, None)
-                _torch_lion(p, p.grad, self.state[p]["exp_avg"], lr, wd, beta1, beta2,
-                            group["maximize"])
-        return loss
+    def _rule(self, group: dict[str, Any]) -> str:
+        """The kernels' rule."""
+        return "lion"
+
+    def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        """``exp_avg``."""
+        return state_keys("lion", group)
+
+    def _key_step(self, group: dict[str, Any]) -> int:
+        """The group's step count keys its stochastic rounding."""
+        return group["step"]
+
+    def _after_group(self, group: dict[str, Any]) -> None:
+        """Count the group's step."""
+        group["step"] += 1
+
+    def _hypers(self, group: dict[str, Any], where: str) -> tuple[Any, ...]:
+        """The group's hyperparameters in the table's order, read afresh each
+        step; ``decoupled_weight_decay`` divides weight_decay by the
+        constructor's lr; its storage options checked."""
+        check_storage(where, group["rounding"], group["state_rounding"], group["seed"],
+                      group["state_dtype"])
+        beta1, beta2 = group["betas"]
+        return hypers_of("lion", dict(lr=scalar(group["lr"], "lr", where), beta1=beta1,
+                                      beta2=beta2, weight_decay=self._decay(group, where),
+                                      maximize=group["maximize"]))
+
+    def _decay(self, group: dict[str, Any], where: str = "Lion.step()") -> Any:
+        """The weight decay the rule takes."""
+        wd = scalar(group["weight_decay"], "weight_decay", where)
+        return wd / self._init_lr if self.decoupled_wd else wd
+
+    def _new_state(self, p: torch.Tensor, group: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """A first step's state: zeros, in the dtype the group's state_dtype gives it."""
+        return {"exp_avg": torch.zeros_like(p, dtype=state_dtype(p, group))}
+
+    def _torch_step(self, group: dict[str, Any],
+                    fallback: list[tuple[torch.Tensor, dict[str, Any]]]) -> None:
+        """Step ``fallback``'s parameters with Lion's arithmetic in torch operations."""
+        beta1, beta2 = group["betas"]
+        for p, state in fallback:
+            _torch_lion(p, p.grad, state["exp_avg"], scalar(group["lr"], "lr", "Lion.step()"),
+                        self._decay(group), beta1,
+                        beta2, group["maximize"])
 
 
 def _torch_lion(p: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, lr: float,

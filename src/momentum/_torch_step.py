@@ -1,14 +1,7 @@
-"""What ``momentum.torch.Adam``, ``AdamW`` and ``Lion`` share: which
-tensors the kernels can step in place, the NumPy views they step them
-through, the 16-bit storage options of a param group, and AMP's
-``grad_scale``/``found_inf``.
-
-A step of these optimizers builds one NumPy view per tensor and hands every
-group to one ``foreach.<rule>_groups`` call (checked, then run as one batch
-with the GIL released once).  Unlike ``momentum.torch.SGD`` they keep no
-snapshot of the tensors between steps: each step costs a few microseconds
-of Python per tensor on top of the kernels.
-"""
+"""What ``momentum.torch``'s optimizers share: which tensors the kernels
+can step in place, the 16-bit storage options of a param group, how a
+message names a tensor, and AMP's ``grad_scale``/``found_inf``.  Importing
+it tells :mod:`momentum._torch_keys` what torch is (know_torch)."""
 from __future__ import annotations
 
 import sys
@@ -16,17 +9,21 @@ import warnings
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
 import torch
+from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
-from momentum.dtypes import numpy_dtype
-from momentum.rules import ROUNDINGS, STATE_ROUNDINGS
+from momentum._torch_keys import know_torch
+from momentum.rules import DTYPES, ROUNDINGS, RULES, STATE_ROUNDINGS
 
-# The kernels' storage dtypes, and the complex ones stepped as their real views.
-KERNEL_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16,
-                 torch.complex64, torch.complex128)
+# The kernels' storage dtypes as torch's, and the complex dtypes stepped as
+# their real views: torch dtype -> (code in DTYPES, reals an element, bytes a real).
+_REAL = {getattr(torch, name): code for code, name in enumerate(DTYPES)}
+KERNEL_DTYPES = {**{real: (code, 1, real.itemsize) for real, code in _REAL.items()},
+                 **{torch.complex(torch.zeros(1, dtype=real), torch.zeros(1, dtype=real)).dtype:
+                    (_REAL[real], 2, real.itemsize) for real in (torch.float32, torch.float64)}}
 HALF = (torch.bfloat16, torch.float16)
 PLAIN = (torch.Tensor, torch.nn.Parameter, torch.nn.Buffer)
+know_torch(torch.Tensor, torch.strided, KERNEL_DTYPES, PLAIN)
 # The state entry each rounding keeps beside a 16-bit parameter, and its
 # dtype (None: the parameter's), as momentum.torch.SGD keeps them.
 EXTRA = {"kahan": ("kahan_comp", None), "master": ("master_param", torch.float32)}
@@ -107,34 +104,6 @@ def kernel_reason(param: torch.Tensor, tensors: Iterable[torch.Tensor],
     return None
 
 
-_BFLOAT16 = None
-# The dtypes Tensor.numpy() views as they are.
-_NUMPY = (torch.float32, torch.float64, torch.float16)
-
-
-def array(tensor: torch.Tensor) -> np.ndarray:
-    """A NumPy view of ``tensor``'s memory (dense, see :func:`dense`): of
-    its shape where it is contiguous, else 1-D in memory order (the arrays
-    of one parameter share its layout, so they come out alike); complex
-    tensors as their real view (an elementwise rule steps real and imaginary
-    parts alike, as torch's Adam does), bfloat16 through its int16 bits
-    (NumPy's bfloat16 is ml_dtypes')."""
-    if tensor.is_contiguous() and tensor.dtype in _NUMPY:
-        # the common case, with the fewest calls into torch
-        return (tensor.detach() if tensor.requires_grad else tensor).numpy()
-    t = tensor.detach()
-    if t.is_complex():
-        t = torch.view_as_real(t)
-    if not t.is_contiguous():
-        order = sorted(range(t.dim()), key=lambda d: -t.stride(d))
-        t = t.permute(order).reshape(-1)  # a view: the memory is dense in this order
-    if t.dtype == torch.bfloat16:
-        global _BFLOAT16
-        _BFLOAT16 = _BFLOAT16 or numpy_dtype("bfloat16")
-        return t.view(torch.int16).numpy().view(_BFLOAT16)
-    return t.numpy()
-
-
 def check_storage(owner: str, rounding: Any, state_rounding: Any, seed: Any,
                   state_dtype: Any) -> None:
     """ValueError or TypeError, naming ``owner``, for a 16-bit storage
@@ -170,6 +139,18 @@ def scalar(value: Any, name: str, where: str) -> Any:
     if value.numel() != 1:
         raise ValueError(f"{where}: Tensor {name} must be 1-element")
     return value.item()
+
+
+def hooks_or_profiler(optimizer: Any) -> bool:
+    """Whether ``optimizer.step()`` must run inside torch's hook wrapper
+    (``torch.optim.Optimizer.profile_hook_step``): a step hook is registered
+    on it or globally, or the profiler is on.  The wrapper opens a profiler
+    range, which costs tens of µs, much next to small kernels, so the
+    optimizers run it only then (their ``step.hooked`` tells torch not to
+    wrap step() itself)."""
+    return bool(optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks
+                or _global_optimizer_pre_hooks or _global_optimizer_post_hooks
+                or torch._C._autograd._profiler_enabled())
 
 
 def closure_and_amp(optimizer: Any, closure: Any) -> tuple[Any, bool, torch.Tensor | None]:
@@ -218,16 +199,29 @@ def warn_once(optimizer: Any, name: str, why: str) -> None:
                   f"not the kernels", RuntimeWarning, stacklevel=level)
 
 
-def reason(message: str) -> str:
-    """An error message of ``foreach`` without the function's name."""
-    return message.split("(): ", 1)[-1]
+def state_keys(rule: str, group: dict[str, Any]) -> tuple[str, ...]:
+    """The state entries rule ``rule`` keeps for ``group``: the state key of
+    each of its arrays the group's hyperparameters use, in the table's order."""
+    return tuple(a.state_key for a in RULES[rule].arrays
+                 if a.state_key and (a.when is None or group[a.when]))
 
 
-def extras(call: dict[str, Any]) -> dict[str, Any]:
-    """``call`` (a group of foreach's ``*_groups``) with only its rounding's
-    extra sequence: ``comps`` for kahan, ``masters`` for master (foreach
-    refuses the other one, even all None)."""
-    for key, rounding in (("comps", "kahan"), ("masters", "master")):
-        if call["rounding"] != rounding:
-            call[key] = None
-    return call
+def hypers_of(rule: str, values: dict[str, Any]) -> tuple[Any, ...]:
+    """Rule ``rule``'s hyperparameters in the table's order, from ``values``
+    (a per-tensor one missing from it: its default, which the snapshot
+    replaces tensor by tensor)."""
+    return tuple(values.get(h.name, h.default) for h in RULES[rule].hypers)
+
+
+def tensor_name(rule: str, rounding: str, first_index: int, gi: int, i: int,
+                array: int) -> str:
+    """Array ``array`` of rule ``rule`` (its count: the rounding's extra
+    array) of parameter ``i`` of group ``gi``, whose first parameter has
+    state-dict index ``first_index``, for a message."""
+    arrays = RULES[rule].arrays
+    if array == len(arrays):
+        whose = f"the {EXTRA.get(rounding, ('extra array',))[0]} of "
+    else:
+        name, key = arrays[array].name, arrays[array].state_key
+        whose = "" if name == "param" else "the grad of " if key is None else f"the {key} of "
+    return f"{whose}parameter {first_index + i} (param_groups[{gi}]['params'][{i}])"

@@ -33,32 +33,31 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 from torch.optim.sgd import sgd as _torch_sgd
 
 from momentum import foreach
-from momentum._torch_keys import GRADS, HOLDS, Snapshot, know_torch, prepare_groups
+from momentum._torch_engine import Plan as _Plan
+from momentum._torch_keys import GRADS, HOLDS, Snapshot, prepare_groups
 from momentum._torch_step import (
-    EXTRA as _EXTRA, EXTRA_KEYS as _EXTRA_KEYS, HALF as _HALF, PLAIN as _PLAIN, closure_and_amp,
-    dense, new_extra, unscale)
+    EXTRA as _EXTRA, EXTRA_KEYS as _EXTRA_KEYS, HALF as _HALF, KERNEL_DTYPES as _KERNEL_DTYPES,
+    PLAIN as _PLAIN, closure_and_amp, dense, hooks_or_profiler, new_extra, state_keys,
+    tensor_name, unscale)
 from momentum.arena import EXTRA as _ARENA_EXTRA, Arena
 from momentum.dtypes import numpy_dtype
-from momentum.rules import DTYPES, ROUNDINGS, RULES, STATE_ROUNDINGS
+from momentum.rules import ROUNDINGS, RULES, STATE_ROUNDINGS
 
 __all__ = ["SGD", "Adam", "AdamW", "Lion"]
 
-# The kernels' storage dtypes as torch's, and the complex dtypes stepped as
-# their real views: torch dtype -> (code in DTYPES, reals an element, bytes a real).
-_REAL = {getattr(torch, name): code for code, name in enumerate(DTYPES)}
-_KERNEL_DTYPES = {**{real: (code, 1, real.itemsize) for real, code in _REAL.items()},
-                  **{torch.complex(torch.zeros(1, dtype=real), torch.zeros(1, dtype=real)).dtype:
-                     (_REAL[real], 2, real.itemsize) for real in (torch.float32, torch.float64)}}
-_DTYPES = tuple(_REAL)
+_DTYPES = tuple(d for d, (_, reals, _) in _KERNEL_DTYPES.items() if reals == 1)
 _DTYPE_NAMES = ", ".join(map(str, _DTYPES[:-1])) + f" or {_DTYPES[-1]}"
 _NO_STATE = MappingProxyType({})
 # sgd's hyperparameters, in the table's order.
 _SGD_HYPERS = tuple(h.name for h in RULES["sgd"].hypers)
-know_torch(torch.Tensor, torch.strided, _KERNEL_DTYPES, _PLAIN)
+
+
+def _state_keys(group: dict[str, Any]) -> tuple[str, ...]:
+    """The state entries sgd keeps for ``group``: its momentum buffer, if any."""
+    return state_keys("sgd", group)
 
 
 # How a message names a parameter's buffer.
@@ -304,31 +303,6 @@ def _check_key(value: Any, name: str) -> None:
         raise TypeError(f"'{name}' must be an int, not {type(value).__name__}")
     if not 0 <= value < 1 << 64:
         raise ValueError(f"'{name}' must be in [0, 2**64), got {value!r}")
-
-
-class _Plan:
-    """How one param group is stepped, while its snapshot holds.
-
-    ``snapshot`` (a :class:`momentum._torch_keys.Snapshot`) records the
-    group's tensors and, for the parameters the kernels step, where they
-    lie; ``fallback`` lists the positions of the parameters stepped with
-    torch's own arithmetic instead.  ``layout`` is the group's
-    ``(rounding, state_dtype)`` the snapshot was made for (it decides the
-    buffers' dtypes, ``buf_dtypes``, and the extra state entry); ``stale``
-    lists the ``(parameter, key)`` state entries of roundings the group no
-    longer uses, dropped once the step has run (a master copy the
-    parameter has moved away from must not come back).
-    """
-
-    __slots__ = ("snapshot", "fallback", "layout", "buf_dtypes", "stale")
-
-    def __init__(self, snapshot: Snapshot, fallback: list[int], layout: tuple[str, Any],
-                 buf_dtypes: list[torch.dtype], stale: list[tuple[torch.Tensor, str]]) -> None:
-        self.snapshot = snapshot
-        self.fallback = fallback
-        self.layout = layout
-        self.buf_dtypes = buf_dtypes
-        self.stale = stale
 
 
 class _FlatBatch:
@@ -619,10 +593,11 @@ class SGD(torch.optim.Optimizer):
         """Group ``gi``'s plan: the cached one while its snapshot holds (new
         gradients recorded), else a new one from the tensors as they are."""
         plan = self._plans.get(gi)
-        uses_state = group["momentum"] != 0
+        keys = _state_keys(group)
+        uses_state = bool(keys)
         layout = (group["rounding"], group["state_dtype"])
         if plan is not None and plan.layout == layout and plan.snapshot.check(
-                group["params"], self.state, uses_state, True) in (HOLDS, GRADS):
+                group["params"], self.state, keys, True) in (HOLDS, GRADS):
             return plan
         params = group["params"]
         get = self.state.get
@@ -653,7 +628,7 @@ class SGD(torch.optim.Optimizer):
             else:
                 fallback.append(i)
                 self._warn(why)
-        snapshot = Snapshot(list(params), self.state, uses_state, bytes(kernel), buf_dtypes,
+        snapshot = Snapshot("sgd", list(params), self.state, keys, bytes(kernel), buf_dtypes,
                             extra_key, extra_dtypes)
         plan = self._plans[gi] = _Plan(snapshot, fallback, layout, buf_dtypes, stale)
         return plan
@@ -681,7 +656,7 @@ class SGD(torch.optim.Optimizer):
         if batch is None or batch.first_index != first_index \
                 or batch.layout != _flat_layout(group):
             return None
-        found = batch.snapshot.check(group["params"], self.state, group["momentum"] != 0)
+        found = batch.snapshot.check(group["params"], self.state, _state_keys(group))
         return batch if found == HOLDS else None
 
     def _refuse_shared_param(self, gi: int) -> None:
@@ -703,7 +678,7 @@ class SGD(torch.optim.Optimizer):
         params = group["params"]
         flat = self._flats[gi]
         n = len(params)
-        batch.snapshot = Snapshot(list(params), self.state, group["momentum"] != 0,
+        batch.snapshot = Snapshot("sgd", list(params), self.state, _state_keys(group),
                                   b"\x01" * n, [flat.dtypes["buf"]] * n, flat.extra_key,
                                   [flat.dtypes.get(flat.extra_role)] * n)
         self._batches[gi] = batch
@@ -882,12 +857,7 @@ class SGD(torch.optim.Optimizer):
         index.  (In flat mode, tensors found outside the arena may have been
         copied back into it first; their values are unchanged.)
         """
-        # torch.optim.Optimizer wraps step() to run the step hooks inside a
-        # profiler range; that costs tens of µs, much next to small kernels,
-        # so the wrapper runs only when there is a hook or a profiler.
-        if (self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
-                or _global_optimizer_pre_hooks or _global_optimizer_post_hooks
-                or torch._C._autograd._profiler_enabled()):
+        if hooks_or_profiler(self):
             return self._hooked_step(closure)
         return self._step(closure)
 
@@ -958,7 +928,7 @@ class SGD(torch.optim.Optimizer):
         # stepped parameter without the buffer its first step filled.
         batch.run()
         for group, bufs, extras in zip(self.param_groups, new_bufs, new_extras):
-            for i, buf in bufs.items():
+            for i, (buf,) in bufs.items():
                 self.state[group["params"][i]]["momentum_buffer"] = buf
             for i, extra in extras.items():
                 self.state[group["params"][i]][_EXTRA[group["rounding"]][0]] = extra
@@ -1015,13 +985,13 @@ class SGD(torch.optim.Optimizer):
                                      f"{self._name(*second)} overlap in memory")
 
     @staticmethod
-    def _new_bufs(group: dict[str, Any], plan: _Plan) -> dict[int, torch.Tensor]:
+    def _new_bufs(group: dict[str, Any], plan: _Plan) -> dict[int, tuple[torch.Tensor]]:
         """A new buffer, laid out as its parameter, for each parameter the
         kernels step that has a gradient and no buffer yet (momentum != 0),
         by its position in the group, of the dtype its group's state_dtype
         gives it."""
         params = group["params"]
-        return {i: torch.empty_like(params[i], dtype=plan.buf_dtypes[i])
+        return {i: (torch.empty_like(params[i], dtype=plan.state_dtypes[i]),)
                 for i in plan.snapshot.missing}
 
     @staticmethod
@@ -1059,11 +1029,10 @@ class SGD(torch.optim.Optimizer):
                     else buf
 
     def _name(self, gi: int, i: int, array: int) -> str:
-        """Array ``array`` (0: the parameter, 1: its grad, 2: its buffer) of
-        parameter ``i`` of group ``gi``, for a message."""
-        extra = _EXTRA.get(self.param_groups[gi]["rounding"], ("extra array",))[0]
-        whose = ("", "the grad of ", "the momentum_buffer of ", f"the {extra} of ")[array]
-        return f"{whose}parameter {self._first_index(gi) + i} (param_groups[{gi}]['params'][{i}])"
+        """Array ``array`` (0: the parameter, 1: its grad, 2: its buffer, 3:
+        the rounding's extra) of parameter ``i`` of group ``gi``, for a message."""
+        return tensor_name("sgd", self.param_groups[gi]["rounding"], self._first_index(gi),
+                           gi, i, array)
 
     def _flat_step(self, hypers: list[dict[str, Any]],
                    storage: list[tuple[str, str, int, int]]) -> None:
@@ -1116,7 +1085,7 @@ class SGD(torch.optim.Optimizer):
     _hooked_step = torch.optim.Optimizer.profile_hook_step(_step)
 
 
-# Adam, AdamW and Lion share the helpers of momentum._torch_step, not SGD's
-# snapshot machinery (its Cython snapshot knows sgd's arrays only).
+# Adam, AdamW and Lion step through momentum._torch_engine, on the same
+# snapshot and batch builder as SGD's per-tensor step.
 from momentum._torch_adam import Adam, AdamW  # noqa: E402
 from momentum._torch_lion import Lion  # noqa: E402

@@ -1,0 +1,256 @@
+"""The step of ``momentum.torch.Adam``, ``AdamW`` and ``Lion``: any rule of
+the table over a torch optimizer's param groups, through the snapshot and
+the one batch builder (:mod:`momentum._torch_keys`), as ``momentum.torch.SGD``
+steps.
+
+Each group keeps a :class:`Plan`: which parameters the kernels step (decided
+in Python when the plan is made, by the optimizer's ``_kernel_reason``) and a
+Snapshot of its tensors.  While the snapshot holds (checked in C each step,
+new gradients taken) the step runs no Python per tensor: the kernels' tasks
+are built from the recorded places, each per-tensor step count read from its
+scalar tensor's memory and counted on there after the run.  When it does not
+hold, the plan is made afresh.  The parameters the kernels cannot step are
+stepped with torch's own arithmetic after them (``_torch_step``), with a
+warning once per reason.
+
+An optimizer class mixes in :class:`KernelStep` and says what its rule is:
+``_rule(group)``, ``_state_keys(group)`` (the rule's state entries the group
+uses), ``_hypers(group, where)`` (the rule's hyperparameters in the table's
+order), ``_key_step(group)`` (the stochastic key's step where the rule
+counts none itself), ``_step_key`` (the state entry of a per-tensor step
+count, or None), ``_kernel_reason``, ``_new_state``, ``_torch_step`` and
+``_after_group``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from momentum._torch_keys import GRADS, HOLDS, Snapshot, prepare_groups
+from momentum._torch_step import (
+    EXTRA, EXTRA_KEYS, closure_and_amp, hooks_or_profiler, kernel_reason, new_extra,
+    rounding_extra, state_dtype, tensor_name, unscale, warn_once)
+
+__all__ = ["KernelStep", "Plan"]
+
+
+class Plan:
+    """How one param group is stepped while its snapshot holds.
+
+    ``snapshot`` records the group's tensors and, for the parameters the
+    kernels step, where they lie; ``fallback`` lists the positions of the
+    parameters stepped with torch's own arithmetic instead.  ``layout`` is
+    what the plan was made for beyond the tensors (the group's rule,
+    rounding, state_dtype...); ``state_dtypes`` the dtype of each
+    parameter's state arrays; ``stale`` the ``(parameter, key)`` state
+    entries of roundings the group no longer uses, dropped once the step
+    has run (a master copy the parameter has moved away from must not come
+    back).
+    """
+
+    __slots__ = ("snapshot", "fallback", "layout", "state_dtypes", "stale")
+
+    def __init__(self, snapshot: Snapshot, fallback: list[int], layout: tuple[Any, ...],
+                 state_dtypes: list[torch.dtype | None],
+                 stale: list[tuple[torch.Tensor, str]]) -> None:
+        self.snapshot = snapshot
+        self.fallback = fallback
+        self.layout = layout
+        self.state_dtypes = state_dtypes
+        self.stale = stale
+
+
+class KernelStep:
+    """step() for a torch optimizer of one rule family (mixed in)."""
+
+    # The state entry of a parameter's step count (a scalar tensor), if the
+    # rule counts steps per tensor.
+    _step_key: str | None = None
+
+    def _layout(self, group: dict[str, Any]) -> tuple[Any, ...]:
+        """What a group's plan depends on beyond its tensors."""
+        return (self._rule(group), self._state_keys(group), group["rounding"],
+                group["state_dtype"], group.get("differentiable"), group.get("capturable"))
+
+    def _plan(self, gi: int, group: dict[str, Any]) -> Plan:
+        """Group ``gi``'s plan: the cached one while its snapshot holds (new
+        gradients recorded), else a new one from the tensors as they are."""
+        plans = self.__dict__.setdefault("_plans", {})
+        plan = plans.get(gi)
+        layout = self._layout(group)
+        keys = layout[1]
+        if plan is not None and plan.layout == layout and plan.snapshot.check(
+                group["params"], self.state, keys, True) in (HOLDS, GRADS):
+            return plan
+        params = group["params"]
+        kernel = bytearray(len(params))
+        fallback: list[int] = []
+        state_dtypes: list[torch.dtype | None] = []
+        extra_dtypes: list[torch.dtype | None] = []
+        stale: list[tuple[torch.Tensor, str]] = []
+        extra_key = EXTRA.get(group["rounding"], (None, None))[0]
+        for i, p in enumerate(params):
+            state_dtypes.append(state_dtype(p, group))
+            extra_dtypes.append(None)
+            if p.grad is None:
+                continue
+            self._refuse(p, f"{type(self).__name__}.step(): {self._name(gi, i, 1)}")
+            state = self.state.get(p) or {}
+            why = self._kernel_reason(p, state, group)
+            if why is not None:
+                fallback.append(i)
+                warn_once(self, type(self).__name__, why)
+                continue
+            kernel[i] = 1
+            key, dtype, _ = rounding_extra(p, state, group)
+            extra_dtypes[i] = dtype
+            stale += [(p, other) for other in EXTRA_KEYS if other != key and other in state]
+        snapshot = Snapshot(self._rule(group), list(params), self.state, keys, bytes(kernel),
+                            state_dtypes, extra_key, extra_dtypes, self._step_key)
+        plan = plans[gi] = Plan(snapshot, fallback, layout, state_dtypes, stale)
+        return plan
+
+    def _name(self, gi: int, i: int, array: int) -> str:
+        """Array ``array`` of parameter ``i`` of group ``gi``, for a message."""
+        group = self.param_groups[gi]
+        first_index = sum(len(g["params"]) for g in self.param_groups[:gi])
+        return tensor_name(self._rule(group), group["rounding"], first_index, gi, i, array)
+
+    def step(self, closure: Any = None) -> Any:
+        """One step over every param group; returns ``closure()``'s loss.
+
+        With ``found_inf`` set nonzero (``torch.amp.GradScaler``) nothing is
+        written: parameters, state and step counts stay as they were, and
+        no state is made.  With ``grad_scale`` set, gradients are divided by
+        it in place first (as torch's fused optimizers leave them).  Every
+        tensor the kernels step is checked before anything is written; a
+        gradient neither they nor torch can step with its parameter raises
+        ValueError or TypeError first.  Tensors the kernels cannot step in
+        place (see momentum.torch's README section) are stepped with
+        torch's own arithmetic, with a RuntimeWarning once per reason.
+        """
+        if hooks_or_profiler(self):
+            return self._hooked_step(closure)
+        return self._kernel_step(closure)
+
+    step.hooked = True  # tells torch.optim.Optimizer not to wrap it
+
+    @torch.no_grad()
+    def _kernel_step(self, closure: Any) -> Any:
+        """step() itself, without hooks.
+
+        With ``found_inf`` set nonzero (``torch.amp.GradScaler``) nothing is
+        written and no state is made.  With ``grad_scale`` set, gradients are
+        divided by it in place first (as torch's fused optimizers leave
+        them).  Everything the kernels step is checked before anything is
+        written; a new state is entered once its first step has run.
+        """
+        loss, skip, grad_scale = closure_and_amp(self, closure)
+        if skip:
+            return loss
+        where = f"{type(self).__name__}.step"
+        hypers, storage, plans, states, extras = [], [], [], [], []
+        first_index = 0
+        try:
+            for gi, group in enumerate(self.param_groups):
+                hypers.append(self._hypers(group, f"{where}(): param_groups[{gi}]"))
+                storage.append((group["rounding"], group["state_rounding"], group["seed"],
+                                self._key_step(group), first_index))
+                plan = self._plan(gi, group)
+                plans.append(plan)
+                params = group["params"]
+                states.append({i: self._new_state(params[i], group)
+                               for i in plan.snapshot.missing})
+                key = EXTRA.get(group["rounding"], (None,))[0]
+                extras.append({i: new_extra(params[i], key)
+                               for i in plan.snapshot.missing_extra})
+                first_index += len(params)
+            grads = [] if grad_scale is None else \
+                [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+            unscale(grads, grad_scale)
+            try:
+                batch = prepare_groups(
+                    [plan.snapshot for plan in plans], hypers,
+                    [{i: tuple(state[k] for k in plan.layout[1]) for i, state in new.items()}
+                     for plan, new in zip(plans, states)],
+                    self._name, storage, extras, where)
+            except (TypeError, ValueError):
+                # Nothing was written but the gradients' unscaling, undone
+                # here (exact for GradScaler's power-of-two scales).
+                if grads:
+                    torch._foreach_mul_(grads, grad_scale.item())
+                raise
+        except Exception:
+            # A plan must not outlive a step that refused its tensors: the
+            # next step looks at them afresh.
+            self.__dict__.get("_plans", {}).clear()
+            raise
+        # The kernels first, straight after their batch was built: torch's
+        # arithmetic can run Python code that frees memory the batch holds
+        # addresses of.
+        batch.run()
+        for plan, group, new, extra in zip(plans, self.param_groups, states, extras):
+            plan.snapshot.advance()
+            params = group["params"]
+            for i, state in new.items():
+                if self._step_key is not None:
+                    state[self._step_key] += 1
+                self.state[params[i]].update(state)
+            key = EXTRA.get(group["rounding"], (None,))[0]
+            for i, tensor in extra.items():
+                self.state[params[i]][key] = tensor
+            for p, stale in plan.stale:
+                self.state[p].pop(stale, None)
+            plan.stale = []
+        for plan, group in zip(plans, self.param_groups):
+            fallback = []
+            for i in plan.fallback:
+                p = group["params"][i]
+                if not self.state.get(p):
+                    self.state[p].update(self._new_state(p, group))
+                # the parameter moves away from a rounding's extra entry: dropped
+                for key in EXTRA_KEYS:
+                    self.state[p].pop(key, None)
+                fallback.append((p, self.state[p]))
+            if fallback:
+                self._torch_step(group, fallback)
+            self._after_group(group)
+        return loss
+
+    def _kernel_reason(self, p: torch.Tensor, state: dict[str, Any],
+                       group: dict[str, Any]) -> str | None:
+        """Why the kernels cannot step ``p`` (with a gradient) with its state
+        (empty before a first step: made like the parameter), or None: the
+        group's state entries all there, and every tensor as
+        _torch_step.kernel_reason asks (a rounding's extra entry too)."""
+        keys = self._state_keys(group)
+        tensors, dtypes = [p.grad], [p.dtype]
+        if state:
+            if any(not isinstance(state.get(key), torch.Tensor) for key in keys):
+                return f"a state without its {', '.join(keys)}"
+            tensors += [state[key] for key in keys]
+            dtypes += [state_dtype(p, group)] * len(keys)
+        _, extra_dtype, extra = rounding_extra(p, state, group)
+        if extra is not None:  # a loaded state's own, laid out as it may be
+            tensors.append(extra)
+            dtypes.append(extra_dtype)
+        return kernel_reason(p, tensors, dtypes)
+
+    def _refuse(self, p: torch.Tensor, where: str) -> None:
+        """Raise, before anything is written, for a gradient of ``p`` that
+        neither the kernels nor torch's arithmetic can step ``p`` with (torch
+        would raise only once it had written the tensors before it): of
+        another shape (ValueError) or on another device (ValueError)."""
+        grad = p.grad
+        if grad.shape != p.shape:
+            raise ValueError(f"{where} has shape {tuple(grad.shape)} but the parameter has "
+                             f"shape {tuple(p.shape)}")
+        if grad.device != p.device:
+            raise ValueError(f"{where} is on device {grad.device} but the parameter is on "
+                             f"{p.device}")
+
+    def _after_group(self, group: dict[str, Any]) -> None:
+        """What a step does to a group after its tensors are stepped."""
+
+    _hooked_step = torch.optim.Optimizer.profile_hook_step(_kernel_step)
