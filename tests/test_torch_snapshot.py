@@ -231,32 +231,151 @@ def test_a_copy_made_after_warm_steps_steps_as_the_original(name, how):
             torch.testing.assert_close(opt.state[p][key], twin.state[q][key], rtol=0, atol=0)
 
 
+def _snapshot(opt, params):
+    """Copies of every parameter and state tensor, to show nothing was written."""
+    return copy.deepcopy(([p.detach() for p in params], opt.state_dict()["state"]))
+
+
+def _unchanged(opt, params, before):
+    for p, q in zip(params, before[0]):
+        assert torch.equal(p.detach(), q)
+    state = opt.state_dict()["state"]
+    assert state.keys() == before[1].keys()
+    for i in state:
+        assert state[i].keys() == before[1][i].keys()
+        for key in state[i]:
+            assert torch.equal(state[i][key], before[1][i][key])
+
+
+def _strided():
+    """A parameter of SHAPES[2] that is not dense: torch's arithmetic steps it."""
+    return torch.nn.Parameter(torch.randn(4, 2, 6, dtype=torch.float64)[..., ::2])
+
+
+def _warm(make, params, steps):
+    opt = make(params)
+    for k in range(steps):
+        for p, g in zip(params, _grads(k)):
+            p.grad = g
+        opt.step()
+    for p, g in zip(params, _grads(steps)):
+        p.grad = g
+    return opt
+
+
 @pytest.mark.parametrize("name", PAIRS)
-def test_a_new_gradient_of_another_shape_after_warm_steps_writes_nothing(name):
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel param", "torch's param"])
+def test_a_new_gradient_of_another_shape_after_warm_steps_writes_nothing(name, kernel):
     """Refused as on a first step, before any parameter or state is written:
-    torch's arithmetic would raise only after stepping the ones before."""
+    torch's arithmetic would raise only after stepping the ones before.
+    Also for a parameter torch's arithmetic steps (a strided one), whose
+    tensors the snapshot compares by identity only."""
     ours, _ = PAIRS[name]
     for warm in (0, 3):
         params = _params()
-        opt = ours(params)
-        for k in range(warm):
-            for p, g in zip(params, _grads(k)):
-                p.grad = g
+        if not kernel:
+            params[2] = _strided()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # the strided parameter's
+            opt = _warm(ours, params, warm)
+            before = _snapshot(opt, params)
+            # (torch refuses a mis-shaped ``p.grad =``; its .data is not checked)
+            params[2].grad.data = torch.ones(3, dtype=torch.float64)
+            with pytest.raises(ValueError, match=r"the grad of parameter 2 .* has shape \(3,\)"):
+                opt.step()
+        _unchanged(opt, params, before)
+
+
+@pytest.mark.parametrize("name", ADAMS)
+def test_a_sparse_gradient_of_a_parameter_torch_steps_writes_nothing(name):
+    """torch's RuntimeError, raised before the kernels write the others."""
+    ours, _ = PAIRS[name]
+    params = _params()
+    params[2] = _strided()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opt = _warm(ours, params, 2)
+        before = _snapshot(opt, params)
+        params[2].grad = torch.randn(4, 2, 3, dtype=torch.float64).to_sparse()
+        with pytest.raises(RuntimeError, match="does not support sparse gradients"):
             opt.step()
-        before = copy.deepcopy(([p.detach() for p in params], opt.state_dict()["state"]))
-        for p, g in zip(params, _grads(warm)):
-            p.grad = g
-        # (torch refuses a mis-shaped ``p.grad =``; its .data is not checked)
-        params[2].grad.data = torch.ones(3, dtype=torch.float64)
-        with pytest.raises(ValueError, match=r"the grad of parameter 2 .* has shape \(3,\)"):
-            opt.step()
-        for p, q in zip(params, before[0]):
-            assert torch.equal(p.detach(), q)
-        state = opt.state_dict()["state"]
-        assert state.keys() == before[1].keys()
-        for i in state:
-            for key in state[i]:
-                assert torch.equal(state[i][key], before[1][i][key])
+    _unchanged(opt, params, before)
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+def test_amsgrad_turned_on_after_warm_steps_writes_nothing(name):
+    """The warm states lack max_exp_avg_sq: torch.optim raises KeyError
+    midway; ours ValueError naming the parameter, before anything is
+    written.  A parameter first stepped after the switch is fine."""
+    ours, theirs = PAIRS[name]
+    params = _params()
+    opt = _warm(ours, params, 2)
+    before = _snapshot(opt, params)
+    opt.param_groups[0]["amsgrad"] = True
+    with pytest.raises(ValueError, match=r"parameter 0 .* without 'max_exp_avg_sq'"):
+        opt.step()
+    _unchanged(opt, params, before)
+    with pytest.raises(KeyError):   # torch's own, for the record
+        reference = _warm(theirs, _params(), 2)
+        reference.param_groups[0]["amsgrad"] = True
+        reference.step()
+
+
+@pytest.mark.parametrize("name", ADAMS)
+def test_a_step_count_shared_by_two_parameters_is_refused(name):
+    """Both would be stepped with the count before the step (torch's loop
+    counts it twice, the second parameter seeing the first's increment):
+    ValueError naming both, nothing written."""
+    ours, _ = PAIRS[name]
+    params = _params()
+    opt = _warm(ours, params, 2)
+    opt.state[params[2]]["step"] = opt.state[params[0]]["step"]
+    before = _snapshot(opt, params)
+    with pytest.raises(ValueError, match=r"the step count of parameter 0 .* and the step "
+                                         r"count of parameter 2 .* overlap"):
+        opt.step()
+    _unchanged(opt, params, before)
+
+
+@pytest.mark.parametrize("name", ADAMS)
+def test_a_step_count_of_minus_one_is_refused(name):
+    """torch's step would divide by zero (ZeroDivisionError) midway."""
+    ours, _ = PAIRS[name]
+    params = _params()
+    opt = _warm(ours, params, 2)
+    opt.state[params[1]]["step"].fill_(-1.0)
+    before = _snapshot(opt, params)
+    with pytest.raises(ValueError, match="parameter 1 .* step count of -1"):
+        opt.step()
+    _unchanged(opt, params, before)
+
+
+@pytest.mark.parametrize("name", ADAMS)
+def test_a_float32_step_count_beyond_2_to_24_counts_as_torch_counts_it(name):
+    """torch adds 1 to a float32 step in float32 (2**24 stays 2**24) and
+    steps with that; so do the kernels."""
+    def edit(opt, params):
+        opt.state[params[0]]["step"].fill_(2.0 ** 24)
+    ours, theirs = {"Adam": (mt.Adam, torch.optim.Adam), "Adam-amsgrad": (mt.Adam, torch.optim.Adam),
+                    "AdamW": (mt.AdamW, torch.optim.AdamW)}[name]
+    kw = dict(KW, betas=(0.9, 1 - 1e-9), amsgrad=name == "Adam-amsgrad")
+    mine = _run(lambda ps: ours(ps, **kw), edit)
+    _same(mine, _run(lambda ps: theirs(ps, **kw), edit))
+    assert mine[1].state[mine[0][0]]["step"].item() == 2.0 ** 24
+
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_zero_grad_lets_the_old_gradients_go(name):
+    """zero_grad(set_to_none=True) frees the gradients now: the snapshot
+    must not hold them through the next backward pass."""
+    import weakref
+    ours, _ = PAIRS[name]
+    params = _params()
+    opt = _warm(ours, params, 2)
+    opt.step()
+    old = [weakref.ref(p.grad) for p in params]
+    opt.zero_grad()
+    assert all(ref() is None for ref in old)
 
 
 @pytest.mark.parametrize("name", PAIRS)

@@ -7,7 +7,7 @@
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stddef cimport size_t
 
-from momentum._checks cimport MAX_ARRAYS, check_task, has_extra
+from momentum._checks cimport check_task, has_extra
 from momentum._kernels cimport momentum_task
 from momentum._overlap cimport find_overlap, set_span
 from momentum._schedule cimport run_checked
@@ -19,7 +19,7 @@ cdef class Batch:
     def __cinit__(self, Py_ssize_t room):
         self.room = room
         self.tasks = <momentum_task*>PyMem_Malloc(max(room, 1) * sizeof(momentum_task))
-        self.spans = <Span*>PyMem_Malloc(max(2 * MAX_ARRAYS * room, 1) * sizeof(Span))
+        self.spans = <Span*>PyMem_Malloc(max(2 * SPANS * room, 1) * sizeof(Span))
         if self.tasks == NULL or self.spans == NULL:
             raise MemoryError()
 
@@ -57,13 +57,24 @@ cdef class Batch:
         self.ntasks += 1
         return 0
 
+    cdef int also_writes(self, size_t address, size_t nbytes, int role) except -1:
+        """The task add() took last also writes ``nbytes`` bytes at
+        ``address`` (outside the kernel, after the run: a step count),
+        array ``role`` for overlap()."""
+        if self.ntasks == 0 or self.nspans == SPANS * self.ntasks:
+            raise IndexError("no task to add memory to, or no room")
+        if nbytes:
+            set_span(&self.spans[self.nspans], address, nbytes, self.ntasks - 1, role, True)
+            self.nspans += 1
+        return 0
+
     cdef bint overlap(self, Py_ssize_t* pair) except -1:
         """True, with ``pair`` = (task, array, task, array) of two arrays that
         share a byte (earlier task first), if a written array overlaps an
         array of another task."""
         cdef const Span* s
         cdef const Span* t
-        if not find_overlap(self.spans, self.spans + MAX_ARRAYS * self.room, self.nspans,
+        if not find_overlap(self.spans, self.spans + SPANS * self.room, self.nspans,
                             &s, &t):
             return False
         if t.index < s.index:

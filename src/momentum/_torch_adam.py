@@ -77,24 +77,6 @@ class _KernelAdam(KernelStep):
         self.__dict__.setdefault("_warned", set())
         self._plans = {}  # a copy or a loaded state makes its own
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """torch's, but torch casts every state tensor but ``step`` to its
-        parameter's dtype, which would round a 16-bit parameter's float32
-        moments or master copy: those are converted from the saved tensors
-        to the dtype the group's state_dtype gives them (master: float32)."""
-        super().load_state_dict(state_dict)
-        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-        params = [(p, g) for g in self.param_groups for p in g["params"]]
-        for saved_id, (p, group) in zip(saved_ids, params):
-            saved = state_dict["state"].get(saved_id)
-            if p.dtype not in HALF or not saved:
-                continue
-            for key, value in saved.items():
-                if key != "step" and isinstance(value, torch.Tensor):
-                    dtype = torch.float32 if key == "master_param" else \
-                        state_dtype(p, group) if key != "kahan_comp" else p.dtype
-                    self.state[p][key] = value.to(dtype=dtype, device=p.device, copy=True)
-
     def _new_state(self, p: torch.Tensor, group: dict[str, Any]) -> dict[str, torch.Tensor]:
         """A first step's state, as torch.optim.Adam makes it (step 0, zeros),
         the moments in the dtype the group's state_dtype gives them."""
@@ -132,22 +114,28 @@ class _KernelAdam(KernelStep):
             weight_decay=scalar(group["weight_decay"], "weight_decay", where),
             amsgrad=group["amsgrad"], maximize=group["maximize"]))
 
-    def _refuse(self, p: torch.Tensor, where: str) -> None:
-        """KernelStep's refusals, and a gradient of another dtype than its
-        parameter (TypeError): torch's Adam raises for it midway."""
-        super()._refuse(p, where)
+    def _refuse(self, p: torch.Tensor, state: dict[str, Any], group: dict[str, Any],
+                gi: int, i: int) -> None:
+        """KernelStep's refusals; a sparse gradient (torch's RuntimeError),
+        a gradient of another dtype than its parameter (TypeError) and a
+        step count of -1 (ValueError: torch's step would divide by zero),
+        for which torch's Adam raises midway."""
+        super()._refuse(p, state, group, gi, i)
+        if p.grad.is_sparse:
+            raise RuntimeError("Adam does not support sparse gradients, please "
+                               "consider SparseAdam instead")
         if p.grad.dtype != p.dtype:
-            raise TypeError(f"{where} has dtype {p.grad.dtype} but the parameter has dtype "
-                            f"{p.dtype}")
+            raise TypeError(f"Adam.step(): {self._name(gi, i, 1)} has dtype {p.grad.dtype} "
+                            f"but the parameter has dtype {p.dtype}")
+        step = state.get("step")
+        if isinstance(step, torch.Tensor) and step.numel() == 1 and step.item() == -1:
+            raise ValueError(f"Adam.step(): {self._name(gi, i, 0)} has a step count of -1: "
+                             f"its bias corrections would divide by zero")
 
     def _kernel_reason(self, p: torch.Tensor, state: dict[str, Any],
                        group: dict[str, Any]) -> str | None:
         """Why the kernels cannot step ``p`` (with a gradient) with its state
-        (empty before a first step), or None; RuntimeError for a sparse
-        gradient, as torch's."""
-        if p.grad.is_sparse:
-            raise RuntimeError("Adam does not support sparse gradients, please "
-                               "consider SparseAdam instead")
+        (empty before a first step), or None."""
         if group["differentiable"]:
             return "differentiable=True"
         if group["capturable"]:

@@ -29,8 +29,9 @@ import torch
 
 from momentum._torch_keys import GRADS, HOLDS, Snapshot, prepare_groups
 from momentum._torch_step import (
-    EXTRA, EXTRA_KEYS, closure_and_amp, hooks_or_profiler, kernel_reason, new_extra,
+    EXTRA, EXTRA_KEYS, HALF, closure_and_amp, hooks_or_profiler, kernel_reason, new_extra,
     rounding_extra, state_dtype, tensor_name, unscale, warn_once)
+from momentum.rules import RULES
 
 __all__ = ["KernelStep", "Plan"]
 
@@ -95,8 +96,8 @@ class KernelStep:
             extra_dtypes.append(None)
             if p.grad is None:
                 continue
-            self._refuse(p, f"{type(self).__name__}.step(): {self._name(gi, i, 1)}")
             state = self.state.get(p) or {}
+            self._refuse(p, state, group, gi, i)
             why = self._kernel_reason(p, state, group)
             if why is not None:
                 fallback.append(i)
@@ -138,14 +139,8 @@ class KernelStep:
 
     @torch.no_grad()
     def _kernel_step(self, closure: Any) -> Any:
-        """step() itself, without hooks.
-
-        With ``found_inf`` set nonzero (``torch.amp.GradScaler``) nothing is
-        written and no state is made.  With ``grad_scale`` set, gradients are
-        divided by it in place first (as torch's fused optimizers leave
-        them).  Everything the kernels step is checked before anything is
-        written; a new state is entered once its first step has run.
-        """
+        """step() itself, without hooks: a new state is entered once its
+        first step has run."""
         loss, skip, grad_scale = closure_and_amp(self, closure)
         if skip:
             return loss
@@ -160,6 +155,11 @@ class KernelStep:
                 plan = self._plan(gi, group)
                 plans.append(plan)
                 params = group["params"]
+                for i in plan.fallback:
+                    # torch's arithmetic runs after the kernels: what it would
+                    # raise for is refused first (the snapshot compares only
+                    # these parameters' identities)
+                    self._refuse(params[i], self.state.get(params[i]) or {}, group, gi, i)
                 states.append({i: self._new_state(params[i], group)
                                for i in plan.snapshot.missing})
                 key = EXTRA.get(group["rounding"], (None,))[0]
@@ -237,18 +237,57 @@ class KernelStep:
             dtypes.append(extra_dtype)
         return kernel_reason(p, tensors, dtypes)
 
-    def _refuse(self, p: torch.Tensor, where: str) -> None:
-        """Raise, before anything is written, for a gradient of ``p`` that
-        neither the kernels nor torch's arithmetic can step ``p`` with (torch
-        would raise only once it had written the tensors before it): of
-        another shape (ValueError) or on another device (ValueError)."""
-        grad = p.grad
+    def _refuse(self, p: torch.Tensor, state: dict[str, Any], group: dict[str, Any],
+                gi: int, i: int) -> None:
+        """Raise, before anything is written, for what neither the kernels
+        nor torch's arithmetic can step parameter ``i`` of group ``gi``
+        (``p``, with a gradient) with (torch would raise only once it had
+        written the tensors before it): a gradient of another shape or on
+        another device (ValueError), a state from an earlier step that
+        lacks an entry the group now uses (ValueError: torch's KeyError;
+        ``amsgrad`` turned on after a first step)."""
+        grad, where = p.grad, f"{type(self).__name__}.step()"
         if grad.shape != p.shape:
-            raise ValueError(f"{where} has shape {tuple(grad.shape)} but the parameter has "
-                             f"shape {tuple(p.shape)}")
+            raise ValueError(f"{where}: {self._name(gi, i, 1)} has shape {tuple(grad.shape)} "
+                             f"but the parameter has shape {tuple(p.shape)}")
         if grad.device != p.device:
-            raise ValueError(f"{where} is on device {grad.device} but the parameter is on "
-                             f"{p.device}")
+            raise ValueError(f"{where}: {self._name(gi, i, 1)} is on device {grad.device} but "
+                             f"the parameter is on {p.device}")
+        missing = [key for key in self._state_keys(group) if key not in state]
+        if state and missing:
+            raise ValueError(f"{where}: {self._name(gi, i, 0)} has a state without "
+                             f"{', '.join(map(repr, missing))}, which its group uses now "
+                             f"(torch.optim raises KeyError for it midway)")
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """torch's; with ``set_to_none`` the plans let go of the old
+        gradients now, not at the next step (the backward pass in between
+        would hold two sets)."""
+        super().zero_grad(set_to_none)
+        if set_to_none:
+            for plan in self.__dict__.get("_plans", {}).values():
+                plan.snapshot.forget_grads()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's, but torch casts every floating state tensor to its
+        parameter's dtype, which would round a 16-bit parameter's float32
+        state or master copy: each saved state array of the rule is
+        converted to the dtype the group's state_dtype gives it, a
+        ``master_param`` to float32, a ``kahan_comp`` to the parameter's."""
+        super().load_state_dict(state_dict)
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [(p, g) for g in self.param_groups for p in g["params"]]
+        for saved_id, (p, group) in zip(saved_ids, params):
+            saved = state_dict["state"].get(saved_id)
+            if p.dtype not in HALF or not saved:
+                continue
+            arrays = RULES[self._rule(group)].state_keys.values()
+            for key, value in saved.items():
+                dtype = torch.float32 if key == "master_param" else \
+                    p.dtype if key == "kahan_comp" else \
+                    state_dtype(p, group) if key in arrays else None
+                if dtype is not None and isinstance(value, torch.Tensor):
+                    self.state[p][key] = value.to(dtype=dtype, device=p.device, copy=True)
 
     def _after_group(self, group: dict[str, Any]) -> None:
         """What a step does to a group after its tensors are stepped."""

@@ -39,7 +39,7 @@ from momentum._batch cimport Batch
 from momentum._checks cimport (
     MAX_ARRAYS, MAX_HYPER, Place, RuleSpec, extra_names, has_extra, is_half, read_hypers,
     read_rounding, source_of, spec_of, uses)
-from momentum._kernels cimport MOMENTUM_ROUND_MASTER, momentum_task
+from momentum._kernels cimport momentum_task
 from momentum._tensor_facts cimport Fact
 from momentum.rules import DTYPES, RULES
 
@@ -442,7 +442,7 @@ cdef class Snapshot:
         ask), and only torch's private ``torch._neg_view`` lays a negated
         view at a tensor's own address (``x.conj()`` of a complex tensor
         does it publicly: asked).  Each fact costs 60-110 ns; a warm step
-        asks each parameter, gradient and buffer five or six."""
+        asks each parameter, gradient and buffer four or five."""
         cdef object strides = <object>PyList_GET_ITEM(self.strides, i)
         return (plain(tensor)
                 and DTYPE.of(tensor) is self.dtype_of(i, a)
@@ -460,11 +460,10 @@ cdef class Snapshot:
         The address alone is not enough: ``t.data = ...`` can put other
         memory (freed and reused) or another view of the same memory
         (``t.data.t()``, ``t.data[:k]``, ``t.data.view(torch.int64)``) at
-        the same address."""
+        the same address.  The element count needs no asking: laid_out()
+        finds the parameter's shape, so the count recorded from it."""
         cdef Py_ssize_t k = 2 * (self.width * i + a)
         return (<uintptr_t>PyLong_AsVoidPtr(DATA_PTR.of(tensor)) != self.places[k]
-                or <uintptr_t>PyLong_AsSsize_t(NUMEL.of(tensor)) * self.reals[i]
-                != self.places[k + 1]
                 or not self.laid_out(tensor, i, a, False))
 
     cdef bint step_moved(self, object step, Py_ssize_t i) except -1:
@@ -606,7 +605,7 @@ cdef class Snapshot:
 
 
 def prepare_groups(list snapshots, list hypers, list new_states, object name,
-                   list storage=None, list new_extras=None, str where="SGD.step"):
+                   list storage, list new_extras, str where):
     """The kernels' part of a step over every group, checked and ready to
     run (a Batch: call ``run()``, then each snapshot's ``advance()``), or
     TypeError/ValueError naming the tensor with ``name(group, index,
@@ -676,7 +675,9 @@ def prepare_groups(list snapshots, list hypers, list new_states, object name,
             if s.flag_at >= 0:
                 task.hyper[s.flag_at] = fresh
             if s.count_at >= 0:
-                task.hyper[s.count_at] = 1.0 if fresh else s.step_value(i) + 1.0
+                # counted on in the count's own dtype, as torch's step_t += 1
+                task.hyper[s.count_at] = 1.0 if fresh else s.step_value(i) + 1.0 \
+                    if s.wide_step[i] else <float>(<float>s.step_value(i) + 1.0)
             if is_half(s.kinds[s.width * i + s.param_at]):
                 task.rounding, task.stochastic = half.rounding, half.stochastic
                 task.seed, task.step, task.tensor = half.seed, half.step, first_index + i
@@ -702,15 +703,21 @@ def prepare_groups(list snapshots, list hypers, list new_states, object name,
             except (TypeError, ValueError):
                 named(batch, rule, places, task_names(rule, task, name, k, i), where)
                 raise
+            if s.step_places[i]:
+                # advance() writes it after the run: two parameters sharing
+                # one count would both be stepped with its old value
+                batch.also_writes(s.step_places[i], 8 if s.wide_step[i] else 4,
+                                  rule.narrays + 1)
     cdef Py_ssize_t pair[4]
     cdef momentum_task* first
     cdef momentum_task* second
     if batch.overlap(pair):
         (k, i), (k2, i2) = task_of(snapshots, pair[0]), task_of(snapshots, pair[2])
         first, second = &batch.tasks[pair[0]], &batch.tasks[pair[2]]
-        rule = (<Snapshot>snapshots[k]).spec
-        raise ValueError(f"{where}(): {name(k, i, source_of(rule, first, pair[1]))} and "
-                         f"{name(k2, i2, source_of(rule, second, pair[3]))} overlap in memory")
+        raise ValueError(
+            f"{where}(): {name(k, i, source_of((<Snapshot>snapshots[k]).spec, first, pair[1]))}"
+            f" and {name(k2, i2, source_of((<Snapshot>snapshots[k2]).spec, second, pair[3]))}"
+            f" overlap in memory")
     return batch
 
 

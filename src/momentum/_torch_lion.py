@@ -15,12 +15,9 @@ import torch
 
 from momentum._torch_engine import KernelStep
 from momentum._torch_step import (
-    HALF, check_storage, hypers_of, scalar, state_dtype, state_keys)
+    check_storage, hypers_of, scalar, state_dtype, state_keys)
 
 __all__ = ["Lion"]
-
-_STORAGE = ("state_dtype", "rounding", "state_rounding", "seed")
-
 
 class Lion(KernelStep, torch.optim.Optimizer):
     """Lion with lion-pytorch's constructor and state (``state[p]["exp_avg"]``,
@@ -75,20 +72,6 @@ class Lion(KernelStep, torch.optim.Optimizer):
                 group.setdefault(key, value)
         self.__dict__.setdefault("_warned", set())
         self._plans = {}  # a copy or a loaded state makes its own
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """torch's, converting a 16-bit parameter's exp_avg to the dtype its
-        group's state_dtype gives it (torch casts it to the parameter's)."""
-        super().load_state_dict(state_dict)
-        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-        params = [(p, g) for g in self.param_groups for p in g["params"]]
-        for saved_id, (p, group) in zip(saved_ids, params):
-            saved = state_dict["state"].get(saved_id)
-            if p.dtype in HALF and saved:
-                for key, value in saved.items():
-                    dtype = torch.float32 if key == "master_param" else \
-                        state_dtype(p, group) if key == "exp_avg" else p.dtype
-                    self.state[p][key] = value.to(dtype=dtype, copy=True)
 
     def _rule(self, group: dict[str, Any]) -> str:
         """The kernels' rule."""

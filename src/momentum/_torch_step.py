@@ -216,11 +216,13 @@ def hypers_of(rule: str, values: dict[str, Any]) -> tuple[Any, ...]:
 def tensor_name(rule: str, rounding: str, first_index: int, gi: int, i: int,
                 array: int) -> str:
     """Array ``array`` of rule ``rule`` (its count: the rounding's extra
-    array) of parameter ``i`` of group ``gi``, whose first parameter has
+    array; one more: the step count) of parameter ``i`` of group ``gi``, whose first parameter has
     state-dict index ``first_index``, for a message."""
     arrays = RULES[rule].arrays
     if array == len(arrays):
         whose = f"the {EXTRA.get(rounding, ('extra array',))[0]} of "
+    elif array == len(arrays) + 1:
+        whose = "the step count of "
     else:
         name, key = arrays[array].name, arrays[array].state_key
         whose = "" if name == "param" else "the grad of " if key is None else f"the {key} of "

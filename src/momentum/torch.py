@@ -914,7 +914,7 @@ class SGD(torch.optim.Optimizer):
             batch = prepare_groups([plan.snapshot for plan in plans],
                                    [tuple(h.get(name, False) for name in _SGD_HYPERS)
                                     for h in hypers],
-                                   new_bufs, self._name, keys, new_extras)
+                                   new_bufs, self._name, keys, new_extras, "SGD.step")
         except Exception:
             # A plan must not outlive a step that refused its tensors: the
             # next step looks at them afresh.
