@@ -145,19 +145,17 @@ class _KernelAdam(KernelStep):
                    "float64 scalar tensor"
         return super()._kernel_reason(p, state, group)
 
-    def _torch_step(self, group: dict[str, Any],
-                    fallback: list[tuple[torch.Tensor, dict[str, Any]]]) -> None:
-        """Step ``fallback``'s parameters with torch's own for-loop Adam
+    def _torch_step(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+        """Step ``params`` (with gradients) with torch's own for-loop Adam
         (torch.optim.adam.adam, foreach=False), as torch.optim.Adam(W)
         would, their state kept alike (a rounding's extra entry already
         dropped: the parameter moves away from it)."""
-        params = [p for p, _ in fallback]
-        states = [s for _, s in fallback]
+        states = [self._state_of(p, group) for p in params]
         # A 16-bit parameter with float32 moments (state_dtype) is stepped
         # in float32 and rounded once, as the kernels step it: torch's
         # arithmetic wants one dtype.
         wide = [p.dtype in HALF and s["exp_avg"].dtype == torch.float32
-                for p, s in fallback]
+                for p, s in zip(params, states)]
         work = [p.detach().float() if w else p for p, w in zip(params, wide)]
         grads = [p.grad.float() if w else p.grad for p, w in zip(params, wide)]
         beta1, beta2 = group["betas"]

@@ -1,25 +1,28 @@
-"""The step of ``momentum.torch.Adam``, ``AdamW`` and ``Lion``: any rule of
-the table over a torch optimizer's param groups, through the snapshot and
-the one batch builder (:mod:`momentum._torch_keys`), as ``momentum.torch.SGD``
-steps.
+"""The step of every ``momentum.torch`` optimizer (``SGD`` per tensor,
+``Adam``, ``AdamW``, ``Lion``): any rule of the table over a torch
+optimizer's param groups, through the snapshot and the one batch builder
+(:mod:`momentum._torch_keys`).
 
 Each group keeps a :class:`Plan`: which parameters the kernels step (decided
 in Python when the plan is made, by the optimizer's ``_kernel_reason``) and a
 Snapshot of its tensors.  While the snapshot holds (checked in C each step,
-new gradients taken) the step runs no Python per tensor: the kernels' tasks
+new gradients taken) the step runs no Python per kernel tensor: the tasks
 are built from the recorded places, each per-tensor step count read from its
 scalar tensor's memory and counted on there after the run.  When it does not
 hold, the plan is made afresh.  The parameters the kernels cannot step are
-stepped with torch's own arithmetic after them (``_torch_step``), with a
-warning once per reason.
+checked each step (``_check_fallback``: what torch would raise for midway is
+refused before anything is written) and stepped with torch's own arithmetic
+after the kernels (``_torch_step``), with a warning once per reason.
 
-An optimizer class mixes in :class:`KernelStep` and says what its rule is:
-``_rule(group)``, ``_state_keys(group)`` (the rule's state entries the group
-uses), ``_hypers(group, where)`` (the rule's hyperparameters in the table's
-order), ``_key_step(group)`` (the stochastic key's step where the rule
-counts none itself), ``_step_key`` (the state entry of a per-tensor step
-count, or None), ``_kernel_reason``, ``_new_state``, ``_torch_step`` and
-``_after_group``.
+An optimizer class mixes in :class:`KernelStep` and says what the table
+cannot: ``_rule(group)``, ``_state_keys(group)`` (the rule's state entries
+the group uses), ``_hypers(group, where)`` (the rule's hyperparameters in
+the table's order, checked), ``_key_step(group)`` (the stochastic key's
+step where the rule counts none itself), ``_step_key`` (the state entry of a
+per-tensor step count, or None), ``_refuse`` and ``_kernel_reason`` (what
+neither the kernels nor torch step, and what only torch steps),
+``_new_state``, ``_torch_step``, ``_after_group`` and ``_arithmetic`` (how
+warnings name torch's arithmetic).
 """
 from __future__ import annotations
 
@@ -68,6 +71,8 @@ class KernelStep:
     # The state entry of a parameter's step count (a scalar tensor), if the
     # rule counts steps per tensor.
     _step_key: str | None = None
+    # What steps the parameters the kernels cannot, as warnings say.
+    _arithmetic = "PyTorch's own arithmetic"
 
     def _layout(self, group: dict[str, Any]) -> tuple[Any, ...]:
         """What a group's plan depends on beyond its tensors."""
@@ -101,13 +106,13 @@ class KernelStep:
             why = self._kernel_reason(p, state, group)
             if why is not None:
                 fallback.append(i)
-                warn_once(self, type(self).__name__, why)
+                warn_once(self, why)
                 continue
             kernel[i] = 1
             key, dtype, _ = rounding_extra(p, state, group)
             extra_dtypes[i] = dtype
             stale += [(p, other) for other in EXTRA_KEYS if other != key and other in state]
-        snapshot = Snapshot(self._rule(group), list(params), self.state, keys, bytes(kernel),
+        snapshot = Snapshot(layout[0], list(params), self.state, keys, bytes(kernel),
                             state_dtypes, extra_key, extra_dtypes, self._step_key)
         plan = plans[gi] = Plan(snapshot, fallback, layout, state_dtypes, stale)
         return plan
@@ -155,17 +160,14 @@ class KernelStep:
                 plan = self._plan(gi, group)
                 plans.append(plan)
                 params = group["params"]
-                for i in plan.fallback:
-                    # torch's arithmetic runs after the kernels: what it would
-                    # raise for is refused first (the snapshot compares only
-                    # these parameters' identities)
-                    self._refuse(params[i], self.state.get(params[i]) or {}, group, gi, i)
                 states.append({i: self._new_state(params[i], group)
                                for i in plan.snapshot.missing})
                 key = EXTRA.get(group["rounding"], (None,))[0]
                 extras.append({i: new_extra(params[i], key)
                                for i in plan.snapshot.missing_extra})
                 first_index += len(params)
+            if any(plan.fallback for plan in plans):
+                self._check_fallback(plans)
             grads = [] if grad_scale is None else \
                 [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
             unscale(grads, grad_scale)
@@ -204,19 +206,33 @@ class KernelStep:
                 self.state[p].pop(stale, None)
             plan.stale = []
         for plan, group in zip(plans, self.param_groups):
-            fallback = []
-            for i in plan.fallback:
-                p = group["params"][i]
-                if not self.state.get(p):
-                    self.state[p].update(self._new_state(p, group))
+            fallback = [group["params"][i] for i in plan.fallback]
+            for p in fallback:
                 # the parameter moves away from a rounding's extra entry: dropped
                 for key in EXTRA_KEYS:
-                    self.state[p].pop(key, None)
-                fallback.append((p, self.state[p]))
+                    (self.state.get(p) or {}).pop(key, None)
             if fallback:
                 self._torch_step(group, fallback)
             self._after_group(group)
         return loss
+
+    def _check_fallback(self, plans: list[Plan]) -> None:
+        """Refuse, before anything is written, what torch's arithmetic would
+        raise for midway in the parameters it steps (it runs after the
+        kernels; their snapshot compares only which tensors they are): as
+        _refuse() refuses."""
+        for gi, (group, plan) in enumerate(zip(self.param_groups, plans)):
+            for i in plan.fallback:
+                p = group["params"][i]
+                self._refuse(p, self.state.get(p) or {}, group, gi, i)
+
+    def _state_of(self, p: torch.Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        """``p``'s state for torch's arithmetic: a first step's made (and
+        entered) where there is none."""
+        state = self.state[p]
+        if not state:
+            state.update(self._new_state(p, group))
+        return state
 
     def _kernel_reason(self, p: torch.Tensor, state: dict[str, Any],
                        group: dict[str, Any]) -> str | None:
@@ -292,4 +308,8 @@ class KernelStep:
     def _after_group(self, group: dict[str, Any]) -> None:
         """What a step does to a group after its tensors are stepped."""
 
-    _hooked_step = torch.optim.Optimizer.profile_hook_step(_kernel_step)
+    def _hooked(self, closure: Any) -> Any:
+        return self._kernel_step(closure)
+
+    # step() inside torch's hook wrapper (its range named as torch names it)
+    _hooked_step = torch.optim.Optimizer.profile_hook_step(_hooked)

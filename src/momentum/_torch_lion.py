@@ -109,12 +109,11 @@ class Lion(KernelStep, torch.optim.Optimizer):
         """A first step's state: zeros, in the dtype the group's state_dtype gives it."""
         return {"exp_avg": torch.zeros_like(p, dtype=state_dtype(p, group))}
 
-    def _torch_step(self, group: dict[str, Any],
-                    fallback: list[tuple[torch.Tensor, dict[str, Any]]]) -> None:
-        """Step ``fallback``'s parameters with Lion's arithmetic in torch operations."""
+    def _torch_step(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+        """Step ``params`` (with gradients) with Lion's arithmetic in torch operations."""
         beta1, beta2 = group["betas"]
-        for p, state in fallback:
-            _torch_lion(p, p.grad, state["exp_avg"], scalar(group["lr"], "lr", "Lion.step()"),
+        for p in params:
+            _torch_lion(p, p.grad, self._state_of(p, group)["exp_avg"], scalar(group["lr"], "lr", "Lion.step()"),
                         self._decay(group), beta1,
                         beta2, group["maximize"])
 

@@ -185,9 +185,10 @@ def unscale(grads: list[torch.Tensor], grad_scale: torch.Tensor | None) -> None:
                             .item())
 
 
-def warn_once(optimizer: Any, name: str, why: str) -> None:
-    """Say once per optimizer and reason that torch's arithmetic steps some
-    tensors, from the first frame outside momentum and torch."""
+def warn_once(optimizer: Any, why: str) -> None:
+    """Say once per optimizer and reason that torch's arithmetic (the
+    optimizer's ``_arithmetic``) steps some tensors, from the first frame
+    outside momentum and torch."""
     if why in optimizer._warned:
         return
     optimizer._warned.add(why)
@@ -195,8 +196,8 @@ def warn_once(optimizer: Any, name: str, why: str) -> None:
     while frame.f_back is not None and (
             frame.f_globals.get("__name__", "").startswith(("momentum.", "torch."))):
         frame, level = frame.f_back, level + 1
-    warnings.warn(f"momentum.torch.{name}: {why}: stepped with PyTorch's own arithmetic, "
-                  f"not the kernels", RuntimeWarning, stacklevel=level)
+    warnings.warn(f"momentum.torch.{type(optimizer).__name__}: {why}: stepped with "
+                  f"{optimizer._arithmetic}, not the kernels", RuntimeWarning, stacklevel=level)
 
 
 def state_keys(rule: str, group: dict[str, Any]) -> tuple[str, ...]:

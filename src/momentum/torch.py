@@ -2,8 +2,9 @@
 
 A step is one batch of kernel calls over every param group, in place on the
 memory of the parameters, gradients and momentum buffers, so nothing is
-copied or converted.  Every step takes one path: each group's snapshot
-(:mod:`momentum._torch_keys`) says which tensors it was last stepped with
+copied or converted.  Every step takes one path, the one of every
+``momentum.torch`` optimizer (:mod:`momentum._torch_engine`): each group's
+snapshot (:mod:`momentum._torch_keys`) says which tensors it was last stepped with
 and where they lie, re-checked in C each step; where anything changed (a
 first step, an edit) the group's tensors are looked at afresh here, in
 Python, and a new snapshot made.  Then the tensors' addresses go through
@@ -25,8 +26,6 @@ This module imports torch; ``import momentum`` does not import this module.
 """
 from __future__ import annotations
 
-import sys
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -36,15 +35,14 @@ import torch
 from torch.optim.sgd import sgd as _torch_sgd
 
 from momentum import foreach
-from momentum._torch_engine import Plan as _Plan
-from momentum._torch_keys import GRADS, HOLDS, Snapshot, prepare_groups
+from momentum._torch_engine import KernelStep, Plan
+from momentum._torch_keys import HOLDS, Snapshot
 from momentum._torch_step import (
     EXTRA as _EXTRA, EXTRA_KEYS as _EXTRA_KEYS, HALF as _HALF, KERNEL_DTYPES as _KERNEL_DTYPES,
-    PLAIN as _PLAIN, closure_and_amp, dense, hooks_or_profiler, new_extra, state_keys,
-    tensor_name, unscale)
+    PLAIN as _PLAIN, check_storage, closure_and_amp, dense, hypers_of, rounding_extra, scalar,
+    state_dtype, state_keys, tensor_name, unscale)
 from momentum.arena import EXTRA as _ARENA_EXTRA, Arena
 from momentum.dtypes import numpy_dtype
-from momentum.rules import ROUNDINGS, RULES, STATE_ROUNDINGS
 
 __all__ = ["SGD", "Adam", "AdamW", "Lion"]
 
@@ -52,12 +50,6 @@ _DTYPES = tuple(d for d, (_, reals, _) in _KERNEL_DTYPES.items() if reals == 1)
 _DTYPE_NAMES = ", ".join(map(str, _DTYPES[:-1])) + f" or {_DTYPES[-1]}"
 _NO_STATE = MappingProxyType({})
 # sgd's hyperparameters, in the table's order.
-_SGD_HYPERS = tuple(h.name for h in RULES["sgd"].hypers)
-
-
-def _state_keys(group: dict[str, Any]) -> tuple[str, ...]:
-    """The state entries sgd keeps for ``group``: its momentum buffer, if any."""
-    return state_keys("sgd", group)
 
 
 # How a message names a parameter's buffer.
@@ -242,23 +234,14 @@ def _reason(message: str) -> str:
     return message.split("(): ", 1)[-1]
 
 
-def _scalar(value: Any, name: str, gi: int) -> Any:
-    """A hyperparameter, a 1-element tensor as its value (PyTorch allows
-    them); anything else as it is, for foreach.sgd's check."""
-    if not isinstance(value, torch.Tensor):
-        return value
-    if value.numel() != 1:
-        raise ValueError(f"SGD.step(): param_groups[{gi}]: Tensor {name} must be 1-element")
-    return value.item()
-
-
-def _hyperparameters(gi: int, group: dict[str, Any]) -> dict[str, Any]:
-    """The keyword arguments of ``foreach.sgd`` for param group ``gi``, read
-    afresh each step so that schedulers and edits of the group take effect,
-    and checked: TypeError or ValueError naming ``SGD.step()`` and the group."""
-    hyper = {"lr": _scalar(group["lr"], "lr", gi), "momentum": group["momentum"],
+def _hyperparameters(where: str, group: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of ``foreach.sgd`` for param group ``group``,
+    read afresh each step so that schedulers and edits of the group take
+    effect, and checked: TypeError or ValueError naming ``where`` (the step
+    and the group)."""
+    hyper = {"lr": scalar(group["lr"], "lr", where), "momentum": group["momentum"],
              "dampening": group["dampening"],
-             "weight_decay": _scalar(group["weight_decay"], "weight_decay", gi),
+             "weight_decay": scalar(group["weight_decay"], "weight_decay", where),
              # torch.optim.SGD ignores nesterov without momentum (a group
              # edited after the constructor's check may have both)
              "nesterov": group["nesterov"] and group["momentum"] != 0,
@@ -266,35 +249,20 @@ def _hyperparameters(gi: int, group: dict[str, Any]) -> dict[str, Any]:
     try:
         foreach.sgd((), (), (), **hyper)  # checks them, writes nothing
     except (TypeError, ValueError) as error:
-        raise type(error)(f"SGD.step(): param_groups[{gi}]: {_reason(str(error))}") from None
+        raise type(error)(f"{where}: {_reason(str(error))}") from None
     return hyper
 
 
-def _storage(gi: int, group: dict[str, Any]) -> tuple[str, str, int, int]:
-    """Group ``gi``'s ``(rounding, state_rounding, seed, step)``, read
-    afresh each step and checked: ValueError or TypeError naming
-    ``SGD.step()`` and the group."""
+def _storage(where: str, group: dict[str, Any]) -> tuple[str, str, int, int]:
+    """The group's ``(rounding, state_rounding, seed, step)``, read afresh
+    each step and checked: ValueError or TypeError naming ``where``."""
+    check_storage(where, group["rounding"], group["state_rounding"], group["seed"],
+                  group["state_dtype"])
     try:
-        _check_storage(group["rounding"], group["state_rounding"], group["seed"],
-                       group["state_dtype"])
         _check_key(group["step"], "step")
     except (TypeError, ValueError) as error:
-        raise type(error)(f"SGD.step(): param_groups[{gi}]: {error}") from None
+        raise type(error)(f"{where}: {error}") from None
     return group["rounding"], group["state_rounding"], group["seed"], group["step"]
-
-
-def _check_storage(rounding: Any, state_rounding: Any, seed: Any, state_dtype: Any) -> None:
-    """ValueError or TypeError for a rounding, state_rounding, seed or
-    state_dtype the optimizer does not take."""
-    for name, value, choices in (("rounding", rounding, ROUNDINGS),
-                                 ("state_rounding", state_rounding, STATE_ROUNDINGS)):
-        if not (isinstance(value, str) and value in choices):
-            raise ValueError(f"'{name}' must be one of {', '.join(map(repr, choices))}, "
-                             f"got {value!r}")
-    _check_key(seed, "seed")
-    if state_dtype is not None and state_dtype is not torch.float32:
-        raise ValueError(f"'state_dtype' must be None (the parameter's dtype) or "
-                         f"torch.float32, got {state_dtype!r}")
 
 
 def _check_key(value: Any, name: str) -> None:
@@ -413,7 +381,7 @@ class _Flat:
         return self._home(self.extras, getattr(self.arena, role + "_views"), role, i)
 
 
-class SGD(torch.optim.Optimizer):
+class SGD(KernelStep, torch.optim.Optimizer):
     """Stochastic gradient descent with momentum, as ``torch.optim.SGD``.
 
     Per parameter ``p`` with gradient ``grad`` and buffer ``b``::
@@ -501,10 +469,7 @@ class SGD(torch.optim.Optimizer):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         if fused and foreach:
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
-        try:
-            _check_storage(rounding, state_rounding, seed, state_dtype)
-        except (TypeError, ValueError) as error:
-            raise type(error)(f"momentum.torch.SGD: {error}") from None
+        check_storage("momentum.torch.SGD", rounding, state_rounding, seed, state_dtype)
         # foreach and fused are torch.optim.SGD's choice of implementation:
         # accepted and kept in the groups, so that state dicts match
         # torch's, but every step here is one fused multi-tensor call.
@@ -517,7 +482,7 @@ class SGD(torch.optim.Optimizer):
         if flat and differentiable:
             raise ValueError("momentum.torch.SGD: flat=True cannot be differentiable")
         self.flat = flat
-        self._plans: dict[int, _Plan] = {}
+        self._plans: dict[int, Plan] = {}
         self._batches: dict[int, _FlatBatch] = {}
         self._flats: list[_Flat] = []
         self._warned: set[str] = set()
@@ -551,26 +516,6 @@ class SGD(torch.optim.Optimizer):
                 for gi in range(len(self.param_groups)):
                     self._flats.append(self._flatten(gi, self._first_index(gi), True))
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load as ``torch.optim.Optimizer`` does, but for the state of
-        16-bit parameters: torch casts every floating state tensor to its
-        parameter's dtype, which would round a float32 buffer or master
-        copy to 16 bits; here each ``momentum_buffer`` of a 16-bit
-        parameter is converted from the saved tensor to the dtype its
-        group's state_dtype gives it, each ``master_param`` to float32."""
-        super().load_state_dict(state_dict)
-        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-        params = [(p, g) for g in self.param_groups for p in g["params"]]
-        for saved_id, (p, group) in zip(saved_ids, params):
-            saved = state_dict["state"].get(saved_id)
-            if p.dtype not in _HALF or not saved:
-                continue
-            dtypes = {"momentum_buffer": _buffer_dtype(p, group["state_dtype"]),
-                      "master_param": torch.float32}
-            for key, dtype in dtypes.items():
-                if isinstance(saved.get(key), torch.Tensor):
-                    self.state[p][key] = saved[key].to(dtype=dtype, device=p.device, copy=True)
-
     def __repr__(self) -> str:
         """torch's listing of the param groups, headed by this class's full
         name (not torch's ``SGD (``) and ``flat``."""
@@ -589,65 +534,6 @@ class SGD(torch.optim.Optimizer):
         """The state-dict index of group ``gi``'s first parameter."""
         return sum(len(g["params"]) for g in self.param_groups[:gi])
 
-    def _plan(self, gi: int, group: dict[str, Any], first_index: int) -> _Plan:
-        """Group ``gi``'s plan: the cached one while its snapshot holds (new
-        gradients recorded), else a new one from the tensors as they are."""
-        plan = self._plans.get(gi)
-        keys = _state_keys(group)
-        uses_state = bool(keys)
-        layout = (group["rounding"], group["state_dtype"])
-        if plan is not None and plan.layout == layout and plan.snapshot.check(
-                group["params"], self.state, keys, True) in (HOLDS, GRADS):
-            return plan
-        params = group["params"]
-        get = self.state.get
-        kernel = bytearray(len(params))
-        fallback = []
-        extra_key, extra_dtype = _EXTRA.get(group["rounding"], (None, None))
-        buf_dtypes, extra_dtypes, stale = [], [], []
-        for i, p in enumerate(params):
-            place = (first_index + i, gi, i)
-            g = p.grad
-            b = get(p, _NO_STATE).get("momentum_buffer") if uses_state else None
-            for t, what in ((g, "its grad"), (b, _BUFFER)):
-                if t is not None:
-                    _refuse(t, what, p, place)
-            _refuse(p, "the parameter", p, place)
-            buf_dtypes.append(_buffer_dtype(p, group["state_dtype"]))
-            why = "differentiable=True" if self.defaults["differentiable"] else \
-                _fallback_reason(p, g, b, buf_dtypes[i])
-            # The rounding's entry, of a 16-bit parameter the kernels step.
-            key = extra_key if why is None and p.dtype in _HALF else None
-            extra_dtypes.append(None if key is None else extra_dtype or p.dtype)
-            if key is not None and get(p, _NO_STATE).get(key) is not None:
-                _refuse_extra(get(p)[key], key, extra_dtypes[i], p, place)
-            if g is not None:
-                stale += [(p, k) for k in _EXTRA_KEYS if k != key and k in get(p, _NO_STATE)]
-            if why is None:
-                kernel[i] = 1
-            else:
-                fallback.append(i)
-                self._warn(why)
-        snapshot = Snapshot("sgd", list(params), self.state, keys, bytes(kernel), buf_dtypes,
-                            extra_key, extra_dtypes)
-        plan = self._plans[gi] = _Plan(snapshot, fallback, layout, buf_dtypes, stale)
-        return plan
-
-    def _warn(self, why: str) -> None:
-        """Say once per optimizer and reason that torch's arithmetic steps
-        some tensors, from the line that called step()."""
-        if why not in self._warned:
-            self._warned.add(why)
-            # The first frame outside this module and torch's step wrappers
-            # (no_grad, the hooks' profiler range): how deep depends on the path.
-            frame, level = sys._getframe(1), 2
-            while frame.f_back is not None and (
-                    frame.f_globals.get("__name__") == __name__
-                    or frame.f_globals.get("__name__", "").startswith("torch.")):
-                frame, level = frame.f_back, level + 1
-            warnings.warn(f"momentum.torch.SGD: {why}: stepped with PyTorch's own SGD "
-                          f"arithmetic, not the kernels", RuntimeWarning, stacklevel=level)
-
     def _flat_current(self, gi: int, group: dict[str, Any],
                       first_index: int) -> _FlatBatch | None:
         """Flat group ``gi``'s cached batch if its snapshot still holds, for
@@ -656,7 +542,7 @@ class SGD(torch.optim.Optimizer):
         if batch is None or batch.first_index != first_index \
                 or batch.layout != _flat_layout(group):
             return None
-        found = batch.snapshot.check(group["params"], self.state, _state_keys(group))
+        found = batch.snapshot.check(group["params"], self.state, self._state_keys(group))
         return batch if found == HOLDS else None
 
     def _refuse_shared_param(self, gi: int) -> None:
@@ -678,7 +564,7 @@ class SGD(torch.optim.Optimizer):
         params = group["params"]
         flat = self._flats[gi]
         n = len(params)
-        batch.snapshot = Snapshot("sgd", list(params), self.state, _state_keys(group),
+        batch.snapshot = Snapshot("sgd", list(params), self.state, self._state_keys(group),
                                   b"\x01" * n, [flat.dtypes["buf"]] * n, flat.extra_key,
                                   [flat.dtypes.get(flat.extra_role)] * n)
         self._batches[gi] = batch
@@ -832,12 +718,7 @@ class SGD(torch.optim.Optimizer):
         """Reset the gradients; with ``flat=True`` zero the arena's gradient
         block in place (and point any gradient the user replaced back at it)."""
         if not self.flat:
-            super().zero_grad(set_to_none)
-            if set_to_none:
-                # Let the old gradients go now, not at the next step: the
-                # backward pass in between would hold two sets.
-                for plan in self._plans.values():
-                    plan.snapshot.forget_grads()
+            super().zero_grad(set_to_none)   # the plans let the old gradients go
             return
         for gi, group in enumerate(self.param_groups):
             first_index = self._first_index(gi)
@@ -849,40 +730,79 @@ class SGD(torch.optim.Optimizer):
                     p.grad = flat.grad_home(i)
             flat.arena.zero_grad()
 
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One SGD step over every param group; returns ``closure()``'s loss.
-
-        Every tensor and hyperparameter of every group is checked before any
-        is written: a bad parameter raises TypeError or ValueError naming its
-        index.  (In flat mode, tensors found outside the arena may have been
-        copied back into it first; their values are unchanged.)
-        """
-        if hooks_or_profiler(self):
-            return self._hooked_step(closure)
-        return self._step(closure)
-
-    step.hooked = True  # tells torch.optim.Optimizer not to wrap it
+    _arithmetic = "PyTorch's own SGD arithmetic"
     # torch.amp.GradScaler hands step() its scale and inf flag (as to
     # torch's fused SGD): a step with found_inf set writes nothing, not even
     # a first momentum buffer; grad_scale divides the gradients first.
     _step_supports_amp_scaling = True
 
+    def _rule(self, group: dict[str, Any]) -> str:
+        """The kernels' rule."""
+        return "sgd"
+
+    def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        """The momentum buffer, if the group has momentum."""
+        return state_keys("sgd", group)
+
+    def _key_step(self, group: dict[str, Any]) -> int:
+        """The group's step count keys its stochastic rounding."""
+        return group["step"]
+
+    def _after_group(self, group: dict[str, Any]) -> None:
+        """Count the group's step."""
+        group["step"] += 1
+
+    def _hypers(self, group: dict[str, Any], where: str) -> tuple[Any, ...]:
+        """sgd's hyperparameters in the table's order (first_step per
+        tensor), the group's storage options checked."""
+        _storage(where, group)
+        return hypers_of("sgd", _hyperparameters(where, group))
+
+    def _new_state(self, p: torch.Tensor, group: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """A first step's buffer, laid out as ``p``, of the dtype the group's
+        state_dtype gives it, not filled: the kernels' first step writes it."""
+        return {"momentum_buffer": torch.empty_like(p, dtype=state_dtype(p, group))}
+
+    def _refuse(self, p: torch.Tensor, state: dict[str, Any], group: dict[str, Any],
+                gi: int, i: int) -> None:
+        """What neither the kernels nor torch.optim.SGD step (_refuse), and
+        a rounding's extra entry the kernels would step that does not lie
+        as they step it (_refuse_extra)."""
+        place = (self._first_index(gi) + i, gi, i)
+        b = state.get("momentum_buffer") if group["momentum"] != 0 else None
+        for t, what in ((p.grad, "its grad"), (b, _BUFFER), (p, "the parameter")):
+            if t is not None:
+                _refuse(t, what, p, place)
+        key, extra_dtype, extra = rounding_extra(p, state, group)
+        if extra is not None and self._kernel_reason(p, state, group) is None:
+            _refuse_extra(extra, key, extra_dtype, p, place)
+
+    def _kernel_reason(self, p: torch.Tensor, state: dict[str, Any],
+                       group: dict[str, Any]) -> str | None:
+        """Why the kernels cannot step ``p`` with its grad and buffer
+        (_fallback_reason), or None."""
+        if self.defaults["differentiable"]:
+            return "differentiable=True"
+        return _fallback_reason(p, p.grad, state.get("momentum_buffer")
+                                if group["momentum"] != 0 else None, state_dtype(p, group))
+
     @torch.no_grad()
-    def _step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """step() itself, without hooks."""
+    def _kernel_step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """step() itself, without hooks: per tensor, the engine's; flat, one
+        call of foreach.sgd_groups over the arenas."""
+        if not self.flat:
+            return super()._kernel_step(closure)
         loss, skip, grad_scale = closure_and_amp(self, closure)
         if skip:
             return loss
-        hypers = [_hyperparameters(gi, group) for gi, group in enumerate(self.param_groups)]
-        storage = [_storage(gi, group) for gi, group in enumerate(self.param_groups)]
+        wheres = [f"SGD.step(): param_groups[{gi}]" for gi in range(len(self.param_groups))]
+        hypers = [_hyperparameters(w, group) for w, group in zip(wheres, self.param_groups)]
+        storage = [_storage(w, group) for w, group in zip(wheres, self.param_groups)]
         grads = [] if grad_scale is None else \
             [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
         unscale(grads, grad_scale)
         try:
-            if self.flat:
-                self._flat_step(hypers, storage)
-            else:
-                self._tensor_step(hypers, storage)
+            self._flat_step(hypers, storage)
         except (TypeError, ValueError):
             # Refused before anything was written but the unscaling: undone
             # (exact for GradScaler's power-of-two scales).
@@ -891,57 +811,7 @@ class SGD(torch.optim.Optimizer):
             raise
         return loss
 
-    def _tensor_step(self, hypers: list[dict[str, Any]],
-                     storage: list[tuple[str, str, int, int]]) -> None:
-        """Per tensor: every group's kernel tensors in one checked batch, the
-        others with torch's arithmetic; all of it checked before anything is
-        written, new buffers entered into the state only once filled."""
-        plans, new_bufs, new_extras, keys = [], [], [], []
-        first_index = 0
-        try:
-            for gi, group in enumerate(self.param_groups):
-                keys.append((*storage[gi], first_index))
-                plan = self._plan(gi, group, first_index)
-                plans.append(plan)
-                new_bufs.append(self._new_bufs(group, plan))
-                new_extras.append(self._new_extras(group, plan))
-                first_index += len(group["params"])
-            # torch's share is checked first: its checks run torch operations
-            # (a subclass's Python code), which must not come between the
-            # batch's addresses being taken and the kernels running.
-            if any(plan.fallback for plan in plans):
-                self._check_fallback(plans, hypers)
-            batch = prepare_groups([plan.snapshot for plan in plans],
-                                   [tuple(h.get(name, False) for name in _SGD_HYPERS)
-                                    for h in hypers],
-                                   new_bufs, self._name, keys, new_extras, "SGD.step")
-        except Exception:
-            # A plan must not outlive a step that refused its tensors: the
-            # next step looks at them afresh.
-            self._plans.clear()
-            raise
-        # The kernels first, straight after their batch was built: torch's
-        # arithmetic can run Python code (a tensor subclass's
-        # __torch_function__) that frees the memory the batch holds
-        # addresses of (``t.data = ...``).  Their new buffers are entered
-        # before torch's share runs, so that an error in it cannot leave a
-        # stepped parameter without the buffer its first step filled.
-        batch.run()
-        for group, bufs, extras in zip(self.param_groups, new_bufs, new_extras):
-            for i, (buf,) in bufs.items():
-                self.state[group["params"][i]]["momentum_buffer"] = buf
-            for i, extra in extras.items():
-                self.state[group["params"][i]][_EXTRA[group["rounding"]][0]] = extra
-            group["step"] += 1
-        for plan in plans:
-            for p, key in plan.stale:
-                self.state[p].pop(key, None)
-            plan.stale = []
-        for plan, group, hyper in zip(plans, self.param_groups, hypers):
-            if plan.fallback:
-                self._torch_sgd(group, hyper, plan.fallback)
-
-    def _check_fallback(self, plans: list[_Plan], hypers: list[dict[str, Any]]) -> None:
+    def _check_fallback(self, plans: list[Plan]) -> None:
         """Refuse, before anything is written, what the parameters stepped
         with torch's arithmetic must not bring: a grad or buffer _refuse()
         refuses or torch's arithmetic would raise for midway (_refuse_sparse;
@@ -963,14 +833,14 @@ class SGD(torch.optim.Optimizer):
                     for t, what in zip(tensors, ("the parameter", "its grad", _BUFFER)):
                         if t is not None:
                             _refuse(t, what, p, place)
-                    _refuse_sparse(p, p.grad, b, hypers[gi])
+                    _refuse_sparse(p, p.grad, b, _hyperparameters("SGD.step()", group))
                     for array, t in enumerate(tensors):
                         span = None if t is None else _span(t)
                         if span is not None:
                             self._refuse_overlap(plans, t, span, array != 1, (gi, i, array))
                 first_index += len(group["params"])
 
-    def _refuse_overlap(self, plans: list[_Plan], tensor: torch.Tensor, span: tuple[int, int],
+    def _refuse_overlap(self, plans: list[Plan], tensor: torch.Tensor, span: tuple[int, int],
                         written: bool, whose: tuple[int, int, int]) -> None:
         """ValueError if ``tensor`` (array ``whose[2]`` of parameter
         ``whose[1]`` of group ``whose[0]``, stepped with torch's arithmetic,
@@ -984,33 +854,11 @@ class SGD(torch.optim.Optimizer):
                     raise ValueError(f"SGD.step(): {self._name(*first)} and "
                                      f"{self._name(*second)} overlap in memory")
 
-    @staticmethod
-    def _new_bufs(group: dict[str, Any], plan: _Plan) -> dict[int, tuple[torch.Tensor]]:
-        """A new buffer, laid out as its parameter, for each parameter the
-        kernels step that has a gradient and no buffer yet (momentum != 0),
-        by its position in the group, of the dtype its group's state_dtype
-        gives it."""
-        params = group["params"]
-        return {i: (torch.empty_like(params[i], dtype=plan.state_dtypes[i]),)
-                for i in plan.snapshot.missing}
-
-    @staticmethod
-    def _new_extras(group: dict[str, Any], plan: _Plan) -> dict[int, torch.Tensor]:
-        """The rounding's new state entry, laid out as its parameter, for
-        each 16-bit parameter the kernels step that has a gradient and none
-        yet, by its position in the group: zeros of the parameter's dtype
-        (kahan's compensation), or the parameter as float32 (master)."""
-        params, key = group["params"], _EXTRA.get(group["rounding"], (None,))[0]
-        return {i: new_extra(params[i], key) for i in plan.snapshot.missing_extra}
-
-    def _torch_sgd(self, group: dict[str, Any], hyper: dict[str, Any],
-                   positions: list[int]) -> None:
-        """Step the parameters at ``positions`` of ``group`` that have a
-        gradient with torch's own SGD arithmetic (its for-loop), as
-        torch.optim.SGD would, buffers kept in the state alike."""
-        params = [group["params"][i] for i in positions if group["params"][i].grad is not None]
-        if not params:
-            return
+    def _torch_step(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+        """Step ``params`` (with gradients) with torch's own SGD arithmetic
+        (its for-loop), as torch.optim.SGD would, buffers kept in the state
+        alike."""
+        hyper = _hyperparameters("SGD.step()", group)
         uses_buf = group["momentum"] != 0
         bufs = [self.state.get(p, _NO_STATE).get("momentum_buffer") if uses_buf else None
                 for p in params]
@@ -1081,8 +929,6 @@ class SGD(torch.optim.Optimizer):
             batch.stale = []
         for group in self.param_groups:
             group["step"] += 1
-
-    _hooked_step = torch.optim.Optimizer.profile_hook_step(_step)
 
 
 # Adam, AdamW and Lion step through momentum._torch_engine, on the same
