@@ -25,7 +25,7 @@ import torch
 from torch.optim.adam import adam as _torch_adam
 from torch.optim.optimizer import _get_scalar_dtype
 
-from momentum._torch_engine import KernelStep
+from momentum._torch_engine import KernelStep, Plan
 from momentum._torch_step import (
     HALF, PLAIN, check_storage, hypers_of, scalar, state_dtype, state_keys)
 
@@ -199,6 +199,7 @@ class Adam(_KernelAdam, torch.optim.Adam):
                  state_dtype: torch.dtype | None = None, rounding: str = "nearest",
                  state_rounding: str = "nearest", seed: int = 0) -> None:
         self._warned: set[str] = set()
+        self._plans: dict[int, Plan] = {}
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                          maximize=maximize, capturable=capturable,
                          differentiable=differentiable, fused=fused,
@@ -219,6 +220,7 @@ class AdamW(_KernelAdam, torch.optim.AdamW):
                  rounding: str = "nearest", state_rounding: str = "nearest",
                  seed: int = 0) -> None:
         self._warned: set[str] = set()
+        self._plans: dict[int, Plan] = {}
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
                          foreach=foreach, capturable=capturable,
                          differentiable=differentiable, fused=fused)

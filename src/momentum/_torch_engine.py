@@ -66,7 +66,11 @@ class Plan:
 
 
 class KernelStep:
-    """step() for a torch optimizer of one rule family (mixed in)."""
+    """step() for a torch optimizer of one rule family (mixed in; the class
+    sets ``_plans = {}`` and ``_warned = set()`` before torch's constructor,
+    and again in ``__setstate__``)."""
+
+    _plans: dict[int, Plan]
 
     # The state entry of a parameter's step count (a scalar tensor), if the
     # rule counts steps per tensor.
@@ -82,8 +86,7 @@ class KernelStep:
     def _plan(self, gi: int, group: dict[str, Any]) -> Plan:
         """Group ``gi``'s plan: the cached one while its snapshot holds (new
         gradients recorded), else a new one from the tensors as they are."""
-        plans = self.__dict__.setdefault("_plans", {})
-        plan = plans.get(gi)
+        plan = self._plans.get(gi)
         layout = self._layout(group)
         keys = layout[1]
         if plan is not None and plan.layout == layout and plan.snapshot.check(
@@ -114,7 +117,7 @@ class KernelStep:
             stale += [(p, other) for other in EXTRA_KEYS if other != key and other in state]
         snapshot = Snapshot(layout[0], list(params), self.state, keys, bytes(kernel),
                             state_dtypes, extra_key, extra_dtypes, self._step_key)
-        plan = plans[gi] = Plan(snapshot, fallback, layout, state_dtypes, stale)
+        plan = self._plans[gi] = Plan(snapshot, fallback, layout, state_dtypes, stale)
         return plan
 
     def _name(self, gi: int, i: int, array: int) -> str:
@@ -138,11 +141,11 @@ class KernelStep:
         """
         if hooks_or_profiler(self):
             return self._hooked_step(closure)
-        return self._kernel_step(closure)
+        with torch.no_grad():  # once (a decorator costs a few µs more)
+            return self._kernel_step(closure)
 
     step.hooked = True  # tells torch.optim.Optimizer not to wrap it
 
-    @torch.no_grad()
     def _kernel_step(self, closure: Any) -> Any:
         """step() itself, without hooks: a new state is entered once its
         first step has run."""
@@ -186,7 +189,7 @@ class KernelStep:
         except Exception:
             # A plan must not outlive a step that refused its tensors: the
             # next step looks at them afresh.
-            self.__dict__.get("_plans", {}).clear()
+            self._plans.clear()
             raise
         # The kernels first, straight after their batch was built: torch's
         # arithmetic can run Python code that frees memory the batch holds
@@ -281,7 +284,7 @@ class KernelStep:
         would hold two sets)."""
         super().zero_grad(set_to_none)
         if set_to_none:
-            for plan in self.__dict__.get("_plans", {}).values():
+            for plan in self._plans.values():
                 plan.snapshot.forget_grads()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -309,7 +312,8 @@ class KernelStep:
         """What a step does to a group after its tensors are stepped."""
 
     def _hooked(self, closure: Any) -> Any:
-        return self._kernel_step(closure)
+        with torch.no_grad():
+            return self._kernel_step(closure)
 
     # step() inside torch's hook wrapper (its range named as torch names it)
     _hooked_step = torch.optim.Optimizer.profile_hook_step(_hooked)

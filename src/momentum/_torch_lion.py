@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from momentum._torch_engine import KernelStep
+from momentum._torch_engine import KernelStep, Plan
 from momentum._torch_step import (
     check_storage, hypers_of, scalar, state_dtype, state_keys)
 
@@ -52,6 +52,7 @@ class Lion(KernelStep, torch.optim.Optimizer):
         self._init_lr = lr
         self.decoupled_wd = decoupled_weight_decay
         self._warned: set[str] = set()
+        self._plans: dict[int, Plan] = {}
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay,
                                       maximize=maximize, state_dtype=state_dtype,
                                       rounding=rounding, state_rounding=state_rounding,

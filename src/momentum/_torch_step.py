@@ -200,18 +200,24 @@ def warn_once(optimizer: Any, why: str) -> None:
                   f"{optimizer._arithmetic}, not the kernels", RuntimeWarning, stacklevel=level)
 
 
+# Per rule, read each step: its state arrays' (state key, the hyperparameter
+# they need or None), and its hyperparameters' (name, default).
+_STATE_ARRAYS = {name: [(a.state_key, a.when) for a in rule.arrays if a.state_key]
+                 for name, rule in RULES.items()}
+_HYPERS = {name: [(h.name, h.default) for h in rule.hypers] for name, rule in RULES.items()}
+
+
 def state_keys(rule: str, group: dict[str, Any]) -> tuple[str, ...]:
     """The state entries rule ``rule`` keeps for ``group``: the state key of
     each of its arrays the group's hyperparameters use, in the table's order."""
-    return tuple(a.state_key for a in RULES[rule].arrays
-                 if a.state_key and (a.when is None or group[a.when]))
+    return tuple([key for key, when in _STATE_ARRAYS[rule] if when is None or group[when]])
 
 
 def hypers_of(rule: str, values: dict[str, Any]) -> tuple[Any, ...]:
     """Rule ``rule``'s hyperparameters in the table's order, from ``values``
     (a per-tensor one missing from it: its default, which the snapshot
     replaces tensor by tensor)."""
-    return tuple(values.get(h.name, h.default) for h in RULES[rule].hypers)
+    return tuple([values.get(name, default) for name, default in _HYPERS[rule]])
 
 
 def tensor_name(rule: str, rounding: str, first_index: int, gi: int, i: int,

@@ -786,7 +786,6 @@ class SGD(KernelStep, torch.optim.Optimizer):
         return _fallback_reason(p, p.grad, state.get("momentum_buffer")
                                 if group["momentum"] != 0 else None, state_dtype(p, group))
 
-    @torch.no_grad()
     def _kernel_step(self, closure: Callable[[], Any] | None = None) -> Any:
         """step() itself, without hooks: per tensor, the engine's; flat, one
         call of foreach.sgd_groups over the arenas."""
