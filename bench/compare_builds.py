@@ -7,9 +7,11 @@ OLD_SRC and NEW_SRC are ``src`` folders of two checkouts built in place
 build, alternating, and each subprocess times every row (median of several
 samples); the table gives the median over rounds of each build's time and
 new/old.  Rows: single-array sgd (float32) at 16 elements, 4 Ki, 1 Mi and
-32 Mi; the three workloads through foreach.sgd, Arena.sgd,
-momentum.torch.SGD and flat=True, and torch.optim.SGD(fused=True); at 1 and
-2 threads.  Speed is compared here, never asserted in tests.
+32 Mi; the four tensors of a 64-128-10 MLP and the three workloads through
+foreach.sgd, Arena.sgd, momentum.torch.SGD and flat=True,
+torch.optim.SGD(fused=True), momentum.torch.AdamW and
+torch.optim.AdamW(fused=True); at 1 and 2 threads.  Speed is compared here,
+never asserted in tests.
 """
 from __future__ import annotations
 
@@ -49,10 +51,12 @@ for threads in (1, 2):
     import torch
     import momentum.torch as mt
     torch.set_num_threads(threads)
-    for name in ("many-small", "resnet50", "gpt2-small"):
-        shapes = load_workload(name)["shapes"]
-        small = name == "many-small"
-        k, reps = (20, 7) if small else (2, 5)
+    # the MLP of examples/train_digits.py: a step there is mostly fixed cost
+    mlp = [(128, 64), (128,), (10, 128), (10,)]
+    for name in ("mlp", "many-small", "resnet50", "gpt2-small"):
+        shapes = mlp if name == "mlp" else load_workload(name)["shapes"]
+        small = name in ("mlp", "many-small")
+        k, reps = (200 if name == "mlp" else 20, 7) if small else (2, 5)
         ps = [np.full(s, 1.0, np.float32) for s in shapes]
         gs = [np.full(s, 1e-3, np.float32) for s in shapes]
         bs = [np.zeros(s, np.float32) for s in shapes]
@@ -67,6 +71,15 @@ for threads in (1, 2):
                                   ("torch fused", torch.optim.SGD, {"fused": True})):
             params = [torch.nn.Parameter(torch.ones(s)) for s in shapes]
             opt = cls(params, **H, **extra)
+            for q in params:
+                q.grad = torch.full(q.shape, 1e-3)
+            opt.step()
+            rows[f"{name} {label}, {threads} thr"] = med(opt.step, k, reps)
+            del opt, params
+        for label, cls, extra in (("momentum.torch.AdamW", mt.AdamW, {}),
+                                  ("torch fused AdamW", torch.optim.AdamW, {"fused": True})):
+            params = [torch.nn.Parameter(torch.ones(s)) for s in shapes]
+            opt = cls(params, lr=1e-3, **extra)
             for q in params:
                 q.grad = torch.full(q.shape, 1e-3)
             opt.step()
