@@ -430,3 +430,48 @@ def test_step_hooks_and_the_profiler_see_the_step(name):
     with torch.profiler.profile() as prof:
         opt.step()
     assert f"Optimizer.step#{type(opt).__name__}.step" in {e.name for e in prof.events()}
+
+
+GROUP_STEPPED = {"SGD": lambda groups: mt.SGD(groups, lr=0.05, momentum=0.9),
+                 "Lion": lambda groups: mt.Lion(groups, lr=0.05)}
+
+
+@pytest.mark.parametrize("name", GROUP_STEPPED)
+def test_a_group_the_kernels_stepped_is_counted_when_torchs_share_then_raises(name):
+    """torch's arithmetic runs after the kernels; when it raises (an int64
+    parameter: torch's own error), the groups the kernels wrote have
+    counted their step, so their next stochastic rounding keys differ."""
+    a, c = (torch.nn.Parameter(torch.ones(4)) for _ in range(2))
+    b = torch.nn.Parameter(torch.ones(4, dtype=torch.int64), requires_grad=False)
+    for p in (a, b, c):
+        p.grad = torch.ones_like(p)
+    opt = GROUP_STEPPED[name]([{"params": [a]}, {"params": [b]}, {"params": [c]}])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(RuntimeError):
+            opt.step()
+    assert not torch.equal(a.detach(), torch.ones(4)) and not torch.equal(c.detach(),
+                                                                         torch.ones(4))
+    assert [g["step"] for g in opt.param_groups] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "Lion"])
+def test_a_step_refused_for_another_groups_hyperparameter_does_not_warn(name):
+    """Every group's hyperparameters are checked before any plan is made:
+    a step refused before anything is written says nothing of torch's
+    arithmetic; the step that uses it does, once."""
+    make = {"SGD": mt.SGD, "Adam": mt.Adam, "Lion": mt.Lion}[name]
+    strided = torch.nn.Parameter(torch.ones(4, 6)[:, ::2])
+    plain = torch.nn.Parameter(torch.ones(3))
+    for p in (strided, plain):
+        p.grad = torch.ones_like(p)
+    opt = make([{"params": [strided]}, {"params": [plain]}], lr=0.1)
+    opt.param_groups[1]["lr"] = -1.0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError, match=r"param_groups\[1\]"):
+            opt.step()
+    assert not caught
+    opt.param_groups[1]["lr"] = 0.1
+    with pytest.warns(RuntimeWarning, match="not dense"):
+        opt.step()

@@ -115,12 +115,13 @@ class _KernelAdam(KernelStep):
             amsgrad=group["amsgrad"], maximize=group["maximize"]))
 
     def _refuse(self, p: torch.Tensor, state: dict[str, Any], group: dict[str, Any],
-                gi: int, i: int) -> None:
+                place: tuple[int, int, int]) -> None:
         """KernelStep's refusals; a sparse gradient (torch's RuntimeError),
         a gradient of another dtype than its parameter (TypeError) and a
         step count of -1 (ValueError: torch's step would divide by zero),
         for which torch's Adam raises midway."""
-        super()._refuse(p, state, group, gi, i)
+        super()._refuse(p, state, group, place)
+        gi, i = place[1:]
         if p.grad.is_sparse:
             raise RuntimeError("Adam does not support sparse gradients, please "
                                "consider SparseAdam instead")

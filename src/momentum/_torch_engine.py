@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from momentum._torch_keys import GRADS, HOLDS, Snapshot, prepare_groups
+from momentum._torch_keys import GRADS, HOLDS, Snapshot, check_group, prepare_groups
 from momentum._torch_step import (
     EXTRA, EXTRA_KEYS, HALF, closure_and_amp, hooks_or_profiler, kernel_reason, new_extra,
     rounding_extra, state_dtype, tensor_name, unscale, warn_once)
@@ -83,8 +83,9 @@ class KernelStep:
         return (self._rule(group), self._state_keys(group), group["rounding"],
                 group["state_dtype"], group.get("differentiable"), group.get("capturable"))
 
-    def _plan(self, gi: int, group: dict[str, Any]) -> Plan:
-        """Group ``gi``'s plan: the cached one while its snapshot holds (new
+    def _plan(self, gi: int, group: dict[str, Any], first_index: int) -> Plan:
+        """Group ``gi``'s plan (its first parameter has state-dict index
+        ``first_index``): the cached one while its snapshot holds (new
         gradients recorded), else a new one from the tensors as they are."""
         plan = self._plans.get(gi)
         layout = self._layout(group)
@@ -105,7 +106,7 @@ class KernelStep:
             if p.grad is None:
                 continue
             state = self.state.get(p) or {}
-            self._refuse(p, state, group, gi, i)
+            self._refuse(p, state, group, (first_index + i, gi, i))
             why = self._kernel_reason(p, state, group)
             if why is not None:
                 fallback.append(i)
@@ -156,11 +157,16 @@ class KernelStep:
         hypers, storage, plans, states, extras = [], [], [], [], []
         first_index = 0
         try:
+            # Every group's hyperparameters first: a bad one refuses the step
+            # before any plan is made (and warns of torch's arithmetic).
             for gi, group in enumerate(self.param_groups):
                 hypers.append(self._hypers(group, f"{where}(): param_groups[{gi}]"))
                 storage.append((group["rounding"], group["state_rounding"], group["seed"],
                                 self._key_step(group), first_index))
-                plan = self._plan(gi, group)
+                check_group(self._rule(group), hypers[gi], storage[gi], where, gi)
+                first_index += len(group["params"])
+            for gi, group in enumerate(self.param_groups):
+                plan = self._plan(gi, group, storage[gi][4])
                 plans.append(plan)
                 params = group["params"]
                 states.append({i: self._new_state(params[i], group)
@@ -168,9 +174,8 @@ class KernelStep:
                 key = EXTRA.get(group["rounding"], (None,))[0]
                 extras.append({i: new_extra(params[i], key)
                                for i in plan.snapshot.missing_extra})
-                first_index += len(params)
             if any(plan.fallback for plan in plans):
-                self._check_fallback(plans)
+                self._check_fallback(plans, [s[4] for s in storage])
             grads = [] if grad_scale is None else \
                 [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
             unscale(grads, grad_scale)
@@ -208,6 +213,7 @@ class KernelStep:
             for p, stale in plan.stale:
                 self.state[p].pop(stale, None)
             plan.stale = []
+            self._after_group(group)   # counted as stepped before torch's share runs
         for plan, group in zip(plans, self.param_groups):
             fallback = [group["params"][i] for i in plan.fallback]
             for p in fallback:
@@ -216,18 +222,18 @@ class KernelStep:
                     (self.state.get(p) or {}).pop(key, None)
             if fallback:
                 self._torch_step(group, fallback)
-            self._after_group(group)
         return loss
 
-    def _check_fallback(self, plans: list[Plan]) -> None:
+    def _check_fallback(self, plans: list[Plan], first_indices: list[int]) -> None:
         """Refuse, before anything is written, what torch's arithmetic would
         raise for midway in the parameters it steps (it runs after the
         kernels; their snapshot compares only which tensors they are): as
-        _refuse() refuses."""
+        _refuse() refuses.  ``first_indices[k]``: group ``k``'s first
+        parameter's state-dict index."""
         for gi, (group, plan) in enumerate(zip(self.param_groups, plans)):
             for i in plan.fallback:
                 p = group["params"][i]
-                self._refuse(p, self.state.get(p) or {}, group, gi, i)
+                self._refuse(p, self.state.get(p) or {}, group, (first_indices[gi] + i, gi, i))
 
     def _state_of(self, p: torch.Tensor, group: dict[str, Any]) -> dict[str, Any]:
         """``p``'s state for torch's arithmetic: a first step's made (and
@@ -257,15 +263,16 @@ class KernelStep:
         return kernel_reason(p, tensors, dtypes)
 
     def _refuse(self, p: torch.Tensor, state: dict[str, Any], group: dict[str, Any],
-                gi: int, i: int) -> None:
+                place: tuple[int, int, int]) -> None:
         """Raise, before anything is written, for what neither the kernels
-        nor torch's arithmetic can step parameter ``i`` of group ``gi``
-        (``p``, with a gradient) with (torch would raise only once it had
+        nor torch's arithmetic can step ``p`` (with a gradient; at ``place``:
+        its state-dict index, its group, its position there) with (torch would raise only once it had
         written the tensors before it): a gradient of another shape or on
         another device (ValueError), a state from an earlier step that
         lacks an entry the group now uses (ValueError: torch's KeyError;
         ``amsgrad`` turned on after a first step)."""
         grad, where = p.grad, f"{type(self).__name__}.step()"
+        gi, i = place[1:]
         if grad.shape != p.shape:
             raise ValueError(f"{where}: {self._name(gi, i, 1)} has shape {tuple(grad.shape)} "
                              f"but the parameter has shape {tuple(p.shape)}")
@@ -312,6 +319,7 @@ class KernelStep:
         """What a step does to a group after its tensors are stepped."""
 
     def _hooked(self, closure: Any) -> Any:
+        """step() inside torch's hook wrapper."""
         with torch.no_grad():
             return self._kernel_step(closure)
 

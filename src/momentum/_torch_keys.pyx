@@ -655,14 +655,8 @@ def prepare_groups(list snapshots, list hypers, list new_states, object name,
             # Its places may be half recorded: never run from them.
             raise ValueError(f"{where}(): a tensor of param_groups[{k}] changed while "
                              f"the step looked at it")
-        try:
-            read_hypers(rule, s.rule, hypers[k], hyper, where)
-            rounding, state_rounding, seed, step, first_index = \
-                ("nearest", "nearest", 0, 0, 0) if storage is None else storage[k]
-            read_rounding(rule, rounding, state_rounding, seed, step, 0, &half, where)
-        except (TypeError, ValueError) as e:
-            raise type(e)(f"{where}(): param_groups[{k}]: {str(e).split('(): ', 1)[1]}") \
-                from None
+        first_index = read_group(s.rule, hypers[k], None if storage is None else storage[k],
+                                 hyper, &half, where, k)
         for a in range(rule.narrays):
             if uses(rule, a, hyper) != s.in_use[a]:
                 raise ValueError("the snapshot was made for other hyperparameters")
@@ -719,6 +713,33 @@ def prepare_groups(list snapshots, list hypers, list new_states, object name,
             f" and {name(k2, i2, source_of((<Snapshot>snapshots[k2]).spec, second, pair[3]))}"
             f" overlap in memory")
     return batch
+
+
+def check_group(str rule, tuple hypers, tuple storage, str where, Py_ssize_t k):
+    """TypeError or ValueError, as prepare_groups() raises it, if group
+    ``k``'s hyperparameters ``hypers`` or its ``storage`` (see there) are
+    not ones rule ``rule`` takes: a step checks every group so before it
+    looks at any group's tensors."""
+    cdef double hyper[MAX_HYPER]
+    cdef momentum_task half
+    read_group(RULE_NAMES.index(rule), hypers, storage, hyper, &half, where, k)
+
+
+cdef Py_ssize_t read_group(int index, tuple hypers, object storage, double* hyper,
+                           momentum_task* half, str where, Py_ssize_t k) except -1:
+    """Read group ``k``'s hyperparameters (into ``hyper``) and storage
+    (into ``half``'s rounding and key, nearest where ``storage`` is None)
+    for rule ``index``, checked; its first parameter's state-dict index."""
+    cdef const RuleSpec* rule = spec_of(index)
+    try:
+        read_hypers(rule, index, hypers, hyper, where)
+        rounding, state_rounding, seed, step, first_index = \
+            ("nearest", "nearest", 0, 0, 0) if storage is None else storage
+        read_rounding(rule, rounding, state_rounding, seed, step, 0, half, where)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{where}(): param_groups[{k}]: {str(e).split('(): ', 1)[1]}") \
+            from None
+    return first_index
 
 
 cdef tuple task_names(const RuleSpec* rule, const momentum_task* task, object name,

@@ -114,8 +114,8 @@ class Lion(KernelStep, torch.optim.Optimizer):
         """Step ``params`` (with gradients) with Lion's arithmetic in torch operations."""
         beta1, beta2 = group["betas"]
         for p in params:
-            _torch_lion(p, p.grad, self._state_of(p, group)["exp_avg"], scalar(group["lr"], "lr", "Lion.step()"),
-                        self._decay(group), beta1,
+            _torch_lion(p, p.grad, self._state_of(p, group)["exp_avg"],
+                        scalar(group["lr"], "lr", "Lion.step()"), self._decay(group), beta1,
                         beta2, group["maximize"])
 
 

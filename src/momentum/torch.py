@@ -6,8 +6,8 @@ copied or converted.  Every step takes one path, the one of every
 ``momentum.torch`` optimizer (:mod:`momentum._torch_engine`): each group's
 snapshot (:mod:`momentum._torch_keys`) says which tensors it was last stepped with
 and where they lie, re-checked in C each step; where anything changed (a
-first step, an edit) the group's tensors are looked at afresh here, in
-Python, and a new snapshot made.  Then the tensors' addresses go through
+first step, an edit) the group's tensors are looked at afresh, in Python
+(SGD's checks, below), and a new snapshot made.  Then the tensors' addresses go through
 the batch builder and the checks every kernel call passes
 (:mod:`momentum._batch`, :mod:`momentum._checks`), with no NumPy view.
 What the kernels cannot step in place (a sparse gradient, a dtype they do
@@ -40,7 +40,7 @@ from momentum._torch_keys import HOLDS, Snapshot
 from momentum._torch_step import (
     EXTRA as _EXTRA, EXTRA_KEYS as _EXTRA_KEYS, HALF as _HALF, KERNEL_DTYPES as _KERNEL_DTYPES,
     PLAIN as _PLAIN, check_storage, closure_and_amp, dense, hypers_of, rounding_extra, scalar,
-    state_dtype, state_keys, tensor_name, unscale)
+    state_dtype, state_keys, unscale)
 from momentum.arena import EXTRA as _ARENA_EXTRA, Arena
 from momentum.dtypes import numpy_dtype
 
@@ -49,7 +49,6 @@ __all__ = ["SGD", "Adam", "AdamW", "Lion"]
 _DTYPES = tuple(d for d, (_, reals, _) in _KERNEL_DTYPES.items() if reals == 1)
 _DTYPE_NAMES = ", ".join(map(str, _DTYPES[:-1])) + f" or {_DTYPES[-1]}"
 _NO_STATE = MappingProxyType({})
-# sgd's hyperparameters, in the table's order.
 
 
 # How a message names a parameter's buffer.
@@ -101,13 +100,6 @@ def _check(tensor: torch.Tensor, what: str, param: torch.Tensor, place: Place,
                          f".contiguous() on it before the step")
     raise ValueError(f"{where}: {what} is a lazily negated view; call "
                      f".resolve_neg() on it before the step")
-
-
-def _buffer_dtype(p: torch.Tensor, state_dtype: torch.dtype | None) -> torch.dtype:
-    """The dtype of parameter ``p``'s momentum buffer in a group of
-    ``state_dtype``: float32 for a 16-bit parameter with state_dtype
-    float32, else the parameter's."""
-    return torch.float32 if state_dtype is torch.float32 and p.dtype in _HALF else p.dtype
 
 
 def _fallback_reason(p: torch.Tensor, g: torch.Tensor | None, b: torch.Tensor | None,
@@ -587,8 +579,8 @@ class SGD(KernelStep, torch.optim.Optimizer):
         dtype = params[0].dtype if params else torch.float32
         options = {}
         if layout is not None:
-            rounding, state_rounding, state_dtype = layout
-            options = dict(dtypes={"buf": _numpy(_buffer_dtype(params[0], state_dtype))},
+            rounding, state_rounding, _ = layout
+            options = dict(dtypes={"buf": _numpy(state_dtype(params[0], self.param_groups[gi]))},
                            rounding=rounding, state_rounding=state_rounding)
         flat = _Flat(Arena([p.shape for p in params], _numpy(dtype),
                            tensors=range(first_index, first_index + len(params)), **options),
@@ -764,11 +756,11 @@ class SGD(KernelStep, torch.optim.Optimizer):
         return {"momentum_buffer": torch.empty_like(p, dtype=state_dtype(p, group))}
 
     def _refuse(self, p: torch.Tensor, state: dict[str, Any], group: dict[str, Any],
-                gi: int, i: int) -> None:
-        """What neither the kernels nor torch.optim.SGD step (_refuse), and
-        a rounding's extra entry the kernels would step that does not lie
-        as they step it (_refuse_extra)."""
-        place = (self._first_index(gi) + i, gi, i)
+                place: Place) -> None:
+        """What neither the kernels nor torch.optim.SGD step (the module's
+        _refuse, for the parameter, its grad and its buffer), and a
+        rounding's extra entry the kernels would step that does not lie as
+        they step it (_refuse_extra)."""
         b = state.get("momentum_buffer") if group["momentum"] != 0 else None
         for t, what in ((p.grad, "its grad"), (b, _BUFFER), (p, "the parameter")):
             if t is not None:
@@ -810,34 +802,26 @@ class SGD(KernelStep, torch.optim.Optimizer):
             raise
         return loss
 
-    def _check_fallback(self, plans: list[Plan]) -> None:
+    def _check_fallback(self, plans: list[Plan], first_indices: list[int]) -> None:
         """Refuse, before anything is written, what the parameters stepped
-        with torch's arithmetic must not bring: a grad or buffer _refuse()
-        refuses or torch's arithmetic would raise for midway (_refuse_sparse;
-        both checked each step, as their snapshot compares only which
-        tensors they are), or a tensor sharing memory with one the kernels
-        step (they run before torch's arithmetic, not in torch's order)."""
+        with torch's arithmetic must not bring: what _refuse() refuses or
+        torch's arithmetic would raise for midway (_refuse_sparse; both
+        checked each step, as their snapshot compares only which tensors
+        they are), or a tensor sharing memory with one the kernels step
+        (they run before torch's arithmetic, not in torch's order)."""
         with torch._C.DisableTorchFunctionSubclass():  # what lies in memory
-            first_index = 0
             for gi, (group, plan) in enumerate(zip(self.param_groups, plans)):
-                uses_state = group["momentum"] != 0
+                hyper = _hyperparameters("SGD.step()", group) if plan.fallback else None
                 for i in plan.fallback:
                     p = group["params"][i]
-                    if p.grad is None:
-                        continue
-                    place = (first_index + i, gi, i)
-                    b = self.state.get(p, _NO_STATE).get("momentum_buffer") \
-                        if uses_state else None
-                    tensors = (p, p.grad, b)
-                    for t, what in zip(tensors, ("the parameter", "its grad", _BUFFER)):
-                        if t is not None:
-                            _refuse(t, what, p, place)
-                    _refuse_sparse(p, p.grad, b, _hyperparameters("SGD.step()", group))
-                    for array, t in enumerate(tensors):
+                    state = self.state.get(p) or {}
+                    self._refuse(p, state, group, (first_indices[gi] + i, gi, i))
+                    b = state.get("momentum_buffer") if group["momentum"] != 0 else None
+                    _refuse_sparse(p, p.grad, b, hyper)
+                    for array, t in enumerate((p, p.grad, b)):
                         span = None if t is None else _span(t)
                         if span is not None:
                             self._refuse_overlap(plans, t, span, array != 1, (gi, i, array))
-                first_index += len(group["params"])
 
     def _refuse_overlap(self, plans: list[Plan], tensor: torch.Tensor, span: tuple[int, int],
                         written: bool, whose: tuple[int, int, int]) -> None:
@@ -871,15 +855,9 @@ class SGD(KernelStep, torch.optim.Optimizer):
         if uses_buf:
             for p, buf in zip(params, bufs):
                 # torch makes a first buffer in its parameter's dtype
-                dtype = _buffer_dtype(p, group["state_dtype"])
+                dtype = state_dtype(p, group)
                 self.state[p]["momentum_buffer"] = buf.to(dtype) if buf.dtype == p.dtype \
                     else buf
-
-    def _name(self, gi: int, i: int, array: int) -> str:
-        """Array ``array`` (0: the parameter, 1: its grad, 2: its buffer, 3:
-        the rounding's extra) of parameter ``i`` of group ``gi``, for a message."""
-        return tensor_name("sgd", self.param_groups[gi]["rounding"], self._first_index(gi),
-                           gi, i, array)
 
     def _flat_step(self, hypers: list[dict[str, Any]],
                    storage: list[tuple[str, str, int, int]]) -> None:
@@ -930,7 +908,6 @@ class SGD(KernelStep, torch.optim.Optimizer):
             group["step"] += 1
 
 
-# Adam, AdamW and Lion step through momentum._torch_engine, on the same
-# snapshot and batch builder as SGD's per-tensor step.
+# Adam, AdamW and Lion: on momentum._torch_engine, as SGD.
 from momentum._torch_adam import Adam, AdamW  # noqa: E402
 from momentum._torch_lion import Lion  # noqa: E402
