@@ -65,8 +65,8 @@ def main(argv: list[str]) -> int:
                     opts[name].step()
                 times[name].append((time.perf_counter() - t) / STEPS)
         ours = statistics.median(times[names[0]])
-        cells = [f"{statistics.median(times[n]) * 1e6:.0f} µs ({statistics.median(times[n]) / ours:.2f})"
-                 for n in names]
+        medians = [statistics.median(times[n]) for n in names]
+        cells = [f"{m * 1e6:.0f} µs ({m / ours:.2f})" for m in medians]
         print(f"| {label} | {' | '.join(cells)} |", flush=True)
     return 0
 

@@ -13,6 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import momentum.torch as mt  # noqa: E402
 from momentum.torch import SGD  # noqa: E402
 from torch_helpers import (  # noqa: E402
     assert_same, fallback_warnings, flat_params, make_data, make_model, mse,
@@ -619,12 +620,26 @@ def test_state_edited_with_dicts_own_methods_is_seen(flat, edit):
         "the edit changes nothing"
 
 
-def test_step_hooks_and_profiler_see_every_step():
+# Each optimizer's first step from ones with gradient ones, lr 0.1: SGD and
+# Lion move by lr; Adam by lr * m_hat / (sqrt(v_hat) + eps) = lr / (1 + 1e-8);
+# AdamW's default weight_decay 0.01 first scales by 1 - lr * 0.01.
+HOOKED = {"SGD": (lambda ps: SGD(ps, lr=0.1, momentum=0.9), 0.9),
+          "Adam": (lambda ps: mt.Adam(ps, lr=0.1), 0.9),
+          "AdamW": (lambda ps: mt.AdamW(ps, lr=0.1), 0.899),
+          "Lion": (lambda ps: mt.Lion(ps, lr=0.1), 0.9)}
+
+
+@pytest.mark.parametrize("name", HOOKED)
+def test_step_hooks_and_profiler_see_every_step(name):
+    """step() skips torch's hook wrapper only while no hook and no profiler
+    could see it: a hook registered on the optimizer or globally runs
+    around the step, and a profiled step is a range named as torch's."""
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+    make, after = HOOKED[name]
     p = torch.nn.Parameter(torch.ones(3))
     p.grad = torch.ones(3)
-    opt = SGD([p], lr=0.1, momentum=0.9)
+    opt = make([p])
     calls = []
 
     def pre(o, args, kwargs):
@@ -641,10 +656,10 @@ def test_step_hooks_and_profiler_see_every_step():
     opt.step()  # no hook left: not seen
     assert [(kind, o) for kind, o, _ in calls] == [("pre", opt), ("pre", opt), ("post", opt)]
     assert torch.equal(calls[0][2], torch.ones(3))  # before the step
-    assert torch.allclose(calls[2][2], torch.full((3,), 0.9))  # after: 1 - 0.1 * 1
+    assert torch.allclose(calls[2][2], torch.full((3,), after))  # after the step
     with torch.profiler.profile() as prof:
         opt.step()
-    assert "Optimizer.step#SGD.step" in {e.name for e in prof.events()}
+    assert f"Optimizer.step#{name}.step" in {e.name for e in prof.events()}
 
 
 def _transpose(t):

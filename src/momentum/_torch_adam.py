@@ -27,7 +27,7 @@ from torch.optim.optimizer import _get_scalar_dtype
 
 from momentum._torch_engine import KernelStep, Plan
 from momentum._torch_step import (
-    HALF, PLAIN, check_storage, hypers_of, scalar, state_dtype, state_keys)
+    HALF, PLAIN, check_storage, hypers_of, scalar, state_dtype)
 
 __all__ = ["Adam", "AdamW"]
 
@@ -93,14 +93,6 @@ class _KernelAdam(KernelStep):
     def _rule(self, group: dict[str, Any]) -> str:
         """The kernels' rule for ``group``."""
         return "adamw" if group["decoupled_weight_decay"] else "adam"
-
-    def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
-        """The moments ``group`` keeps (``max_exp_avg_sq`` with amsgrad)."""
-        return state_keys("adam", group)
-
-    def _key_step(self, group: dict[str, Any]) -> int:
-        """Nothing: each parameter's own step count keys its stochastic rounding."""
-        return 0
 
     def _hypers(self, group: dict[str, Any], where: str) -> tuple[Any, ...]:
         """The group's hyperparameters in the table's order, read afresh each

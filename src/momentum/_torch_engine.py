@@ -15,14 +15,13 @@ refused before anything is written) and stepped with torch's own arithmetic
 after the kernels (``_torch_step``), with a warning once per reason.
 
 An optimizer class mixes in :class:`KernelStep` and says what the table
-cannot: ``_rule(group)``, ``_state_keys(group)`` (the rule's state entries
-the group uses), ``_hypers(group, where)`` (the rule's hyperparameters in
-the table's order, checked), ``_key_step(group)`` (the stochastic key's
-step where the rule counts none itself), ``_step_key`` (the state entry of a
-per-tensor step count, or None), ``_refuse`` and ``_kernel_reason`` (what
-neither the kernels nor torch step, and what only torch steps),
-``_new_state``, ``_torch_step``, ``_after_group`` and ``_arithmetic`` (how
-warnings name torch's arithmetic).
+cannot: ``_rule(group)``, ``_hypers(group, where)`` (the rule's
+hyperparameters in the table's order, checked), ``_step_key`` (the state
+entry of a per-tensor step count, or None: the group's ``step`` is then
+counted and keys stochastic rounding), ``_refuse`` and ``_kernel_reason``
+(what neither the kernels nor torch step, and what only torch steps),
+``_new_state``, ``_torch_step`` and ``_arithmetic`` (how warnings name
+torch's arithmetic).  The state entries a group uses come from the table.
 """
 from __future__ import annotations
 
@@ -33,7 +32,7 @@ import torch
 from momentum._torch_keys import GRADS, HOLDS, Snapshot, check_group, prepare_groups
 from momentum._torch_step import (
     EXTRA, EXTRA_KEYS, HALF, closure_and_amp, hooks_or_profiler, kernel_reason, new_extra,
-    rounding_extra, state_dtype, tensor_name, unscale, warn_once)
+    rounding_extra, state_dtype, state_keys, tensor_name, unscale, warn_once)
 from momentum.rules import RULES
 
 __all__ = ["KernelStep", "Plan"]
@@ -45,24 +44,28 @@ class Plan:
     ``snapshot`` records the group's tensors and, for the parameters the
     kernels step, where they lie; ``fallback`` lists the positions of the
     parameters stepped with torch's own arithmetic instead.  ``layout`` is
-    what the plan was made for beyond the tensors (the group's rule,
-    rounding, state_dtype...); ``state_dtypes`` the dtype of each
-    parameter's state arrays; ``stale`` the ``(parameter, key)`` state
+    what the plan was made for beyond the tensors (the group's rule, its
+    state keys, rounding, state_dtype...); ``extra_key`` the state entry
+    of the rounding's extra array (or None); ``stale`` the ``(parameter, key)`` state
     entries of roundings the group no longer uses, dropped once the step
     has run (a master copy the parameter has moved away from must not come
     back).
     """
 
-    __slots__ = ("snapshot", "fallback", "layout", "state_dtypes", "stale")
+    __slots__ = ("snapshot", "fallback", "layout", "extra_key", "stale")
 
     def __init__(self, snapshot: Snapshot, fallback: list[int], layout: tuple[Any, ...],
-                 state_dtypes: list[torch.dtype | None],
-                 stale: list[tuple[torch.Tensor, str]]) -> None:
+                 extra_key: str | None, stale: list[tuple[torch.Tensor, str]]) -> None:
         self.snapshot = snapshot
         self.fallback = fallback
         self.layout = layout
-        self.state_dtypes = state_dtypes
+        self.extra_key = extra_key
         self.stale = stale
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The group's state entries, in the rule's order."""
+        return self.layout[1]
 
 
 class KernelStep:
@@ -77,6 +80,21 @@ class KernelStep:
     _step_key: str | None = None
     # What steps the parameters the kernels cannot, as warnings say.
     _arithmetic = "PyTorch's own arithmetic"
+
+    def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        """The state entries the group's rule keeps for it (the table's)."""
+        return state_keys(self._rule(group), group)
+
+    def _key_step(self, group: dict[str, Any]) -> int:
+        """The step of the stochastic key: a rule that counts steps per
+        tensor keys on that count (the kernels read it: 0 here), any other
+        on the group's ``step``."""
+        return 0 if self._step_key is not None else group["step"]
+
+    def _after_group(self, group: dict[str, Any]) -> None:
+        """Count the group's ``step`` (where the rule counts none per tensor)."""
+        if self._step_key is None:
+            group["step"] += 1
 
     def _layout(self, group: dict[str, Any]) -> tuple[Any, ...]:
         """What a group's plan depends on beyond its tensors."""
@@ -96,12 +114,11 @@ class KernelStep:
         params = group["params"]
         kernel = bytearray(len(params))
         fallback: list[int] = []
-        state_dtypes: list[torch.dtype | None] = []
         extra_dtypes: list[torch.dtype | None] = []
         stale: list[tuple[torch.Tensor, str]] = []
         extra_key = EXTRA.get(group["rounding"], (None, None))[0]
+        state_dtypes = [state_dtype(p, group) for p in params]
         for i, p in enumerate(params):
-            state_dtypes.append(state_dtype(p, group))
             extra_dtypes.append(None)
             if p.grad is None:
                 continue
@@ -118,7 +135,7 @@ class KernelStep:
             stale += [(p, other) for other in EXTRA_KEYS if other != key and other in state]
         snapshot = Snapshot(layout[0], list(params), self.state, keys, bytes(kernel),
                             state_dtypes, extra_key, extra_dtypes, self._step_key)
-        plan = self._plans[gi] = Plan(snapshot, fallback, layout, state_dtypes, stale)
+        plan = self._plans[gi] = Plan(snapshot, fallback, layout, extra_key, stale)
         return plan
 
     def _name(self, gi: int, i: int, array: int) -> str:
@@ -171,8 +188,7 @@ class KernelStep:
                 params = group["params"]
                 states.append({i: self._new_state(params[i], group)
                                for i in plan.snapshot.missing})
-                key = EXTRA.get(group["rounding"], (None,))[0]
-                extras.append({i: new_extra(params[i], key)
+                extras.append({i: new_extra(params[i], plan.extra_key)
                                for i in plan.snapshot.missing_extra})
             if any(plan.fallback for plan in plans):
                 self._check_fallback(plans, [s[4] for s in storage])
@@ -182,7 +198,7 @@ class KernelStep:
             try:
                 batch = prepare_groups(
                     [plan.snapshot for plan in plans], hypers,
-                    [{i: tuple(state[k] for k in plan.layout[1]) for i, state in new.items()}
+                    [{i: tuple(state[k] for k in plan.keys) for i, state in new.items()}
                      for plan, new in zip(plans, states)],
                     self._name, storage, extras, where)
             except (TypeError, ValueError):
@@ -207,9 +223,8 @@ class KernelStep:
                 if self._step_key is not None:
                     state[self._step_key] += 1
                 self.state[params[i]].update(state)
-            key = EXTRA.get(group["rounding"], (None,))[0]
             for i, tensor in extra.items():
-                self.state[params[i]][key] = tensor
+                self.state[params[i]][plan.extra_key] = tensor
             for p, stale in plan.stale:
                 self.state[p].pop(stale, None)
             plan.stale = []
@@ -266,8 +281,8 @@ class KernelStep:
                 place: tuple[int, int, int]) -> None:
         """Raise, before anything is written, for what neither the kernels
         nor torch's arithmetic can step ``p`` (with a gradient; at ``place``:
-        its state-dict index, its group, its position there) with (torch would raise only once it had
-        written the tensors before it): a gradient of another shape or on
+        its state-dict index, its group, its position there) with (torch
+        would raise only once it had written the tensors before it): a gradient of another shape or on
         another device (ValueError), a state from an earlier step that
         lacks an entry the group now uses (ValueError: torch's KeyError;
         ``amsgrad`` turned on after a first step)."""
@@ -314,9 +329,6 @@ class KernelStep:
                     state_dtype(p, group) if key in arrays else None
                 if dtype is not None and isinstance(value, torch.Tensor):
                     self.state[p][key] = value.to(dtype=dtype, device=p.device, copy=True)
-
-    def _after_group(self, group: dict[str, Any]) -> None:
-        """What a step does to a group after its tensors are stepped."""
 
     def _hooked(self, closure: Any) -> Any:
         """step() inside torch's hook wrapper."""

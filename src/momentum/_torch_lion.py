@@ -15,7 +15,7 @@ import torch
 
 from momentum._torch_engine import KernelStep, Plan
 from momentum._torch_step import (
-    check_storage, hypers_of, scalar, state_dtype, state_keys)
+    check_storage, hypers_of, scalar, state_dtype)
 
 __all__ = ["Lion"]
 
@@ -77,18 +77,6 @@ class Lion(KernelStep, torch.optim.Optimizer):
     def _rule(self, group: dict[str, Any]) -> str:
         """The kernels' rule."""
         return "lion"
-
-    def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
-        """``exp_avg``."""
-        return state_keys("lion", group)
-
-    def _key_step(self, group: dict[str, Any]) -> int:
-        """The group's step count keys its stochastic rounding."""
-        return group["step"]
-
-    def _after_group(self, group: dict[str, Any]) -> None:
-        """Count the group's step."""
-        group["step"] += 1
 
     def _hypers(self, group: dict[str, Any], where: str) -> tuple[Any, ...]:
         """The group's hyperparameters in the table's order, read afresh each

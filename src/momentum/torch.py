@@ -40,7 +40,7 @@ from momentum._torch_keys import HOLDS, Snapshot
 from momentum._torch_step import (
     EXTRA as _EXTRA, EXTRA_KEYS as _EXTRA_KEYS, HALF as _HALF, KERNEL_DTYPES as _KERNEL_DTYPES,
     PLAIN as _PLAIN, check_storage, closure_and_amp, dense, hypers_of, rounding_extra, scalar,
-    state_dtype, state_keys, unscale)
+    state_dtype, unscale)
 from momentum.arena import EXTRA as _ARENA_EXTRA, Arena
 from momentum.dtypes import numpy_dtype
 
@@ -731,18 +731,6 @@ class SGD(KernelStep, torch.optim.Optimizer):
     def _rule(self, group: dict[str, Any]) -> str:
         """The kernels' rule."""
         return "sgd"
-
-    def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
-        """The momentum buffer, if the group has momentum."""
-        return state_keys("sgd", group)
-
-    def _key_step(self, group: dict[str, Any]) -> int:
-        """The group's step count keys its stochastic rounding."""
-        return group["step"]
-
-    def _after_group(self, group: dict[str, Any]) -> None:
-        """Count the group's step."""
-        group["step"] += 1
 
     def _hypers(self, group: dict[str, Any], where: str) -> tuple[Any, ...]:
         """sgd's hyperparameters in the table's order (first_step per
