@@ -51,12 +51,7 @@ def compiler_accepts(flag: str) -> bool:
 OPENMP = os.environ.get("MOMENTUM_NO_OPENMP") != "1" and compiler_accepts("-fopenmp")
 
 # -fno-math-errno lets sqrt vectorise (it changes no result, only errno).
-# -fno-trapping-math lets GCC compute both sides of a condition and select
-# where an operation under it could trap (Lion's sign(c) is x - x for NaN),
-# so the loop vectorises without AVX-512's masks: lion's avx2 and baseline
-# builds were scalar.  It changes no result either, only whether an unused
-# operation may raise a floating-point exception flag, which nothing reads.
-compile_args = ["-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
+compile_args = ["-ffp-contract=off", "-fno-math-errno"]
 compile_args += ["-O0", "-g"] if DEBUG else ["-O3"]
 if NATIVE:
     compile_args.append("-march=native")
