@@ -23,6 +23,8 @@ cdef extern from "_storage.h" nogil:
     ctypedef void (*momentum_loop32)(float* const* arrays, size_t n,
                                      const double* hyper) noexcept nogil
     double momentum_bias(double beta, double step)
+    float momentum_sign(float x)
+    double momentum_sign_double(double x)
     void momentum_blocked(const momentum_task* t, size_t start, size_t n,
                           momentum_loop32 loop, int narrays, uint32_t codes,
                           uint32_t written, int param)
@@ -151,7 +153,12 @@ cdef inline real _max(real a, real b) noexcept nogil:
 cdef inline real _sign(real x) noexcept nogil:
     """sign(x) as the reference defines it: 1, -1, +0 for either zero, NaN
     for NaN (x - x)."""
-    return <real>1 if x > 0 else (<real>-1 if x < 0 else x - x)
+    # from the compares' masks (_storage.h): the conditional form, with
+    # x - x under a condition, left Lion's loop scalar in avx2 and baseline
+    if real is float:
+        return momentum_sign(x)
+    else:
+        return momentum_sign_double(x)
 
 
 cdef inline void _adam(real* param, const real* grad, real* exp_avg, real* exp_avg_sq,

@@ -346,6 +346,31 @@ static void mm_store_kahan(uint32_t dtype, uint16_t *restrict param, uint16_t *r
     mm_store_nearest(dtype, comp, c, n);
 }
 
+/* ------------------------------------------------------------ Lion's sign */
+
+/* sign(x) as momentum.reference defines it: 1, -1, +0 for either zero, and
+ * for NaN x - x (x quieted, payload and sign kept), built from the compares'
+ * masks.  Integer selects never trap, so GCC vectorises the loop that calls
+ * it in every build; the conditional form (x - x under a condition) does not
+ * vectorise without AVX-512's masks.  The compares are float ones, so under
+ * DAZ a subnormal is a zero here as in the reference. */
+static inline float momentum_sign(float x)
+{
+    uint32_t quiet = mm_bits(x) | 0x00400000u;
+    return mm_float((mm_mask(x > 0) & 0x3f800000u) | (mm_mask(x < 0) & 0xbf800000u)
+                    | (mm_mask(x != x) & quiet));
+}
+
+static inline double momentum_sign_double(double x)
+{
+    uint64_t u, one = 0x3ff0000000000000ull, minus = 0xbff0000000000000ull, r;
+    memcpy(&u, &x, 8);
+    r = ((0ull - (uint64_t)(x > 0)) & one) | ((0ull - (uint64_t)(x < 0)) & minus)
+        | ((0ull - (uint64_t)(x != x)) & (u | 0x0008000000000000ull));
+    memcpy(&x, &r, 8);
+    return x;
+}
+
 /* ------------------------------------------------- a rule's per-task terms */
 
 /* 1 - beta ** step (Adam's bias corrections), as the reference computes it.
