@@ -137,6 +137,68 @@ def test_every_build_and_size_matches_reference(isa, rounding, dtype, state, rng
         run_both(rule, ours, hyper, f"isa {isa} n {n}", **storage)
 
 
+@pytest.mark.parametrize("special", [0.0, 0.01])
+@pytest.mark.parametrize("case", [c for rule in RULES for c in
+                                  [(rule, h, a) for h, a in flag_cases(rule)]], ids=case_id)
+@pytest.mark.parametrize("dtype", [dtype_param(d) for d in HALF])
+def test_uniform_16_bit_layouts_match_reference_on_every_build(isa, dtype, case, special, rng):
+    """Every array one 16-bit dtype: where the build has AVX-512 (and for
+    bfloat16 AVX512-BF16), _vector16.h's body runs the whole 16-element
+    vectors with the hardware conversions, a vector holding a NaN or a
+    subnormal on the portable ones, and the chunked driver the rest.  Few
+    specials (most vectors on the hardware path) and more (many not); a
+    bfloat16 NaN is stored as ml_dtypes stores it (0x7fc0 with its sign),
+    not with the payload vcvtneps2bf16 keeps."""
+    rule, hyper, absent = case
+    for n in (17, 48, 4099):
+        ours = arrays_for(rule, (dtype,) * len(ARGS[rule]), n, rng, special)
+        ours.update(dict.fromkeys(absent))
+        run_both(rule, ours, hyper, f"isa {isa} n {n}")
+        if dtype == "bfloat16":
+            for name in RULES[rule].written:
+                if ours[name] is not None:
+                    nan = bits(ours[name])[np.isnan(ours[name].astype(np.float32))]
+                    assert (nan & 0x7FFF == 0x7FC0).all(), (name, np.unique(nan))
+
+
+@pytest.mark.parametrize("dtype", [dtype_param(d) for d in HALF])
+def test_uniform_16_bit_stores_round_as_numpy_astype_for_every_pattern(isa, dtype):
+    """update_buffer with every array 16-bit: buf = 1 * buf + 2**-8 * grad
+    over every 16-bit grad and buffers of several magnitudes, so the results
+    carry bits below the 16-bit ones (ties among them), overflow, NaN
+    payloads and subnormals: the stores round as NumPy's astype, bit for bit."""
+    grad = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(HAVE[dtype])
+    for start in (1.0, -3.0, 2.0 ** -10, 60000.0, 0.0):
+        buf = np.full(grad.size, start, HAVE[dtype])
+        want = buf.copy()
+        with np.errstate(all="ignore"):
+            momentum.update_buffer(buf, grad, momentum=1.0, dampening=1 - 2.0 ** -8)
+            reference.update_buffer(want, grad, momentum=1.0, dampening=1 - 2.0 ** -8)
+        assert_same_bits(buf, want, f"buf {start}")
+
+
+@pytest.mark.parametrize("dtype", [dtype_param(d) for d in HALF])
+def test_uniform_16_bit_layouts_ignore_the_cpus_flush_to_zero_setting(isa, dtype):
+    """As test_conversions_ignore_the_cpus_flush_to_zero_setting, with every
+    array 16-bit (the hand-vectorised bodies): every pattern, subnormals
+    among them, copied into the buffer by sgd's first step keeps its bits."""
+    torch = pytest.importorskip("torch")
+    every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(HAVE[dtype])
+    with np.errstate(invalid="ignore"):
+        want = every.astype(np.float32).astype(HAVE[dtype])
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush denormals")
+    momentum.set_num_threads(1)  # the setting is the calling thread's
+    try:
+        buf = np.zeros(every.size, HAVE[dtype])
+        momentum.sgd(np.zeros(every.size, HAVE[dtype]), every, buf, lr=0.0, momentum=0.5,
+                     first_step=True)
+    finally:
+        torch.set_flush_denormal(False)
+        momentum.set_num_threads(0)
+    assert_same_bits(buf, want)
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3, 7])
 @pytest.mark.parametrize("dtype", [dtype_param(d) for d in HALF])
 def test_thread_count_changes_no_bit(threads, dtype, rng):

@@ -7,7 +7,9 @@
 # rule's hyperparameter struct; _entries.pxi (generated from the table) wraps
 # each in the generic kernel signature of momentum.h.  The float loop also
 # serves every mix of float32 and 16-bit arrays, through _storage.h's
-# chunked driver, which widens and rounds the 16-bit arrays around it.
+# chunked driver, which widens and rounds the 16-bit arrays around it
+# (_vector16.h repeats a rule's arithmetic on vectors for uniform 16-bit
+# layouts: a change here is a change there).
 #
 # Every flag is loop-invariant; the branches below are outside the loops, so
 # each loop body is straight-line arithmetic that vectorises.  Statements are

@@ -13,7 +13,8 @@ rows and the tests' parametrisation.
 To add a rule: an entry here, its loops in ``_loops.pxi`` (one ``cdef``
 function per rule, named as the rule, taking one typed pointer per array,
 ``n`` and ``const <rule>_hyper*``), and its specification in
-:mod:`momentum.reference`.  See CONTRIBUTING.md.
+:mod:`momentum.reference`; optionally its vector body in ``_vector16.h``.
+See CONTRIBUTING.md.
 """
 from __future__ import annotations
 
@@ -116,6 +117,11 @@ class Rule:
     element of each array (so a call may be split anywhere, and arrays laid
     end to end in an arena step as one).  ``formula``: the per-element
     update, in the reference's order of operations (docstrings quote it).
+    ``vector16``: ``_vector16.h`` has the rule's hand-vectorised body for
+    uniform 16-bit layouts (every array bfloat16, or every array float16,
+    rounded to nearest), which the AVX-512 builds run; without one those
+    layouts run the float loop through the chunked driver, as every other
+    mix does.
     """
 
     name: str
@@ -126,6 +132,7 @@ class Rule:
     notes: str = ""
     per_tensor: tuple[str, ...] = ()
     elementwise: bool = True
+    vector16: bool = False
     # The arguments a typical call passes: the benchmark times these.
     typical: dict[str, float] = field(default_factory=dict)
 
@@ -228,6 +235,7 @@ RULES: dict[str, Rule] = {rule.name: rule for rule in (
         formula="buf = momentum * buf + (1 - dampening) * grad",
         notes="The EMA form is ``dampening=momentum``.",
         typical={"momentum": 0.9},
+        vector16=True,
     ),
     Rule(
         name="sgd",
@@ -255,6 +263,7 @@ if momentum != 0:
     g = g + momentum * buf if nesterov else buf
 param = param - lr * g""",
         typical={"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4},
+        vector16=True,
     ),
     Rule(
         name="heavy_ball",
@@ -274,6 +283,7 @@ buf = momentum * buf + lr * g
 param = param - (momentum * buf + lr * g) if nesterov else param - buf""",
         notes="Keras's ``velocity`` is ``-buf``.",
         typical={"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4},
+        vector16=True,
     ),
 
     Rule(
@@ -285,6 +295,7 @@ param = param - (momentum * buf + lr * g) if nesterov else param - buf""",
         formula=_adam_formula("if weight_decay != 0: g = g + weight_decay * param"),
         notes=_ADAM_NOTES + "Weight decay is L2: added to the gradient.",
         typical={"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "weight_decay": 1e-2, "step": 10},
+        vector16=True,
     ),
     Rule(
         name="adamw",
@@ -295,6 +306,7 @@ param = param - (momentum * buf + lr * g) if nesterov else param - buf""",
         formula=_adam_formula("if weight_decay != 0: param = param * (1 - lr * weight_decay)"),
         notes=_ADAM_NOTES + "Weight decay is decoupled: the parameter shrinks first.",
         typical={"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "weight_decay": 1e-2, "step": 10},
+        vector16=True,
     ),
     Rule(
         name="lion",
@@ -316,6 +328,7 @@ exp_avg = beta2 * exp_avg + (1 - beta2) * g""",
         notes="``sign(0) = 0`` as in the paper and lion-pytorch (DeepSpeed's CPU Lion "
               "steps by ``lr`` where ``c == 0``); ``sign(NaN)`` is NaN.",
         typical={"lr": 1e-4, "beta1": 0.9, "beta2": 0.99, "weight_decay": 1e-2},
+        vector16=True,
     ),
 )}
 
