@@ -9,7 +9,7 @@ entry and its loops.  These files come out, none kept in git:
   table's order, which is how a task's ``hyper`` array is read by the loops;
 * ``_entries.pxi``: one entry point of the generic kernel signature per rule
   and dtype combination, each calling the rule's typed loop (and, for a
-  uniform 16-bit layout of a ``vector16`` rule, first its body in
+  combination of ``rules.vector16_combos``, first its body in
   ``_vector16.h``), and ``fill_kernels`` that puts them in their slots of
   the table;
 * ``_api_faces.pxi`` and ``_foreach_faces.pxi``: each rule's public
@@ -82,7 +82,7 @@ def entries_pxi(rules) -> str:
         # the hand-vectorised bodies of uniform 16-bit layouts (0 where a
         # build has none: MM_V16 names a stub there)
         out += ["", 'cdef extern from "_vector16.h" nogil:']
-        signature = "(const momentum_task* t, size_t start, size_t n, uint32_t dtype)"
+        signature = "(const momentum_task* t, size_t start, size_t n, uint32_t codes)"
         out += [f'    size_t {r.name}__vector16 "MM_V16({r.name})" {signature}' for r in vector16]
     fill = ["cdef void fill_kernels(momentum_kernel* slots) noexcept:",
             "    \"\"\"Put every entry point built here in its slot of the table.\"\"\""]
@@ -117,9 +117,9 @@ def entries_pxi(rules) -> str:
             out += ["", "",
                     f"cdef void {name}(const momentum_task* t, size_t start,",
                     "        size_t n) noexcept nogil:"]
-            if rule.vector16 and len(set(dtypes)) == 1 and dtypes[0] in rules.HALF_DTYPES:
-                # every array one 16-bit dtype: its body takes the whole vectors
-                out += [f"    cdef size_t done = {rule.name}__vector16(t, start, n, {code[dtypes[0]]})",
+            if dtypes in rules.vector16_combos(rule):
+                # a common 16-bit layout: its body takes the whole vectors
+                out += [f"    cdef size_t done = {rule.name}__vector16(t, start, n, {codes:#x})",
                         "    start += done",
                         "    n -= done"]
             out += [f"    momentum_blocked(t, start, n, {rule.name}__loop32, "

@@ -137,26 +137,67 @@ def test_every_build_and_size_matches_reference(isa, rounding, dtype, state, rng
         run_both(rule, ours, hyper, f"isa {isa} n {n}", **storage)
 
 
+# The layouts _vector16.h has bodies for (momentum.rules.vector16_combos),
+# each with the roundings it serves: (dtype of param, grad, state; rounding).
+VECTOR16 = [("half", "half", "half", "nearest"), ("half", "half", "half", "stochastic"),
+            ("half", "half", "float32", "nearest"), ("half", "half", "float32", "stochastic"),
+            ("float32", "half", "float32", "nearest"), ("half", "half", "float32", "master"),
+            ("half", "half", "half", "kahan"), ("half", "half", "float32", "kahan")]
+
+
+def vector16_cases() -> list[Any]:
+    """Each rule's flag cases in each of its VECTOR16 layouts (a rule without
+    a param: one per state dtype, no param rounding)."""
+    out = []
+    for rule in RULES:
+        for layout in VECTOR16:
+            param, _, state, rounding = layout
+            if RULES[rule].param is None and (rounding in ("master", "kahan") or param != state):
+                continue
+            out += [pytest.param((rule, h, a), layout, id=f"{case_id((rule, h, a))}-{'-'.join(layout)}")
+                    for h, a in flag_cases(rule)]
+    return out
+
+
 @pytest.mark.parametrize("special", [0.0, 0.01])
-@pytest.mark.parametrize("case", [c for rule in RULES for c in
-                                  [(rule, h, a) for h, a in flag_cases(rule)]], ids=case_id)
+@pytest.mark.parametrize(("case", "layout"), vector16_cases())
 @pytest.mark.parametrize("dtype", [dtype_param(d) for d in HALF])
-def test_uniform_16_bit_layouts_match_reference_on_every_build(isa, dtype, case, special, rng):
-    """Every array one 16-bit dtype: where the build has AVX-512 (and for
+def test_vector16_layouts_match_reference_on_every_build(isa, dtype, case, layout, special, rng):
+    """The common 16-bit layouts: where the build has AVX-512 (and for
     bfloat16 AVX512-BF16), _vector16.h's body runs the whole 16-element
-    vectors with the hardware conversions, a vector holding a NaN or a
-    subnormal on the portable ones, and the chunked driver the rest.  Few
-    specials (most vectors on the hardware path) and more (many not); a
+    vectors with the hardware conversions (the stochastic rounding's hash on
+    16 lanes; master's 16-bit copy and Kahan's compensation in the same
+    pass), a vector holding a NaN
+    or a subnormal on the portable ones, and the chunked driver the rest.
+    Few specials (most vectors on the hardware path) and more (many not); a
     bfloat16 NaN is stored as ml_dtypes stores it (0x7fc0 with its sign),
     not with the payload vcvtneps2bf16 keeps."""
     rule, hyper, absent = case
+    param, grad, state, rounding = layout
+    spec = RULES[rule]
+    dtypes = {"param": param, "grad": grad}
+    combo = tuple(dtype if dtypes.get(a.name, state) == "half" else "float32"
+                  for a in spec.arrays)
+    storage: dict[str, Any] = {"seed": 7, "tensor": 3}
+    if rounding == "stochastic":
+        storage["state_rounding"] = "stochastic"
+        if spec.param is not None:
+            storage["rounding"] = "stochastic"
+    elif rounding in ("master", "kahan"):
+        storage["rounding"] = rounding
+    if "step" not in hyper:
+        storage["step"] = 5
     for n in (17, 48, 4099):
-        ours = arrays_for(rule, (dtype,) * len(ARGS[rule]), n, rng, special)
+        ours = arrays_for(rule, combo, n, rng, special)
+        if rounding == "master":
+            ours["master"] = make(rng, n, "float32", special)
+        if rounding == "kahan":
+            ours["comp"] = make(rng, n, dtype, special) * HAVE[dtype].type(1e-3)
         ours.update(dict.fromkeys(absent))
-        run_both(rule, ours, hyper, f"isa {isa} n {n}")
+        run_both(rule, ours, hyper, f"isa {isa} n {n}", **storage)
         if dtype == "bfloat16":
-            for name in RULES[rule].written:
-                if ours[name] is not None:
+            for name in spec.written:
+                if ours.get(name) is not None and ours[name].dtype == HAVE[dtype]:
                     nan = bits(ours[name])[np.isnan(ours[name].astype(np.float32))]
                     assert (nan & 0x7FFF == 0x7FC0).all(), (name, np.unique(nan))
 

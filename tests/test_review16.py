@@ -121,25 +121,35 @@ def kernel_named(name: str) -> int:
     raise KeyError(name)
 
 
+@pytest.mark.parametrize("grad_dtype", ["float32", "same"])
 @pytest.mark.parametrize("dtype", HALF)
-def test_stochastic_bits_past_two_to_the_32(isa, dtype):
+def test_stochastic_bits_past_two_to_the_32(isa, dtype, grad_dtype):
     """Elements 2**32 - 700 .. 2**32 + 800 of a tensor, run through the C
     ABI (the arrays' pointers moved back by ``start`` so only these
-    elements are touched): the chunk that crosses 2**32 is split, and each
-    side is keyed on its own high bits, as reference.random_bits says."""
-    start, n = (1 << 32) - 700, 1500
+    elements are touched): the chunk (or, with a 16-bit grad, the vector
+    body's range) that crosses 2**32 is split, and each side is keyed on
+    its own high bits, as reference.random_bits says; and a range wholly
+    past it."""
+    for start in ((1 << 32) - 700, (1 << 32) + 100):
+        stochastic_past_two_to_the_32(dtype, grad_dtype, start, 1500)
+
+
+def stochastic_past_two_to_the_32(dtype: str, grad_dtype: str, start: int, n: int) -> None:
     grad = (1 + np.random.default_rng(1).random(n) * 1e-2).astype(np.float32)
+    if grad_dtype == "same":
+        grad = grad.astype(HAVE[dtype])
     buf = np.zeros(n, HAVE[dtype])
     task = Task()
-    task.kernel = kernel_named(f"update_buffer:{dtype},float32")
+    task.kernel = kernel_named(f"update_buffer:{dtype},{grad.dtype.name}")
     task.n = start + n
     task.arrays[0] = buf.ctypes.data - start * 2
-    task.arrays[1] = grad.ctypes.data - start * 4
-    task.hyper[0] = task.hyper[1] = 0.0      # momentum 0, dampening 0: buf = grad
+    task.arrays[1] = grad.ctypes.data - start * grad.itemsize
+    task.hyper[0], task.hyper[1] = 0.0, 0.25   # buf = 0.75 * grad: bits below the 16 kept
     task.stochastic, task.seed, task.step, task.tensor = 1, 5, 6, 7
     KERNEL(task.kernel)(ctypes.byref(task), start, n)
     bits_here = reference.random_bits(n, seed=5, step=6, tensor=7, array=0, first=start)
-    want = reference.round_stochastic(grad, HAVE[dtype], bits_here)
+    want = reference.round_stochastic(np.float32(0.75) * grad.astype(np.float32), HAVE[dtype],
+                                      bits_here)
     assert np.array_equal(bits(buf), bits(want))
 
 

@@ -1,15 +1,18 @@
-/* Hand-vectorised bodies for uniform 16-bit layouts: every array of a task
- * bfloat16 (in builds with AVX512-BF16) or every array float16 (AVX-512
- * with F16C), rounded to nearest.
+/* Hand-vectorised bodies for the common 16-bit layouts, in the AVX-512
+ * builds: for each 16-bit dtype h (bfloat16 where the build has AVX512-BF16,
+ * float16 in both AVX-512 builds), every array h; the param and grad h with
+ * float32 state; a float32 param (or master) and state with an h grad
+ * (momentum.rules.vector16_combos), with every rounding (nearest,
+ * stochastic, Kahan, master).
  *
  * Why: _storage.h's chunked driver widens each 16-bit array into float32
  * scratch, runs the rule's float loop there and rounds the results back, so
  * every element passes through L1 three times; GCC 12 cannot vectorise a
  * float -> bfloat16 conversion inside the rule's own loop.  Here a rule's
  * arithmetic runs on 16 elements in registers: widen (a shift for bfloat16,
- * vcvtph2ps for float16), the rule's float32 arithmetic, and one hardware
- * rounding per stored vector (vcvtneps2bf16, vcvtps2ph).  All-bfloat16 Adam
- * ran 2-2.6x the chunked driver on Zen 5 (in cache and out of DRAM).
+ * vcvtph2ps for float16), the rule's float32 arithmetic, one rounding per
+ * stored vector (vcvtneps2bf16, vcvtps2ph, or the stochastic rounding's
+ * integer formula with its hash on 16 lanes).
  *
  * The arithmetic is each rule's loop in _loops.pxi, operation for operation
  * and in its order, in float32 (the build passes -ffp-contract=off): its
@@ -21,13 +24,14 @@
  *    vfpclassps calls a subnormal zero: MXCSR is read once per call);
  *  - vcvtps2ph quiets a NaN, and vcvtph2ps quiets a signalling one.
  *
- * Each rule's function steps the whole vectors of [start, start + n) and
- * returns how many elements it stepped (a multiple of 16, or 0 where this
- * build, the layout or the task's rounding has no body here); the generated
- * entry (of each rule whose table entry says vector16) calls it as
- * MM_V16(rule) and hands the rest to the chunked driver.  Each flag combination is its
- * own loop (the flags are constants of an always-inlined body), so no
- * branch but the rare conversion fallback is left inside a loop. */
+ * A rule's function (momentum_v16_<rule>, called as MM_V16(rule) by the
+ * generated entry of each combination above, with the arrays' dtype codes
+ * as a constant, so each entry has its own loops) steps the whole vectors of
+ * [start, start + n) and returns how many elements it stepped: a multiple
+ * of 16, or 0 where this build or the task's rounding has no body here.
+ * The entry hands the rest to the chunked driver.  The flags that change
+ * which operations run are constants of an always-inlined loop (one loop per
+ * combination); maximize is a sign mask. */
 #ifndef MOMENTUM_VECTOR16_H
 #define MOMENTUM_VECTOR16_H
 
@@ -35,62 +39,107 @@
 
 #if defined(__AVX512F__) && defined(__F16C__)
 #define MM_INLINE static inline __attribute__((always_inline))
+#define MM_CODE(codes, i) (((codes) >> (4 * (i))) & 15u)
 
-typedef const uint16_t *restrict mm_in16;
-typedef uint16_t *restrict mm_out16;
+/* One call's view of its task: each array at the range's first element,
+ * how its 16-bit stores round, and the call-wide settings. */
+typedef struct {
+    char *at[MOMENTUM_MAX_ARRAYS];     /* arrays[narrays]: master's 16-bit copy */
+    uint64_t key[MOMENTUM_MAX_ARRAYS]; /* stochastic rounding's key, per array */
+    uint32_t stochastic;               /* bit per array, as the task's */
+    uint32_t first;                    /* low 32 bits of the range's first index */
+    uint32_t extra_code;               /* master's 16-bit copy's dtype; 0 without one */
+    int narrays, daz, kahan;           /* kahan: arrays[narrays] is the compensation */
+    __m512i flip;                      /* the gradient's sign mask (maximize) */
+} mm_v16_task;
 
-/* Whether this build has a body for all-`dtype` arrays. */
-static inline int mm_v16_built(uint32_t dtype)
+/* Whether this build has bodies for 16-bit dtype `code` (and float32). */
+MM_INLINE int mm_v16_built(uint32_t code)
 {
 #if defined(__AVX512BF16__)
-    if (dtype == MOMENTUM_BFLOAT16)
+    if (code == MOMENTUM_BFLOAT16)
         return 1;
 #endif
-    return dtype == MOMENTUM_FLOAT16;
+    return code == MOMENTUM_FLOAT32 || code == MOMENTUM_FLOAT16;
 }
 
-/* Whether the task rounds every store to nearest (no stochastic, Kahan or
- * master rounding), and this build has a body for its layout. */
-static inline int mm_v16_serves(const momentum_task *t, uint32_t dtype)
+/* Fill v for elements [start, start + n) of t; the number of elements the
+ * body may step (whole vectors, within one 2**32 block of indices where a
+ * store rounds stochastically: the key's), or 0 where it takes none. */
+MM_INLINE size_t mm_v16_begin(mm_v16_task *v, const momentum_task *t, size_t start, size_t n,
+                              uint32_t codes, int narrays, double maximize)
 {
-    return mm_v16_built(dtype) && t->stochastic == 0 && t->rounding == MOMENTUM_ROUND_NEAREST;
+    int i, master = t->rounding == MOMENTUM_ROUND_MASTER, built = 1, extra;
+    for (i = 0; i < narrays; i++)
+        built &= mm_v16_built(MM_CODE(codes, i));
+    v->narrays = narrays;
+    v->stochastic = t->stochastic;
+    v->extra_code = master ? t->extra_dtype : 0;
+    v->kahan = t->rounding == MOMENTUM_ROUND_KAHAN;
+    extra = master || v->kahan;
+    for (i = 0; i < narrays + extra; i++) {
+        uint32_t code = i < narrays ? MM_CODE(codes, i) : t->extra_dtype;
+        v->at[i] = t->arrays[i] == NULL ? NULL
+                 : t->arrays[i] + start * (code == MOMENTUM_FLOAT32 ? 4 : 2);
+        if ((v->stochastic >> i) & 1u)
+            v->key[i] = mm_key(t, (uint32_t)i, (uint64_t)start >> 32);
+    }
+    v->first = (uint32_t)start;
+    if (v->stochastic && (uint64_t)v->first + n > 0x100000000ull)
+        n = (size_t)(0x100000000ull - v->first);
+    v->daz = (_mm_getcsr() >> 6) & 1u;    /* MXCSR.DAZ (torch.set_flush_denormal) */
+    v->flip = _mm512_set1_epi32(maximize != 0 ? (int)0x80000000u : 0);
+    if (!built || (extra && !mm_v16_built(t->extra_dtype)))
+        return 0;
+    return n & ~(size_t)15;
 }
 
-/* Denormals-are-zero: MXCSR bit 6 (torch.set_flush_denormal(True) sets it). */
-static inline int mm_daz(void) { return (_mm_getcsr() >> 6) & 1u; }
+/* ---------------------------------------------------------------- loads */
 
-/* The portable conversions of one vector, out of the loops (rarely taken). */
+/* A float16 vector holding a NaN: the portable widening (its payload kept). */
 static __attribute__((noinline)) __m512 mm_v16_load_f16_nan(const uint16_t *src)
 {
     float wide[16];
-    mm_load_f16(wide, src, 16);      /* its payload kept */
+    mm_load_f16(wide, src, 16);
     return _mm512_loadu_ps(wide);
 }
 
-static __attribute__((noinline)) void mm_v16_store_odd(uint32_t dtype, uint16_t *dst, __m512 x)
+/* Elements i..i+15 of array a, widened exactly (as mm_load16). */
+MM_INLINE __m512 mm_v16_load(const mm_v16_task *v, uint32_t code, int a, size_t i)
 {
-    float v[16];
-    _mm512_storeu_ps(v, x);
-    mm_store_nearest(dtype, dst, v, 16);
-}
-
-/* 16 elements of src widened exactly (as mm_load16). */
-MM_INLINE __m512 mm_v16_load(uint32_t dtype, const uint16_t *src)
-{
-    __m256i h = _mm256_loadu_si256((const __m256i *)src);
-    if (dtype == MOMENTUM_BFLOAT16)
+    __m256i h;
+    if (code == MOMENTUM_FLOAT32)
+        return _mm512_loadu_ps((const float *)v->at[a] + i);
+    h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)v->at[a] + i));
+    if (code == MOMENTUM_BFLOAT16)
         return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
     if (_mm256_movemask_epi8(_mm256_cmpgt_epi16(_mm256_and_si256(h, _mm256_set1_epi16(0x7fff)),
                                                 _mm256_set1_epi16(0x7c00))))
-        return mm_v16_load_f16_nan(src);
+        return mm_v16_load_f16_nan((const uint16_t *)v->at[a] + i);
     return _mm512_cvtph_ps(h);
 }
 
-/* x rounded to nearest into dst[0:16] (as mm_store_nearest). */
-MM_INLINE void mm_v16_store(uint32_t dtype, int daz, uint16_t *dst, __m512 x)
+/* The gradient, negated (its sign flipped, as the loops' -grad[i]) for maximize. */
+MM_INLINE __m512 mm_v16_grad(const mm_v16_task *v, uint32_t code, int a, size_t i)
+{
+    return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(mm_v16_load(v, code, a, i)),
+                                                v->flip));
+}
+
+/* --------------------------------------------------------------- stores */
+
+/* A vector the hardware rounds otherwise than NumPy: the portable rounding. */
+static __attribute__((noinline)) void mm_v16_store_odd(uint32_t code, uint16_t *dst, __m512 x)
+{
+    float v[16];
+    _mm512_storeu_ps(v, x);
+    mm_store_nearest(code, dst, v, 16);
+}
+
+MM_INLINE void mm_v16_nearest(uint32_t code, int daz, uint16_t *dst, __m512 x)
 {
     __mmask16 odd;
-    if (dtype == MOMENTUM_BFLOAT16) {
+    if (code == MOMENTUM_BFLOAT16) {
 #if defined(__AVX512BF16__)
         if (daz) {
             __m512i a = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7fffffff));
@@ -113,27 +162,113 @@ MM_INLINE void mm_v16_store(uint32_t dtype, int daz, uint16_t *dst, __m512 x)
             return;
         }
     }
-    mm_v16_store_odd(dtype, dst, x);
+    mm_v16_store_odd(code, dst, x);
 }
+
+/* mm_hash32 on 16 lanes. */
+MM_INLINE __m512i mm_v16_hash32(__m512i x)
+{
+    x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
+    x = _mm512_mullo_epi32(x, _mm512_set1_epi32(0x7feb352d));
+    x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 15));
+    x = _mm512_mullo_epi32(x, _mm512_set1_epi32((int)0x846ca68bu));
+    return _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
+}
+
+/* Stochastic rounding of elements first..first+15 (as mm_store_bf16_stochastic,
+ * whose formula this is on 16 lanes; float16's runs there, on the vector). */
+static __attribute__((noinline)) void mm_v16_f16_stochastic(uint16_t *dst, __m512 x, uint64_t key,
+                                                            uint32_t first)
+{
+    float v[16];
+    _mm512_storeu_ps(v, x);
+    mm_store_f16_stochastic(dst, v, 16, key, first);
+}
+
+MM_INLINE void mm_v16_stochastic(uint32_t code, uint16_t *dst, __m512 x, uint64_t key,
+                                 uint32_t first)
+{
+    __m512i u = _mm512_castps_si512(x), a, index, bits, r, top;
+    __mmask16 nan;
+    if (code != MOMENTUM_BFLOAT16) {
+        mm_v16_f16_stochastic(dst, x, key, first);
+        return;
+    }
+    index = _mm512_add_epi32(_mm512_set1_epi32((int)first),
+                             _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    bits = _mm512_xor_si512(mm_v16_hash32(_mm512_xor_si512(index, _mm512_set1_epi32((int)(uint32_t)key))),
+                            _mm512_set1_epi32((int)(uint32_t)(key >> 32)));
+    a = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
+    nan = _mm512_cmpgt_epu32_mask(a, _mm512_set1_epi32(0x7f800000));
+    top = _mm512_srli_epi32(u, 16);
+    /* an infinity's low half is zero: the random half cannot carry into it */
+    r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_srli_epi32(bits, 16)), 16);
+    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_and_si512(top, _mm512_set1_epi32(0x8000)),
+                                                     _mm512_set1_epi32(0x7fc0)));
+    _mm256_storeu_si256((__m256i *)dst, _mm512_cvtepi32_epi16(r));
+}
+
+/* x into elements i..i+15 of array a (dtype `code`), rounded as the task says. */
+MM_INLINE void mm_v16_store(const mm_v16_task *v, uint32_t code, int a, size_t i, __m512 x)
+{
+    uint16_t *dst = (uint16_t *)v->at[a] + i;
+    if (code == MOMENTUM_FLOAT32)
+        _mm512_storeu_ps((float *)v->at[a] + i, x);
+    else if ((v->stochastic >> a) & 1u)
+        mm_v16_stochastic(code, dst, x, v->key[a], v->first + (uint32_t)i);
+    else
+        mm_v16_nearest(code, v->daz, dst, x);
+}
+
+/* Lanes whose exponent is all ones (infinity, NaN). */
+MM_INLINE __mmask16 mm_v16_not_finite(__m512 x)
+{
+    __m512i e = _mm512_set1_epi32(0x7f800000);
+    return _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(x), e), e);
+}
+
+/* mm_store_kahan on one vector: x is the rule's result from the stored
+ * param p; the compensation c is arrays[narrays], of the param's dtype. */
+MM_INLINE void mm_v16_store_kahan(const mm_v16_task *v, uint32_t code, int a, size_t i, __m512 x)
+{
+    __m512 p = mm_v16_load(v, code, a, i), c = mm_v16_load(v, code, v->narrays, i);
+    __m512 y = (x - p) + c, s = p + y, stored;
+    __m512i bits = _mm512_castps_si512(s), abs = _mm512_and_si512(bits, _mm512_set1_epi32(0x7fffffff));
+    __mmask16 plain = mm_v16_not_finite(y) | mm_v16_not_finite(s);
+    __mmask16 zero = _mm512_testn_epi32_mask(abs, abs);
+    __m512i keep = _mm512_or_si512(_mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32((int)0x80000000u)),
+                                   abs);            /* a zero takes x's sign */
+    bits = _mm512_mask_mov_epi32(bits, zero, keep);
+    bits = _mm512_mask_mov_epi32(bits, plain, _mm512_castps_si512(x));
+    mm_v16_nearest(code, v->daz, (uint16_t *)v->at[a] + i, _mm512_castsi512_ps(bits));
+    stored = mm_v16_load(v, code, a, i);            /* what was stored */
+    plain |= mm_v16_not_finite(stored);             /* an overflow carries nothing either */
+    mm_v16_nearest(code, v->daz, (uint16_t *)v->at[v->narrays] + i,
+                   _mm512_maskz_mov_ps((__mmask16)~plain, y - (stored - p)));
+}
+
+/* The new param: stored (Kahan-compensated where the task says), and with
+ * master rounding also its 16-bit copy. */
+MM_INLINE void mm_v16_store_param(const mm_v16_task *v, uint32_t code, int a, size_t i, __m512 x)
+{
+    if (code != MOMENTUM_FLOAT32 && v->kahan) {
+        mm_v16_store_kahan(v, code, a, i, x);
+        return;
+    }
+    mm_v16_store(v, code, a, i, x);
+    if (v->extra_code == MOMENTUM_BFLOAT16)
+        mm_v16_store(v, MOMENTUM_BFLOAT16, v->narrays, i, x);
+    else if (v->extra_code == MOMENTUM_FLOAT16)
+        mm_v16_store(v, MOMENTUM_FLOAT16, v->narrays, i, x);
+}
+
+/* ------------------------------------------------------------- helpers */
 
 #define MM_SPLAT(x) _mm512_set1_ps((float)(x))
-#define MM_ARRAY(i) ((uint16_t *)t->arrays[i] + start)
 
-/* CALL(f1, f2, f3) with each flag a constant 0 or 1: one loop per combination. */
-#define MM_BY_FLAGS(CALL, f1, f2, f3) \
-    ((f1) ? MM_BY_FLAGS_2(CALL, 1, f2, f3) : MM_BY_FLAGS_2(CALL, 0, f2, f3))
-#define MM_BY_FLAGS_2(CALL, a, f2, f3) \
-    ((f2) ? MM_BY_FLAGS_3(CALL, a, 1, f3) : MM_BY_FLAGS_3(CALL, a, 0, f3))
-#define MM_BY_FLAGS_3(CALL, a, b, f3) ((f3) ? CALL(a, b, 1) : CALL(a, b, 0))
-
-/* -maximize negates (a sign flip, as the loops' -grad[i]) */
-MM_INLINE __m512 mm_v16_grad(uint32_t dtype, const uint16_t *grad, int maximize)
-{
-    __m512 g = mm_v16_load(dtype, grad);
-    if (maximize)
-        g = -g;
-    return g;
-}
+/* CALL(f1, f2) with each flag a constant 0 or 1: one loop per combination. */
+#define MM_BY_FLAGS(CALL, f1, f2) \
+    ((f1) ? ((f2) ? CALL(1, 1) : CALL(1, 0)) : ((f2) ? CALL(0, 1) : CALL(0, 0)))
 
 /* The loops' _max: a where a > b or a is NaN, else b. */
 MM_INLINE __m512 mm_v16_max(__m512 a, __m512 b)
@@ -155,139 +290,127 @@ MM_INLINE __m512 mm_v16_sign(__m512 x)
     return _mm512_castsi512_ps(r);
 }
 
+/* The body's loads and stores of a rule's arrays by name, its codes constant. */
+#define MM_LOAD(RULE, name, i) \
+    mm_v16_load(v, MM_CODE(codes, MOMENTUM_##RULE##_ARRAY_##name), MOMENTUM_##RULE##_ARRAY_##name, i)
+#define MM_GRAD(RULE, i) \
+    mm_v16_grad(v, MM_CODE(codes, MOMENTUM_##RULE##_ARRAY_GRAD), MOMENTUM_##RULE##_ARRAY_GRAD, i)
+#define MM_STORE(RULE, name, i, x) \
+    mm_v16_store(v, MM_CODE(codes, MOMENTUM_##RULE##_ARRAY_##name), MOMENTUM_##RULE##_ARRAY_##name, i, x)
+#define MM_STORE_PARAM(RULE, i, x) \
+    mm_v16_store_param(v, MM_CODE(codes, MOMENTUM_##RULE##_ARRAY_PARAM), \
+                       MOMENTUM_##RULE##_ARRAY_PARAM, i, x)
+
 /* ------------------------------------------------------------ update_buffer */
 
-MM_INLINE size_t mm_v16_update_buffer_loop(const momentum_task *t, size_t start, size_t n,
-                                           uint32_t dt, int daz)
+MM_INLINE size_t momentum_v16_update_buffer(const momentum_task *t, size_t start, size_t n,
+                                            uint32_t codes)
 {
     const double *h = t->hyper;
+    mm_v16_task vt, *v = &vt;
     __m512 m = MM_SPLAT(h[MOMENTUM_UPDATE_BUFFER_HYPER_MOMENTUM]);
     __m512 c = MM_SPLAT(1.0 - h[MOMENTUM_UPDATE_BUFFER_HYPER_DAMPENING]);
-    mm_out16 buf = MM_ARRAY(MOMENTUM_UPDATE_BUFFER_ARRAY_BUF);
-    mm_in16 grad = MM_ARRAY(MOMENTUM_UPDATE_BUFFER_ARRAY_GRAD);
     size_t i;
-    for (i = 0; i + 16 <= n; i += 16)
-        mm_v16_store(dt, daz, buf + i, m * mm_v16_load(dt, buf + i) + c * mm_v16_load(dt, grad + i));
-    return i;
-}
-
-static size_t momentum_v16_update_buffer(const momentum_task *t, size_t start, size_t n,
-                                         uint32_t dt)
-{
-    if (!mm_v16_serves(t, dt))
-        return 0;
-    return mm_v16_update_buffer_loop(t, start, n, dt, mm_daz());
+    n = mm_v16_begin(v, t, start, n, codes, 2, 0);
+    for (i = 0; i < n; i += 16)
+        MM_STORE(UPDATE_BUFFER, BUF, i, m * MM_LOAD(UPDATE_BUFFER, BUF, i)
+                                        + c * MM_LOAD(UPDATE_BUFFER, GRAD, i));
+    return n;
 }
 
 /* ---------------------------------------------------------------------- sgd */
 
 enum { MM_SGD_PLAIN, MM_SGD_FIRST, MM_SGD_MOMENTUM };
 
-MM_INLINE size_t mm_v16_sgd_loop(const momentum_task *t, size_t start, size_t n, uint32_t dt,
-                                 int daz, int mode, int decay, int maximize, int nesterov)
+MM_INLINE void mm_v16_sgd_loop(const mm_v16_task *v, const double *h, size_t n, uint32_t codes,
+                               int mode, int decay, int nesterov)
 {
-    const double *h = t->hyper;
     __m512 lr = MM_SPLAT(h[MOMENTUM_SGD_HYPER_LR]), m = MM_SPLAT(h[MOMENTUM_SGD_HYPER_MOMENTUM]);
     __m512 c = MM_SPLAT(1.0 - h[MOMENTUM_SGD_HYPER_DAMPENING]);
     __m512 wd = MM_SPLAT(h[MOMENTUM_SGD_HYPER_WEIGHT_DECAY]);
-    mm_out16 param = MM_ARRAY(MOMENTUM_SGD_ARRAY_PARAM);
-    mm_in16 grad = MM_ARRAY(MOMENTUM_SGD_ARRAY_GRAD);
-    mm_out16 buf = mode == MM_SGD_PLAIN ? NULL : MM_ARRAY(MOMENTUM_SGD_ARRAY_BUF);
     size_t i;
-    for (i = 0; i + 16 <= n; i += 16) {
-        __m512 g = mm_v16_grad(dt, grad + i, maximize), p = mm_v16_load(dt, param + i), b;
+    for (i = 0; i < n; i += 16) {
+        __m512 g = MM_GRAD(SGD, i), p = MM_LOAD(SGD, PARAM, i), b;
         if (decay)
             g = g + wd * p;
         if (mode == MM_SGD_FIRST) {
-            mm_v16_store(dt, daz, buf + i, g);
+            MM_STORE(SGD, BUF, i, g);
             if (nesterov)
                 g = g + m * g;
         } else if (mode == MM_SGD_MOMENTUM) {
-            b = m * mm_v16_load(dt, buf + i) + c * g;
-            mm_v16_store(dt, daz, buf + i, b);
+            b = m * MM_LOAD(SGD, BUF, i) + c * g;
+            MM_STORE(SGD, BUF, i, b);
             if (nesterov)
                 g = g + m * b;
             else
                 g = b;
         }
-        mm_v16_store(dt, daz, param + i, p - lr * g);
+        MM_STORE_PARAM(SGD, i, p - lr * g);
     }
-    return i;
 }
 
-#define MM_SGD_LOOP_PLAIN(decay, maximize, nesterov) \
-    mm_v16_sgd_loop(t, start, n, dt, daz, MM_SGD_PLAIN, decay, maximize, nesterov)
-#define MM_SGD_LOOP_FIRST(decay, maximize, nesterov) \
-    mm_v16_sgd_loop(t, start, n, dt, daz, MM_SGD_FIRST, decay, maximize, nesterov)
-#define MM_SGD_LOOP_MOMENTUM(decay, maximize, nesterov) \
-    mm_v16_sgd_loop(t, start, n, dt, daz, MM_SGD_MOMENTUM, decay, maximize, nesterov)
+#define MM_SGD_PLAIN_LOOP(decay, nesterov) mm_v16_sgd_loop(v, h, n, codes, MM_SGD_PLAIN, decay, 0)
+#define MM_SGD_FIRST_LOOP(decay, nesterov) \
+    mm_v16_sgd_loop(v, h, n, codes, MM_SGD_FIRST, decay, nesterov)
+#define MM_SGD_MOMENTUM_LOOP(decay, nesterov) \
+    mm_v16_sgd_loop(v, h, n, codes, MM_SGD_MOMENTUM, decay, nesterov)
 
-static size_t momentum_v16_sgd(const momentum_task *t, size_t start, size_t n, uint32_t dt)
+MM_INLINE size_t momentum_v16_sgd(const momentum_task *t, size_t start, size_t n, uint32_t codes)
 {
     const double *h = t->hyper;
-    int decay = h[MOMENTUM_SGD_HYPER_WEIGHT_DECAY] != 0, maximize = h[MOMENTUM_SGD_HYPER_MAXIMIZE] != 0;
-    int nesterov = h[MOMENTUM_SGD_HYPER_NESTEROV] != 0, daz;
-    if (!mm_v16_serves(t, dt))
-        return 0;
-    daz = mm_daz();
+    mm_v16_task vt, *v = &vt;
+    int decay = h[MOMENTUM_SGD_HYPER_WEIGHT_DECAY] != 0, nesterov = h[MOMENTUM_SGD_HYPER_NESTEROV] != 0;
+    n = mm_v16_begin(v, t, start, n, codes, 3, h[MOMENTUM_SGD_HYPER_MAXIMIZE]);
     if (h[MOMENTUM_SGD_HYPER_MOMENTUM] == 0)   /* no nesterov (the checks refuse it) */
-        return MM_BY_FLAGS(MM_SGD_LOOP_PLAIN, decay, maximize, 0);
-    if (h[MOMENTUM_SGD_HYPER_FIRST_STEP] != 0)
-        return MM_BY_FLAGS(MM_SGD_LOOP_FIRST, decay, maximize, nesterov);
-    return MM_BY_FLAGS(MM_SGD_LOOP_MOMENTUM, decay, maximize, nesterov);
+        MM_BY_FLAGS(MM_SGD_PLAIN_LOOP, decay, 0);
+    else if (h[MOMENTUM_SGD_HYPER_FIRST_STEP] != 0)
+        MM_BY_FLAGS(MM_SGD_FIRST_LOOP, decay, nesterov);
+    else
+        MM_BY_FLAGS(MM_SGD_MOMENTUM_LOOP, decay, nesterov);
+    return n;
 }
 
 /* --------------------------------------------------------------- heavy_ball */
 
-MM_INLINE size_t mm_v16_heavy_ball_loop(const momentum_task *t, size_t start, size_t n,
-                                        uint32_t dt, int daz, int decay, int maximize,
-                                        int nesterov)
+MM_INLINE void mm_v16_heavy_ball_loop(const mm_v16_task *v, const double *h, size_t n,
+                                      uint32_t codes, int decay, int nesterov)
 {
-    const double *h = t->hyper;
     __m512 lr = MM_SPLAT(h[MOMENTUM_HEAVY_BALL_HYPER_LR]);
     __m512 m = MM_SPLAT(h[MOMENTUM_HEAVY_BALL_HYPER_MOMENTUM]);
     __m512 wd = MM_SPLAT(h[MOMENTUM_HEAVY_BALL_HYPER_WEIGHT_DECAY]);
-    mm_out16 param = MM_ARRAY(MOMENTUM_HEAVY_BALL_ARRAY_PARAM);
-    mm_in16 grad = MM_ARRAY(MOMENTUM_HEAVY_BALL_ARRAY_GRAD);
-    mm_out16 buf = MM_ARRAY(MOMENTUM_HEAVY_BALL_ARRAY_BUF);
     size_t i;
-    for (i = 0; i + 16 <= n; i += 16) {
-        __m512 g = mm_v16_grad(dt, grad + i, maximize), p = mm_v16_load(dt, param + i), b;
+    for (i = 0; i < n; i += 16) {
+        __m512 g = MM_GRAD(HEAVY_BALL, i), p = MM_LOAD(HEAVY_BALL, PARAM, i), b;
         if (decay)
             g = g + wd * p;
-        b = m * mm_v16_load(dt, buf + i) + lr * g;
-        mm_v16_store(dt, daz, buf + i, b);
+        b = m * MM_LOAD(HEAVY_BALL, BUF, i) + lr * g;
+        MM_STORE(HEAVY_BALL, BUF, i, b);
         if (nesterov)
-            mm_v16_store(dt, daz, param + i, p - (m * b + lr * g));
+            MM_STORE_PARAM(HEAVY_BALL, i, p - (m * b + lr * g));
         else
-            mm_v16_store(dt, daz, param + i, p - b);
+            MM_STORE_PARAM(HEAVY_BALL, i, p - b);
     }
-    return i;
 }
 
-#define MM_HEAVY(decay, maximize, nesterov) \
-    mm_v16_heavy_ball_loop(t, start, n, dt, daz, decay, maximize, nesterov)
+#define MM_HEAVY_BALL_LOOP(decay, nesterov) mm_v16_heavy_ball_loop(v, h, n, codes, decay, nesterov)
 
-static size_t momentum_v16_heavy_ball(const momentum_task *t, size_t start, size_t n,
-                                      uint32_t dt)
+MM_INLINE size_t momentum_v16_heavy_ball(const momentum_task *t, size_t start, size_t n,
+                                         uint32_t codes)
 {
     const double *h = t->hyper;
-    int decay = h[MOMENTUM_HEAVY_BALL_HYPER_WEIGHT_DECAY] != 0;
-    int maximize = h[MOMENTUM_HEAVY_BALL_HYPER_MAXIMIZE] != 0;
-    int nesterov = h[MOMENTUM_HEAVY_BALL_HYPER_NESTEROV] != 0, daz;
-    if (!mm_v16_serves(t, dt))
-        return 0;
-    daz = mm_daz();
-    return MM_BY_FLAGS(MM_HEAVY, decay, maximize, nesterov);
+    mm_v16_task vt, *v = &vt;
+    n = mm_v16_begin(v, t, start, n, codes, 3, h[MOMENTUM_HEAVY_BALL_HYPER_MAXIMIZE]);
+    MM_BY_FLAGS(MM_HEAVY_BALL_LOOP, h[MOMENTUM_HEAVY_BALL_HYPER_WEIGHT_DECAY] != 0,
+                h[MOMENTUM_HEAVY_BALL_HYPER_NESTEROV] != 0);
+    return n;
 }
 
 /* ------------------------------------------------------------- adam, adamw */
 
 /* Adam and AdamW share their arrays' and hyperparameters' order (rules.py). */
-MM_INLINE size_t mm_v16_adam_loop(const momentum_task *t, size_t start, size_t n, uint32_t dt,
-                                  int daz, int decoupled, int decay, int maximize, int amsgrad)
+MM_INLINE void mm_v16_adam_loop(const mm_v16_task *v, const double *h, size_t n, uint32_t codes,
+                                int decoupled, int decay, int amsgrad)
 {
-    const double *h = t->hyper;
     double lr = h[MOMENTUM_ADAM_HYPER_LR], beta1 = h[MOMENTUM_ADAM_HYPER_BETA1];
     double beta2 = h[MOMENTUM_ADAM_HYPER_BETA2], step = h[MOMENTUM_ADAM_HYPER_STEP];
     double weight_decay = h[MOMENTUM_ADAM_HYPER_WEIGHT_DECAY];
@@ -296,15 +419,10 @@ MM_INLINE size_t mm_v16_adam_loop(const momentum_task *t, size_t start, size_t n
     __m512 keep1 = MM_SPLAT(1.0 - beta1), b2 = MM_SPLAT(beta2), keep2 = MM_SPLAT(1.0 - beta2);
     __m512 e = MM_SPLAT(h[MOMENTUM_ADAM_HYPER_EPS]), wd = MM_SPLAT(weight_decay);
     __m512 shrink = MM_SPLAT(1.0 - lr * weight_decay);
-    mm_out16 param = MM_ARRAY(MOMENTUM_ADAM_ARRAY_PARAM);
-    mm_in16 grad = MM_ARRAY(MOMENTUM_ADAM_ARRAY_GRAD);
-    mm_out16 exp_avg = MM_ARRAY(MOMENTUM_ADAM_ARRAY_EXP_AVG);
-    mm_out16 exp_avg_sq = MM_ARRAY(MOMENTUM_ADAM_ARRAY_EXP_AVG_SQ);
-    mm_out16 max_exp_avg_sq = amsgrad ? MM_ARRAY(MOMENTUM_ADAM_ARRAY_MAX_EXP_AVG_SQ) : NULL;
     size_t i;
-    for (i = 0; i + 16 <= n; i += 16) {
-        __m512 g = mm_v16_grad(dt, grad + i, maximize), p = mm_v16_load(dt, param + i);
-        __m512 m = mm_v16_load(dt, exp_avg + i), s = mm_v16_load(dt, exp_avg_sq + i);
+    for (i = 0; i < n; i += 16) {
+        __m512 g = MM_GRAD(ADAM, i), p = MM_LOAD(ADAM, PARAM, i);
+        __m512 m = MM_LOAD(ADAM, EXP_AVG, i), s = MM_LOAD(ADAM, EXP_AVG_SQ, i);
         if (decay) {
             if (decoupled)
                 p = p * shrink;
@@ -313,80 +431,69 @@ MM_INLINE size_t mm_v16_adam_loop(const momentum_task *t, size_t start, size_t n
         }
         m = m + keep1 * (g - m);
         s = b2 * s + keep2 * g * g;
-        mm_v16_store(dt, daz, exp_avg + i, m);
-        mm_v16_store(dt, daz, exp_avg_sq + i, s);
+        MM_STORE(ADAM, EXP_AVG, i, m);
+        MM_STORE(ADAM, EXP_AVG_SQ, i, s);
         if (amsgrad) {
-            s = mm_v16_max(mm_v16_load(dt, max_exp_avg_sq + i), s);
-            mm_v16_store(dt, daz, max_exp_avg_sq + i, s);
+            s = mm_v16_max(MM_LOAD(ADAM, MAX_EXP_AVG_SQ, i), s);
+            MM_STORE(ADAM, MAX_EXP_AVG_SQ, i, s);
         }
-        mm_v16_store(dt, daz, param + i,
-                     p - step_size * (m / (_mm512_sqrt_ps(s) * inv_root2 + e)));
+        MM_STORE_PARAM(ADAM, i, p - step_size * (m / (_mm512_sqrt_ps(s) * inv_root2 + e)));
     }
-    return i;
 }
 
-#define MM_ADAM(decay, maximize, amsgrad) \
-    mm_v16_adam_loop(t, start, n, dt, daz, decoupled, decay, maximize, amsgrad)
+#define MM_ADAM_LOOP(decay, amsgrad) mm_v16_adam_loop(v, h, n, codes, decoupled, decay, amsgrad)
 
-MM_INLINE size_t mm_v16_adam(const momentum_task *t, size_t start, size_t n, uint32_t dt,
+MM_INLINE size_t mm_v16_adam(const momentum_task *t, size_t start, size_t n, uint32_t codes,
                              int decoupled)
 {
     const double *h = t->hyper;
-    int decay = h[MOMENTUM_ADAM_HYPER_WEIGHT_DECAY] != 0, maximize = h[MOMENTUM_ADAM_HYPER_MAXIMIZE] != 0;
-    int amsgrad = h[MOMENTUM_ADAM_HYPER_AMSGRAD] != 0, daz;
-    if (!mm_v16_serves(t, dt))
-        return 0;
-    daz = mm_daz();
-    return MM_BY_FLAGS(MM_ADAM, decay, maximize, amsgrad);
+    mm_v16_task vt, *v = &vt;
+    n = mm_v16_begin(v, t, start, n, codes, 5, h[MOMENTUM_ADAM_HYPER_MAXIMIZE]);
+    MM_BY_FLAGS(MM_ADAM_LOOP, h[MOMENTUM_ADAM_HYPER_WEIGHT_DECAY] != 0,
+                h[MOMENTUM_ADAM_HYPER_AMSGRAD] != 0);
+    return n;
 }
 
-static size_t momentum_v16_adam(const momentum_task *t, size_t start, size_t n, uint32_t dt)
+MM_INLINE size_t momentum_v16_adam(const momentum_task *t, size_t start, size_t n, uint32_t codes)
 {
-    return mm_v16_adam(t, start, n, dt, 0);
+    return mm_v16_adam(t, start, n, codes, 0);
 }
 
-static size_t momentum_v16_adamw(const momentum_task *t, size_t start, size_t n, uint32_t dt)
+MM_INLINE size_t momentum_v16_adamw(const momentum_task *t, size_t start, size_t n, uint32_t codes)
 {
-    return mm_v16_adam(t, start, n, dt, 1);
+    return mm_v16_adam(t, start, n, codes, 1);
 }
 
 /* --------------------------------------------------------------------- lion */
 
-MM_INLINE size_t mm_v16_lion_loop(const momentum_task *t, size_t start, size_t n, uint32_t dt,
-                                  int daz, int decay, int maximize)
+MM_INLINE void mm_v16_lion_loop(const mm_v16_task *v, const double *h, size_t n, uint32_t codes,
+                                int decay)
 {
-    const double *h = t->hyper;
     double lr = h[MOMENTUM_LION_HYPER_LR], beta1 = h[MOMENTUM_LION_HYPER_BETA1];
     double beta2 = h[MOMENTUM_LION_HYPER_BETA2];
     __m512 vlr = MM_SPLAT(lr), b1 = MM_SPLAT(beta1), keep1 = MM_SPLAT(1.0 - beta1);
     __m512 b2 = MM_SPLAT(beta2), keep2 = MM_SPLAT(1.0 - beta2);
     __m512 shrink = MM_SPLAT(1.0 - lr * h[MOMENTUM_LION_HYPER_WEIGHT_DECAY]);
-    mm_out16 param = MM_ARRAY(MOMENTUM_LION_ARRAY_PARAM);
-    mm_in16 grad = MM_ARRAY(MOMENTUM_LION_ARRAY_GRAD);
-    mm_out16 exp_avg = MM_ARRAY(MOMENTUM_LION_ARRAY_EXP_AVG);
     size_t i;
-    for (i = 0; i + 16 <= n; i += 16) {
-        __m512 g = mm_v16_grad(dt, grad + i, maximize), m = mm_v16_load(dt, exp_avg + i);
-        __m512 c = b1 * m + keep1 * g, p = mm_v16_load(dt, param + i);
+    for (i = 0; i < n; i += 16) {
+        __m512 g = MM_GRAD(LION, i), m = MM_LOAD(LION, EXP_AVG, i);
+        __m512 c = b1 * m + keep1 * g, p = MM_LOAD(LION, PARAM, i);
         if (decay)
             p = p * shrink;
-        mm_v16_store(dt, daz, param + i, p - vlr * mm_v16_sign(c));
-        mm_v16_store(dt, daz, exp_avg + i, b2 * m + keep2 * g);
+        MM_STORE_PARAM(LION, i, p - vlr * mm_v16_sign(c));
+        MM_STORE(LION, EXP_AVG, i, b2 * m + keep2 * g);
     }
-    return i;
 }
 
-#define MM_LION(decay, maximize, unused) mm_v16_lion_loop(t, start, n, dt, daz, decay, maximize)
+#define MM_LION_LOOP(decay, unused) mm_v16_lion_loop(v, h, n, codes, decay)
 
-static size_t momentum_v16_lion(const momentum_task *t, size_t start, size_t n, uint32_t dt)
+MM_INLINE size_t momentum_v16_lion(const momentum_task *t, size_t start, size_t n, uint32_t codes)
 {
     const double *h = t->hyper;
-    int decay = h[MOMENTUM_LION_HYPER_WEIGHT_DECAY] != 0, maximize = h[MOMENTUM_LION_HYPER_MAXIMIZE] != 0;
-    int daz;
-    if (!mm_v16_serves(t, dt))
-        return 0;
-    daz = mm_daz();
-    return MM_BY_FLAGS(MM_LION, decay, maximize, 0);
+    mm_v16_task vt, *v = &vt;
+    n = mm_v16_begin(v, t, start, n, codes, 3, h[MOMENTUM_LION_HYPER_MAXIMIZE]);
+    MM_BY_FLAGS(MM_LION_LOOP, h[MOMENTUM_LION_HYPER_WEIGHT_DECAY] != 0, 0);
+    return n;
 }
 
 /* The generated entries call MM_V16(rule): the rule's body here. */
@@ -394,9 +501,9 @@ static size_t momentum_v16_lion(const momentum_task *t, size_t start, size_t n, 
 
 #else  /* no AVX-512 with F16C: the chunked driver does it all */
 
-static inline size_t mm_v16_none(const momentum_task *t, size_t start, size_t n, uint32_t dt)
+static inline size_t mm_v16_none(const momentum_task *t, size_t start, size_t n, uint32_t codes)
 {
-    (void)t; (void)start; (void)n; (void)dt;
+    (void)t; (void)start; (void)n; (void)codes;
     return 0;
 }
 #define MM_V16(rule) mm_v16_none

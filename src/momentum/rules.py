@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 __all__ = ["Array", "Hyper", "Rule", "RULES", "DTYPES", "HALF_DTYPES", "ROUNDINGS",
            "STATE_ROUNDINGS", "MAX_ARRAYS", "MAX_HYPER", "ABI_VERSION", "itemsize", "kernel_name",
-           "kernel_combos", "kernel_slots", "fingerprint"]
+           "kernel_combos", "kernel_slots", "vector16_combos", "fingerprint"]
 
 # The storage dtypes, in the order of their codes (a dtype's code is its index).
 # float64 arrays compute in double and are never mixed with the others; any
@@ -118,10 +118,9 @@ class Rule:
     end to end in an arena step as one).  ``formula``: the per-element
     update, in the reference's order of operations (docstrings quote it).
     ``vector16``: ``_vector16.h`` has the rule's hand-vectorised body for
-    uniform 16-bit layouts (every array bfloat16, or every array float16,
-    rounded to nearest), which the AVX-512 builds run; without one those
-    layouts run the float loop through the chunked driver, as every other
-    mix does.
+    the common 16-bit layouts (:func:`vector16_combos`), which the AVX-512
+    builds run; without one they run the float loop through the chunked
+    driver, as every other mix does.
     """
 
     name: str
@@ -345,6 +344,25 @@ def kernel_combos(rule: Rule) -> list[tuple[str, ...]]:
     single = [d for d in DTYPES if d != "float64"]
     return [("float64",) * len(rule.arrays)] + list(
         itertools.product(single, repeat=len(rule.arrays)))
+
+
+def vector16_combos(rule: Rule) -> list[tuple[str, ...]]:
+    """The dtype combinations a ``vector16`` rule's body in ``_vector16.h``
+    runs (the rest run through the chunked driver): for each 16-bit dtype h,
+    every array h; the param and grad h with float32 state; and a float32
+    param and state with an h grad (ZeRO-Offload's, whose master rounding
+    writes the 16-bit copy in the same pass).  Empty without ``vector16``."""
+    if not rule.vector16:
+        return []
+    combos: list[tuple[str, ...]] = []
+    for half in HALF_DTYPES:
+        for param, grad, state in ((half, half, half), (half, half, "float32"),
+                                   ("float32", half, "float32")):
+            combo = tuple(param if a.name == "param" else grad if a.name == "grad" else state
+                          for a in rule.arrays)
+            if combo not in combos:
+                combos.append(combo)
+    return combos
 
 
 def kernel_name(rule: Rule, dtypes: tuple[str, ...]) -> str:
