@@ -79,8 +79,8 @@ def entries_pxi(rules) -> str:
            "# The generic entry point of every rule and dtype combination."]
     vector16 = [r for r in rules.RULES.values() if r.vector16]
     if vector16:
-        # the hand-vectorised bodies of uniform 16-bit layouts (0 where a
-        # build has none: MM_V16 names a stub there)
+        # the hand-vectorised bodies of the common 16-bit layouts (they step
+        # nothing in a build without AVX-512: MM_V16 names a stub there)
         out += ["", 'cdef extern from "_vector16.h" nogil:']
         signature = "(const momentum_task* t, size_t start, size_t n, uint32_t codes)"
         out += [f'    size_t {r.name}__vector16 "MM_V16({r.name})" {signature}' for r in vector16]

@@ -14,7 +14,7 @@ import pytest
 import momentum
 from momentum import foreach, reference
 from momentum.dtypes import numpy_dtypes
-from momentum.rules import RULES
+from momentum.rules import RULES, vector16_combos
 from conftest import ARGS, assert_bitwise_equal, busiest, case_id, flag_cases, untouched
 
 # The dtypes NumPy holds here (bfloat16 needs ml_dtypes: its cases are
@@ -52,15 +52,26 @@ def assert_same_bits(actual: np.ndarray, expected: np.ndarray, what: str = "") -
                            f"{bits(actual).ravel()[bad[:5]]} != {bits(expected).ravel()[bad[:5]]}")
 
 
+# 16-bit NaNs with payloads (signalling ones among them), which astype from
+# float32 does not make: bfloat16's quiet NaN is 0x7fc0 whatever the payload.
+NAN_PAYLOADS = {"bfloat16": [0x7F81, 0xFFA5, 0x7FC1, 0xFFFF],
+                "float16": [0x7C01, 0xFE05, 0x7E01, 0xFDFF]}
+
+
 def make(rng: np.random.Generator, n: int, dtype: str, special: float = 0.05) -> np.ndarray:
     """Values of many magnitudes (subnormal to overflowing in 16 bits) with
-    NaN, infinities and signed zeros mixed in, stored as ``dtype``."""
+    NaN (in 16 bits, half of them with a payload), infinities and signed
+    zeros mixed in, stored as ``dtype``."""
     a = (rng.standard_normal(n) * 2.0 ** rng.integers(-30, 18, n)).astype(np.float32)
     mask = rng.random(n) < special
     a[mask] = rng.choice(np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-40,
                                    -3e-39, 65504, 65520, 3.4e38], np.float32), mask.sum())
     with np.errstate(all="ignore"):
-        return a.astype(HAVE[dtype])
+        out = a.astype(HAVE[dtype])
+    if dtype in NAN_PAYLOADS:
+        nan = np.flatnonzero(np.isnan(a))[::2]
+        out.view(np.uint16)[nan] = rng.choice(NAN_PAYLOADS[dtype], nan.size)
+    return out
 
 
 def arrays_for(rule: str, combo: tuple[str, ...], n: int, rng: np.random.Generator,
@@ -142,7 +153,8 @@ def test_every_build_and_size_matches_reference(isa, rounding, dtype, state, rng
 VECTOR16 = [("half", "half", "half", "nearest"), ("half", "half", "half", "stochastic"),
             ("half", "half", "float32", "nearest"), ("half", "half", "float32", "stochastic"),
             ("float32", "half", "float32", "nearest"), ("half", "half", "float32", "master"),
-            ("half", "half", "half", "kahan"), ("half", "half", "float32", "kahan")]
+            ("half", "half", "half", "kahan"), ("half", "half", "float32", "kahan"),
+            ("other", "half", "float32", "master")]    # master's copy the other 16-bit dtype
 
 
 def vector16_cases() -> list[Any]:
@@ -165,19 +177,21 @@ def vector16_cases() -> list[Any]:
 def test_vector16_layouts_match_reference_on_every_build(isa, dtype, case, layout, special, rng):
     """The common 16-bit layouts: where the build has AVX-512 (and for
     bfloat16 AVX512-BF16), _vector16.h's body runs the whole 16-element
-    vectors with the hardware conversions (the stochastic rounding's hash on
-    16 lanes; master's 16-bit copy and Kahan's compensation in the same
-    pass), a vector holding a NaN
-    or a subnormal on the portable ones, and the chunked driver the rest.
-    Few specials (most vectors on the hardware path) and more (many not); a
-    bfloat16 NaN is stored as ml_dtypes stores it (0x7fc0 with its sign),
-    not with the payload vcvtneps2bf16 keeps."""
+    vectors with the hardware conversions (master's 16-bit copy in the same
+    pass), a vector holding a NaN or a subnormal on the portable ones, and
+    the chunked driver the rest and the stochastic and Kahan roundings.  Fewer specials (more vectors on the
+    hardware path; float16's magnitudes alone make some subnormals and
+    infinities) and more; a bfloat16 NaN (made from one with a payload) is
+    stored as ml_dtypes stores it, 0x7fc0 with its sign, not with the
+    payload vcvtneps2bf16 keeps."""
     rule, hyper, absent = case
     param, grad, state, rounding = layout
     spec = RULES[rule]
-    dtypes = {"param": param, "grad": grad}
-    combo = tuple(dtype if dtypes.get(a.name, state) == "half" else "float32"
-                  for a in spec.arrays)
+    names = {"half": dtype, "other": next(d for d in HALF if d != dtype), "float32": "float32"}
+    if names["other"] not in HAVE:
+        pytest.skip("bfloat16 through NumPy needs ml_dtypes")
+    by_name = {"param": param, "grad": grad}
+    combo = tuple(names[by_name.get(a.name, state)] for a in spec.arrays)
     storage: dict[str, Any] = {"seed": 7, "tensor": 3}
     if rounding == "stochastic":
         storage["state_rounding"] = "stochastic"
@@ -192,14 +206,34 @@ def test_vector16_layouts_match_reference_on_every_build(isa, dtype, case, layou
         if rounding == "master":
             ours["master"] = make(rng, n, "float32", special)
         if rounding == "kahan":
-            ours["comp"] = make(rng, n, dtype, special) * HAVE[dtype].type(1e-3)
+            ours["comp"] = make(rng, n, dtype, 0.0) * HAVE[dtype].type(1e-3)
         ours.update(dict.fromkeys(absent))
         run_both(rule, ours, hyper, f"isa {isa} n {n}", **storage)
-        if dtype == "bfloat16":
-            for name in spec.written:
-                if ours.get(name) is not None and ours[name].dtype == HAVE[dtype]:
-                    nan = bits(ours[name])[np.isnan(ours[name].astype(np.float32))]
-                    assert (nan & 0x7FFF == 0x7FC0).all(), (name, np.unique(nan))
+        for a in spec.arrays:
+            name = a.name
+            if (a.written and (a.when is None or hyper[a.when]) and ours[name] is not None
+                    and ours[name].dtype.name == "bfloat16"):
+                nan = bits(ours[name])[np.isnan(ours[name].astype(np.float32))]
+                assert (nan & 0x7FFF == 0x7FC0).all(), (name, np.unique(nan))
+
+
+def test_every_vector16_layout_reaches_its_body():
+    """The slot each VECTOR16 case's call picks (as _checks.check_task picks
+    it: an array the call leaves out counts as the first used array's
+    dtype) is one whose entry runs the body: e.g. Adam without amsgrad, its
+    max_exp_avg_sq absent, on 16-bit param and grad with float32 moments."""
+    for param in vector16_cases():
+        (rule, hyper, _), (p, g, state, rounding) = param.values
+        spec = RULES[rule]
+        for dtype in HALF:
+            names = {"half": dtype, "float32": "float32"}
+            # master's float32 copy takes the param's place in the slot
+            by_name = {"param": "float32" if rounding == "master" else p, "grad": g}
+            combo = [names[by_name.get(a.name, state)] for a in spec.arrays]
+            used = [a.when is None or bool(hyper[a.when]) for a in spec.arrays]
+            first = combo[used.index(True)]
+            slot = tuple(d if u else first for d, u in zip(combo, used))
+            assert slot in vector16_combos(spec), (rule, hyper, slot)
 
 
 @pytest.mark.parametrize("dtype", [dtype_param(d) for d in HALF])
@@ -218,16 +252,20 @@ def test_uniform_16_bit_stores_round_as_numpy_astype_for_every_pattern(isa, dtyp
         assert_same_bits(buf, want, f"buf {start}")
 
 
+@pytest.mark.parametrize("daz", [False, True], ids=["", "flush-denormal"])
 @pytest.mark.parametrize("dtype", [dtype_param(d) for d in HALF])
-def test_uniform_16_bit_layouts_ignore_the_cpus_flush_to_zero_setting(isa, dtype):
-    """As test_conversions_ignore_the_cpus_flush_to_zero_setting, with every
-    array 16-bit (the hand-vectorised bodies): every pattern, subnormals
-    among them, copied into the buffer by sgd's first step keeps its bits."""
-    torch = pytest.importorskip("torch")
+def test_every_16_bit_pattern_copies_through_an_all_16_bit_step(isa, dtype, daz):
+    """sgd's first step with every array 16-bit copies the gradient into the
+    buffer (no arithmetic): every pattern keeps its bits as NumPy's astype
+    keeps them (a float16 signalling NaN unquieted, a bfloat16 NaN quieted
+    to 0x7fc0, subnormals kept), also under denormals-are-zero
+    (torch.set_flush_denormal(True)), where the hardware conversions'
+    checks must not call a subnormal zero."""
     every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(HAVE[dtype])
     with np.errstate(invalid="ignore"):
         want = every.astype(np.float32).astype(HAVE[dtype])
-    if not torch.set_flush_denormal(True):
+    torch = pytest.importorskip("torch") if daz else None
+    if torch is not None and not torch.set_flush_denormal(True):
         pytest.skip("this CPU cannot flush denormals")
     momentum.set_num_threads(1)  # the setting is the calling thread's
     try:
@@ -235,8 +273,25 @@ def test_uniform_16_bit_layouts_ignore_the_cpus_flush_to_zero_setting(isa, dtype
         momentum.sgd(np.zeros(every.size, HAVE[dtype]), every, buf, lr=0.0, momentum=0.5,
                      first_step=True)
     finally:
-        torch.set_flush_denormal(False)
+        if torch is not None:
+            torch.set_flush_denormal(False)
         momentum.set_num_threads(0)
+    assert_same_bits(buf, want)
+
+
+@pytest.mark.parametrize("dtype", [dtype_param(d) for d in HALF])
+def test_stochastic_stores_of_every_16_bit_pattern_match_reference(isa, dtype):
+    """update_buffer with every array 16-bit and the buffer rounded
+    stochastically: buf = 0.75 * grad over every 16-bit grad (NaN payloads,
+    infinities, subnormals among them), bit for bit as the reference (a
+    bfloat16 NaN quieted to 0x7fc0 with its sign)."""
+    grad = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(HAVE[dtype])
+    buf = np.zeros(grad.size, HAVE[dtype])
+    want = buf.copy()
+    keys = {"state_rounding": "stochastic", "seed": 3, "step": 9, "tensor": 1}
+    with np.errstate(all="ignore"):
+        momentum.update_buffer(buf, grad, momentum=0.0, dampening=0.25, **keys)
+        reference.update_buffer(want, grad, momentum=0.0, dampening=0.25, **keys)
     assert_same_bits(buf, want)
 
 

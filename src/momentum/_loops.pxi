@@ -8,8 +8,8 @@
 # each in the generic kernel signature of momentum.h.  The float loop also
 # serves every mix of float32 and 16-bit arrays, through _storage.h's
 # chunked driver, which widens and rounds the 16-bit arrays around it
-# (_vector16.h repeats a rule's arithmetic on vectors for uniform 16-bit
-# layouts: a change here is a change there).
+# (_vector16.h repeats a rule's arithmetic on vectors for the common 16-bit
+# layouts, rules.vector16_combos: a change here is a change there).
 #
 # Every flag is loop-invariant; the branches below are outside the loops, so
 # each loop body is straight-line arithmetic that vectorises.  Statements are

@@ -7,9 +7,10 @@
  * chunk is widened into float32 scratch (exactly), the rule's float32 loop
  * runs on the scratch, and each written 16-bit array's chunk is rounded back
  * once.  So the arithmetic is float32 in the rule's order, and every value is
- * rounded once, when it is stored.  (Where every array is one 16-bit dtype,
- * the AVX-512 builds run most of a task in _vector16.h's bodies instead,
- * with the same results; the driver takes the remainder.)
+ * rounded once, when it is stored.  (In the common 16-bit layouts,
+ * rules.vector16_combos, the AVX-512 builds run a task's whole vectors in
+ * _vector16.h's bodies instead, with the same results; the driver takes
+ * the remainder.)
  *
  * The roundings are bitwise those of NumPy's astype (momentum.reference):
  *  - float32 -> bfloat16 as ml_dtypes: nearest even, subnormals kept, NaN to

@@ -2,8 +2,10 @@
  * builds: for each 16-bit dtype h (bfloat16 where the build has AVX512-BF16,
  * float16 in both AVX-512 builds), every array h; the param and grad h with
  * float32 state; a float32 param (or master) and state with an h grad
- * (momentum.rules.vector16_combos), with every rounding (nearest,
- * stochastic, Kahan, master).
+ * (momentum.rules.vector16_combos), rounded to nearest, and with master
+ * rounding (its 16-bit copy written in the same pass).  Stochastic and
+ * Kahan rounding go to the chunked driver: on 16 lanes (the hash's
+ * multiplies, Kahan's second rounding) they ran no faster than there.
  *
  * Why: _storage.h's chunked driver widens each 16-bit array into float32
  * scratch, runs the rule's float loop there and rounds the results back, so
@@ -11,8 +13,7 @@
  * float -> bfloat16 conversion inside the rule's own loop.  Here a rule's
  * arithmetic runs on 16 elements in registers: widen (a shift for bfloat16,
  * vcvtph2ps for float16), the rule's float32 arithmetic, one rounding per
- * stored vector (vcvtneps2bf16, vcvtps2ph, or the stochastic rounding's
- * integer formula with its hash on 16 lanes).
+ * stored vector (vcvtneps2bf16, vcvtps2ph).
  *
  * The arithmetic is each rule's loop in _loops.pxi, operation for operation
  * and in its order, in float32 (the build passes -ffp-contract=off): its
@@ -28,10 +29,14 @@
  * generated entry of each combination above, with the arrays' dtype codes
  * as a constant, so each entry has its own loops) steps the whole vectors of
  * [start, start + n) and returns how many elements it stepped: a multiple
- * of 16, or 0 where this build or the task's rounding has no body here.
- * The entry hands the rest to the chunked driver.  The flags that change
- * which operations run are constants of an always-inlined loop (one loop per
- * combination); maximize is a sign mask. */
+ * of 16; 0 where a store rounds stochastically or with Kahan's
+ * compensation, or this build lacks one of the task's dtypes (bfloat16
+ * without AVX512-BF16, master's copy included).  The entry hands the rest
+ * (the tail) to the chunked driver.  Whether a bfloat16 array is only read
+ * (a shift) or also stored, the body needs AVX512-BF16: the avx512 build
+ * leaves every bfloat16 layout to the driver.  The flags that change which
+ * operations run are constants of an always-inlined loop (one loop per
+ * combination, master among them); maximize is a sign mask. */
 #ifndef MOMENTUM_VECTOR16_H
 #define MOMENTUM_VECTOR16_H
 
@@ -42,14 +47,11 @@
 #define MM_CODE(codes, i) (((codes) >> (4 * (i))) & 15u)
 
 /* One call's view of its task: each array at the range's first element,
- * how its 16-bit stores round, and the call-wide settings. */
+ * and the call-wide settings. */
 typedef struct {
-    char *at[MOMENTUM_MAX_ARRAYS];     /* arrays[narrays]: master's 16-bit copy */
-    uint64_t key[MOMENTUM_MAX_ARRAYS]; /* stochastic rounding's key, per array */
-    uint32_t stochastic;               /* bit per array, as the task's */
-    uint32_t first;                    /* low 32 bits of the range's first index */
-    uint32_t extra_code;               /* master's 16-bit copy's dtype; 0 without one */
-    int narrays, daz, kahan;           /* kahan: arrays[narrays] is the compensation */
+    char *at[MOMENTUM_MAX_ARRAYS];     /* at[narrays]: master's 16-bit copy */
+    uint32_t extra_code;               /* its dtype */
+    int narrays, daz, master;
     __m512i flip;                      /* the gradient's sign mask (maximize) */
 } mm_v16_task;
 
@@ -64,33 +66,27 @@ MM_INLINE int mm_v16_built(uint32_t code)
 }
 
 /* Fill v for elements [start, start + n) of t; the number of elements the
- * body may step (whole vectors, within one 2**32 block of indices where a
- * store rounds stochastically: the key's), or 0 where it takes none. */
+ * body may step (whole vectors), or 0 where it takes none. */
 MM_INLINE size_t mm_v16_begin(mm_v16_task *v, const momentum_task *t, size_t start, size_t n,
                               uint32_t codes, int narrays, double maximize)
 {
-    int i, master = t->rounding == MOMENTUM_ROUND_MASTER, built = 1, extra;
+    int i;
+    v->master = t->rounding == MOMENTUM_ROUND_MASTER;
+    if (t->stochastic != 0 || t->rounding == MOMENTUM_ROUND_KAHAN
+            || (v->master && !mm_v16_built(t->extra_dtype)))
+        return 0;
     for (i = 0; i < narrays; i++)
-        built &= mm_v16_built(MM_CODE(codes, i));
+        if (!mm_v16_built(MM_CODE(codes, i)))
+            return 0;
     v->narrays = narrays;
-    v->stochastic = t->stochastic;
-    v->extra_code = master ? t->extra_dtype : 0;
-    v->kahan = t->rounding == MOMENTUM_ROUND_KAHAN;
-    extra = master || v->kahan;
-    for (i = 0; i < narrays + extra; i++) {
+    v->extra_code = t->extra_dtype;
+    for (i = 0; i < narrays + v->master; i++) {
         uint32_t code = i < narrays ? MM_CODE(codes, i) : t->extra_dtype;
         v->at[i] = t->arrays[i] == NULL ? NULL
                  : t->arrays[i] + start * (code == MOMENTUM_FLOAT32 ? 4 : 2);
-        if ((v->stochastic >> i) & 1u)
-            v->key[i] = mm_key(t, (uint32_t)i, (uint64_t)start >> 32);
     }
-    v->first = (uint32_t)start;
-    if (v->stochastic && (uint64_t)v->first + n > 0x100000000ull)
-        n = (size_t)(0x100000000ull - v->first);
     v->daz = (_mm_getcsr() >> 6) & 1u;    /* MXCSR.DAZ (torch.set_flush_denormal) */
     v->flip = _mm512_set1_epi32(maximize != 0 ? (int)0x80000000u : 0);
-    if (!built || (extra && !mm_v16_built(t->extra_dtype)))
-        return 0;
     return n & ~(size_t)15;
 }
 
@@ -149,14 +145,14 @@ MM_INLINE void mm_v16_nearest(uint32_t code, int daz, uint16_t *dst, __m512 x)
         } else {
             odd = _mm512_fpclass_ps_mask(x, 0x01 | 0x20 | 0x80);   /* NaN, subnormal */
         }
-        if (!odd) {
+        if (__builtin_expect(!odd, 1)) {
             _mm256_storeu_si256((__m256i *)dst, (__m256i)_mm512_cvtneps_pbh(x));
             return;
         }
 #endif
     } else {
         odd = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
-        if (!odd) {
+        if (__builtin_expect(!odd, 1)) {
             _mm256_storeu_si256((__m256i *)dst,
                                 _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
             return;
@@ -165,100 +161,26 @@ MM_INLINE void mm_v16_nearest(uint32_t code, int daz, uint16_t *dst, __m512 x)
     mm_v16_store_odd(code, dst, x);
 }
 
-/* mm_hash32 on 16 lanes. */
-MM_INLINE __m512i mm_v16_hash32(__m512i x)
-{
-    x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
-    x = _mm512_mullo_epi32(x, _mm512_set1_epi32(0x7feb352d));
-    x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 15));
-    x = _mm512_mullo_epi32(x, _mm512_set1_epi32((int)0x846ca68bu));
-    return _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
-}
-
-/* Stochastic rounding of elements first..first+15 (as mm_store_bf16_stochastic,
- * whose formula this is on 16 lanes; float16's runs there, on the vector). */
-static __attribute__((noinline)) void mm_v16_f16_stochastic(uint16_t *dst, __m512 x, uint64_t key,
-                                                            uint32_t first)
-{
-    float v[16];
-    _mm512_storeu_ps(v, x);
-    mm_store_f16_stochastic(dst, v, 16, key, first);
-}
-
-MM_INLINE void mm_v16_stochastic(uint32_t code, uint16_t *dst, __m512 x, uint64_t key,
-                                 uint32_t first)
-{
-    __m512i u = _mm512_castps_si512(x), a, index, bits, r, top;
-    __mmask16 nan;
-    if (code != MOMENTUM_BFLOAT16) {
-        mm_v16_f16_stochastic(dst, x, key, first);
-        return;
-    }
-    index = _mm512_add_epi32(_mm512_set1_epi32((int)first),
-                             _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
-    bits = _mm512_xor_si512(mm_v16_hash32(_mm512_xor_si512(index, _mm512_set1_epi32((int)(uint32_t)key))),
-                            _mm512_set1_epi32((int)(uint32_t)(key >> 32)));
-    a = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
-    nan = _mm512_cmpgt_epu32_mask(a, _mm512_set1_epi32(0x7f800000));
-    top = _mm512_srli_epi32(u, 16);
-    /* an infinity's low half is zero: the random half cannot carry into it */
-    r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_srli_epi32(bits, 16)), 16);
-    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_and_si512(top, _mm512_set1_epi32(0x8000)),
-                                                     _mm512_set1_epi32(0x7fc0)));
-    _mm256_storeu_si256((__m256i *)dst, _mm512_cvtepi32_epi16(r));
-}
-
-/* x into elements i..i+15 of array a (dtype `code`), rounded as the task says. */
+/* x into elements i..i+15 of array a (dtype `code`). */
 MM_INLINE void mm_v16_store(const mm_v16_task *v, uint32_t code, int a, size_t i, __m512 x)
 {
-    uint16_t *dst = (uint16_t *)v->at[a] + i;
     if (code == MOMENTUM_FLOAT32)
         _mm512_storeu_ps((float *)v->at[a] + i, x);
-    else if ((v->stochastic >> a) & 1u)
-        mm_v16_stochastic(code, dst, x, v->key[a], v->first + (uint32_t)i);
     else
-        mm_v16_nearest(code, v->daz, dst, x);
+        mm_v16_nearest(code, v->daz, (uint16_t *)v->at[a] + i, x);
 }
 
-/* Lanes whose exponent is all ones (infinity, NaN). */
-MM_INLINE __mmask16 mm_v16_not_finite(__m512 x)
+/* The new param: stored, and with master rounding (a constant) also its
+ * 16-bit copy, by constant dtype so that the store inlines as the others. */
+MM_INLINE void mm_v16_store_param(const mm_v16_task *v, uint32_t code, int a, size_t i, __m512 x,
+                                  int master)
 {
-    __m512i e = _mm512_set1_epi32(0x7f800000);
-    return _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(x), e), e);
-}
-
-/* mm_store_kahan on one vector: x is the rule's result from the stored
- * param p; the compensation c is arrays[narrays], of the param's dtype. */
-MM_INLINE void mm_v16_store_kahan(const mm_v16_task *v, uint32_t code, int a, size_t i, __m512 x)
-{
-    __m512 p = mm_v16_load(v, code, a, i), c = mm_v16_load(v, code, v->narrays, i);
-    __m512 y = (x - p) + c, s = p + y, stored;
-    __m512i bits = _mm512_castps_si512(s), abs = _mm512_and_si512(bits, _mm512_set1_epi32(0x7fffffff));
-    __mmask16 plain = mm_v16_not_finite(y) | mm_v16_not_finite(s);
-    __mmask16 zero = _mm512_testn_epi32_mask(abs, abs);
-    __m512i keep = _mm512_or_si512(_mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32((int)0x80000000u)),
-                                   abs);            /* a zero takes x's sign */
-    bits = _mm512_mask_mov_epi32(bits, zero, keep);
-    bits = _mm512_mask_mov_epi32(bits, plain, _mm512_castps_si512(x));
-    mm_v16_nearest(code, v->daz, (uint16_t *)v->at[a] + i, _mm512_castsi512_ps(bits));
-    stored = mm_v16_load(v, code, a, i);            /* what was stored */
-    plain |= mm_v16_not_finite(stored);             /* an overflow carries nothing either */
-    mm_v16_nearest(code, v->daz, (uint16_t *)v->at[v->narrays] + i,
-                   _mm512_maskz_mov_ps((__mmask16)~plain, y - (stored - p)));
-}
-
-/* The new param: stored (Kahan-compensated where the task says), and with
- * master rounding also its 16-bit copy. */
-MM_INLINE void mm_v16_store_param(const mm_v16_task *v, uint32_t code, int a, size_t i, __m512 x)
-{
-    if (code != MOMENTUM_FLOAT32 && v->kahan) {
-        mm_v16_store_kahan(v, code, a, i, x);
-        return;
-    }
     mm_v16_store(v, code, a, i, x);
+    if (!master)
+        return;
     if (v->extra_code == MOMENTUM_BFLOAT16)
         mm_v16_store(v, MOMENTUM_BFLOAT16, v->narrays, i, x);
-    else if (v->extra_code == MOMENTUM_FLOAT16)
+    else
         mm_v16_store(v, MOMENTUM_FLOAT16, v->narrays, i, x);
 }
 
@@ -266,9 +188,14 @@ MM_INLINE void mm_v16_store_param(const mm_v16_task *v, uint32_t code, int a, si
 
 #define MM_SPLAT(x) _mm512_set1_ps((float)(x))
 
-/* CALL(f1, f2) with each flag a constant 0 or 1: one loop per combination. */
+/* CALL with each flag a constant 0 or 1: one loop per combination.  The
+ * first flag of every body is `master` (v->master). */
 #define MM_BY_FLAGS(CALL, f1, f2) \
     ((f1) ? ((f2) ? CALL(1, 1) : CALL(1, 0)) : ((f2) ? CALL(0, 1) : CALL(0, 0)))
+#define MM_BY_FLAGS3(CALL, f1, f2, f3) \
+    ((f1) ? MM_BY_FLAGS3_(CALL, 1, f2, f3) : MM_BY_FLAGS3_(CALL, 0, f2, f3))
+#define MM_BY_FLAGS3_(CALL, a, f2, f3) \
+    ((f2) ? ((f3) ? CALL(a, 1, 1) : CALL(a, 1, 0)) : ((f3) ? CALL(a, 0, 1) : CALL(a, 0, 0)))
 
 /* The loops' _max: a where a > b or a is NaN, else b. */
 MM_INLINE __m512 mm_v16_max(__m512 a, __m512 b)
@@ -290,16 +217,18 @@ MM_INLINE __m512 mm_v16_sign(__m512 x)
     return _mm512_castsi512_ps(r);
 }
 
-/* The body's loads and stores of a rule's arrays by name, its codes constant. */
+/* A body's loads and stores of its rule's arrays by name, from its locals
+ * `v` (the mm_v16_task), `codes` (the constant dtype codes) and `master`. */
 #define MM_LOAD(RULE, name, i) \
     mm_v16_load(v, MM_CODE(codes, MOMENTUM_##RULE##_ARRAY_##name), MOMENTUM_##RULE##_ARRAY_##name, i)
 #define MM_GRAD(RULE, i) \
     mm_v16_grad(v, MM_CODE(codes, MOMENTUM_##RULE##_ARRAY_GRAD), MOMENTUM_##RULE##_ARRAY_GRAD, i)
 #define MM_STORE(RULE, name, i, x) \
-    mm_v16_store(v, MM_CODE(codes, MOMENTUM_##RULE##_ARRAY_##name), MOMENTUM_##RULE##_ARRAY_##name, i, x)
+    mm_v16_store(v, MM_CODE(codes, MOMENTUM_##RULE##_ARRAY_##name), MOMENTUM_##RULE##_ARRAY_##name, \
+                 i, x)
 #define MM_STORE_PARAM(RULE, i, x) \
     mm_v16_store_param(v, MM_CODE(codes, MOMENTUM_##RULE##_ARRAY_PARAM), \
-                       MOMENTUM_##RULE##_ARRAY_PARAM, i, x)
+                       MOMENTUM_##RULE##_ARRAY_PARAM, i, x, master)
 
 /* ------------------------------------------------------------ update_buffer */
 
@@ -323,7 +252,7 @@ MM_INLINE size_t momentum_v16_update_buffer(const momentum_task *t, size_t start
 enum { MM_SGD_PLAIN, MM_SGD_FIRST, MM_SGD_MOMENTUM };
 
 MM_INLINE void mm_v16_sgd_loop(const mm_v16_task *v, const double *h, size_t n, uint32_t codes,
-                               int mode, int decay, int nesterov)
+                               int master, int mode, int decay, int nesterov)
 {
     __m512 lr = MM_SPLAT(h[MOMENTUM_SGD_HYPER_LR]), m = MM_SPLAT(h[MOMENTUM_SGD_HYPER_MOMENTUM]);
     __m512 c = MM_SPLAT(1.0 - h[MOMENTUM_SGD_HYPER_DAMPENING]);
@@ -349,11 +278,12 @@ MM_INLINE void mm_v16_sgd_loop(const mm_v16_task *v, const double *h, size_t n, 
     }
 }
 
-#define MM_SGD_PLAIN_LOOP(decay, nesterov) mm_v16_sgd_loop(v, h, n, codes, MM_SGD_PLAIN, decay, 0)
-#define MM_SGD_FIRST_LOOP(decay, nesterov) \
-    mm_v16_sgd_loop(v, h, n, codes, MM_SGD_FIRST, decay, nesterov)
-#define MM_SGD_MOMENTUM_LOOP(decay, nesterov) \
-    mm_v16_sgd_loop(v, h, n, codes, MM_SGD_MOMENTUM, decay, nesterov)
+#define MM_SGD_PLAIN_LOOP(master, decay) \
+    mm_v16_sgd_loop(v, h, n, codes, master, MM_SGD_PLAIN, decay, 0)
+#define MM_SGD_FIRST_LOOP(master, decay, nesterov) \
+    mm_v16_sgd_loop(v, h, n, codes, master, MM_SGD_FIRST, decay, nesterov)
+#define MM_SGD_MOMENTUM_LOOP(master, decay, nesterov) \
+    mm_v16_sgd_loop(v, h, n, codes, master, MM_SGD_MOMENTUM, decay, nesterov)
 
 MM_INLINE size_t momentum_v16_sgd(const momentum_task *t, size_t start, size_t n, uint32_t codes)
 {
@@ -361,19 +291,21 @@ MM_INLINE size_t momentum_v16_sgd(const momentum_task *t, size_t start, size_t n
     mm_v16_task vt, *v = &vt;
     int decay = h[MOMENTUM_SGD_HYPER_WEIGHT_DECAY] != 0, nesterov = h[MOMENTUM_SGD_HYPER_NESTEROV] != 0;
     n = mm_v16_begin(v, t, start, n, codes, 3, h[MOMENTUM_SGD_HYPER_MAXIMIZE]);
+    if (n == 0)
+        return 0;
     if (h[MOMENTUM_SGD_HYPER_MOMENTUM] == 0)   /* no nesterov (the checks refuse it) */
-        MM_BY_FLAGS(MM_SGD_PLAIN_LOOP, decay, 0);
+        MM_BY_FLAGS(MM_SGD_PLAIN_LOOP, v->master, decay);
     else if (h[MOMENTUM_SGD_HYPER_FIRST_STEP] != 0)
-        MM_BY_FLAGS(MM_SGD_FIRST_LOOP, decay, nesterov);
+        MM_BY_FLAGS3(MM_SGD_FIRST_LOOP, v->master, decay, nesterov);
     else
-        MM_BY_FLAGS(MM_SGD_MOMENTUM_LOOP, decay, nesterov);
+        MM_BY_FLAGS3(MM_SGD_MOMENTUM_LOOP, v->master, decay, nesterov);
     return n;
 }
 
 /* --------------------------------------------------------------- heavy_ball */
 
 MM_INLINE void mm_v16_heavy_ball_loop(const mm_v16_task *v, const double *h, size_t n,
-                                      uint32_t codes, int decay, int nesterov)
+                                      uint32_t codes, int master, int decay, int nesterov)
 {
     __m512 lr = MM_SPLAT(h[MOMENTUM_HEAVY_BALL_HYPER_LR]);
     __m512 m = MM_SPLAT(h[MOMENTUM_HEAVY_BALL_HYPER_MOMENTUM]);
@@ -392,7 +324,8 @@ MM_INLINE void mm_v16_heavy_ball_loop(const mm_v16_task *v, const double *h, siz
     }
 }
 
-#define MM_HEAVY_BALL_LOOP(decay, nesterov) mm_v16_heavy_ball_loop(v, h, n, codes, decay, nesterov)
+#define MM_HEAVY_BALL_LOOP(master, decay, nesterov) \
+    mm_v16_heavy_ball_loop(v, h, n, codes, master, decay, nesterov)
 
 MM_INLINE size_t momentum_v16_heavy_ball(const momentum_task *t, size_t start, size_t n,
                                          uint32_t codes)
@@ -400,16 +333,18 @@ MM_INLINE size_t momentum_v16_heavy_ball(const momentum_task *t, size_t start, s
     const double *h = t->hyper;
     mm_v16_task vt, *v = &vt;
     n = mm_v16_begin(v, t, start, n, codes, 3, h[MOMENTUM_HEAVY_BALL_HYPER_MAXIMIZE]);
-    MM_BY_FLAGS(MM_HEAVY_BALL_LOOP, h[MOMENTUM_HEAVY_BALL_HYPER_WEIGHT_DECAY] != 0,
-                h[MOMENTUM_HEAVY_BALL_HYPER_NESTEROV] != 0);
+    if (n == 0)
+        return 0;
+    MM_BY_FLAGS3(MM_HEAVY_BALL_LOOP, v->master, h[MOMENTUM_HEAVY_BALL_HYPER_WEIGHT_DECAY] != 0,
+                 h[MOMENTUM_HEAVY_BALL_HYPER_NESTEROV] != 0);
     return n;
 }
 
 /* ------------------------------------------------------------- adam, adamw */
 
-/* Adam and AdamW share their arrays' and hyperparameters' order (rules.py). */
+/* Adam's indices serve AdamW: rules.py builds both from _ADAM_ARRAYS and _ADAM_HYPERS. */
 MM_INLINE void mm_v16_adam_loop(const mm_v16_task *v, const double *h, size_t n, uint32_t codes,
-                                int decoupled, int decay, int amsgrad)
+                                int decoupled, int master, int decay, int amsgrad)
 {
     double lr = h[MOMENTUM_ADAM_HYPER_LR], beta1 = h[MOMENTUM_ADAM_HYPER_BETA1];
     double beta2 = h[MOMENTUM_ADAM_HYPER_BETA2], step = h[MOMENTUM_ADAM_HYPER_STEP];
@@ -441,7 +376,8 @@ MM_INLINE void mm_v16_adam_loop(const mm_v16_task *v, const double *h, size_t n,
     }
 }
 
-#define MM_ADAM_LOOP(decay, amsgrad) mm_v16_adam_loop(v, h, n, codes, decoupled, decay, amsgrad)
+#define MM_ADAM_LOOP(master, decay, amsgrad) \
+    mm_v16_adam_loop(v, h, n, codes, decoupled, master, decay, amsgrad)
 
 MM_INLINE size_t mm_v16_adam(const momentum_task *t, size_t start, size_t n, uint32_t codes,
                              int decoupled)
@@ -449,8 +385,10 @@ MM_INLINE size_t mm_v16_adam(const momentum_task *t, size_t start, size_t n, uin
     const double *h = t->hyper;
     mm_v16_task vt, *v = &vt;
     n = mm_v16_begin(v, t, start, n, codes, 5, h[MOMENTUM_ADAM_HYPER_MAXIMIZE]);
-    MM_BY_FLAGS(MM_ADAM_LOOP, h[MOMENTUM_ADAM_HYPER_WEIGHT_DECAY] != 0,
-                h[MOMENTUM_ADAM_HYPER_AMSGRAD] != 0);
+    if (n == 0)
+        return 0;
+    MM_BY_FLAGS3(MM_ADAM_LOOP, v->master, h[MOMENTUM_ADAM_HYPER_WEIGHT_DECAY] != 0,
+                 h[MOMENTUM_ADAM_HYPER_AMSGRAD] != 0);
     return n;
 }
 
@@ -467,7 +405,7 @@ MM_INLINE size_t momentum_v16_adamw(const momentum_task *t, size_t start, size_t
 /* --------------------------------------------------------------------- lion */
 
 MM_INLINE void mm_v16_lion_loop(const mm_v16_task *v, const double *h, size_t n, uint32_t codes,
-                                int decay)
+                                int master, int decay)
 {
     double lr = h[MOMENTUM_LION_HYPER_LR], beta1 = h[MOMENTUM_LION_HYPER_BETA1];
     double beta2 = h[MOMENTUM_LION_HYPER_BETA2];
@@ -485,14 +423,16 @@ MM_INLINE void mm_v16_lion_loop(const mm_v16_task *v, const double *h, size_t n,
     }
 }
 
-#define MM_LION_LOOP(decay, unused) mm_v16_lion_loop(v, h, n, codes, decay)
+#define MM_LION_LOOP(master, decay) mm_v16_lion_loop(v, h, n, codes, master, decay)
 
 MM_INLINE size_t momentum_v16_lion(const momentum_task *t, size_t start, size_t n, uint32_t codes)
 {
     const double *h = t->hyper;
     mm_v16_task vt, *v = &vt;
     n = mm_v16_begin(v, t, start, n, codes, 3, h[MOMENTUM_LION_HYPER_MAXIMIZE]);
-    MM_BY_FLAGS(MM_LION_LOOP, h[MOMENTUM_LION_HYPER_WEIGHT_DECAY] != 0, 0);
+    if (n == 0)
+        return 0;
+    MM_BY_FLAGS(MM_LION_LOOP, v->master, h[MOMENTUM_LION_HYPER_WEIGHT_DECAY] != 0);
     return n;
 }
 

@@ -351,7 +351,10 @@ def vector16_combos(rule: Rule) -> list[tuple[str, ...]]:
     runs (the rest run through the chunked driver): for each 16-bit dtype h,
     every array h; the param and grad h with float32 state; and a float32
     param and state with an h grad (ZeRO-Offload's, whose master rounding
-    writes the 16-bit copy in the same pass).  Empty without ``vector16``."""
+    writes the 16-bit copy in the same pass).  Each also with its optional
+    arrays (``when``) of the first array's dtype: the slot of a call that
+    leaves them out (the checks count an unused array as the first used
+    one).  Empty without ``vector16``."""
     if not rule.vector16:
         return []
     combos: list[tuple[str, ...]] = []
@@ -360,8 +363,10 @@ def vector16_combos(rule: Rule) -> list[tuple[str, ...]]:
                                    ("float32", half, "float32")):
             combo = tuple(param if a.name == "param" else grad if a.name == "grad" else state
                           for a in rule.arrays)
-            if combo not in combos:
-                combos.append(combo)
+            unused = tuple(combo[0] if a.when else d for a, d in zip(rule.arrays, combo))
+            for c in (combo, unused):
+                if c not in combos:
+                    combos.append(c)
     return combos
 
 
