@@ -8,9 +8,9 @@
  * runs on the scratch, and each written 16-bit array's chunk is rounded back
  * once.  So the arithmetic is float32 in the rule's order, and every value is
  * rounded once, when it is stored.  (In the common 16-bit layouts,
- * rules.vector16_combos, the AVX-512 builds run a task's whole vectors in
- * _vector16.h's bodies instead, with the same results; the driver takes
- * the remainder.)
+ * rules.vector16_combos, rounded to nearest or with a master, the AVX-512
+ * builds run a task's whole vectors in _vector16.h's bodies instead, with
+ * the same results; the driver takes the remainder.)
  *
  * The roundings are bitwise those of NumPy's astype (momentum.reference):
  *  - float32 -> bfloat16 as ml_dtypes: nearest even, subnormals kept, NaN to

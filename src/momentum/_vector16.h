@@ -29,10 +29,10 @@
  * generated entry of each combination above, with the arrays' dtype codes
  * as a constant, so each entry has its own loops) steps the whole vectors of
  * [start, start + n) and returns how many elements it stepped: a multiple
- * of 16; 0 where a store rounds stochastically or with Kahan's
- * compensation, or this build lacks one of the task's dtypes (bfloat16
- * without AVX512-BF16, master's copy included).  The entry hands the rest
- * (the tail) to the chunked driver.  Whether a bfloat16 array is only read
+ * of 16; 0 where a 16-bit store rounds stochastically or with Kahan's
+ * compensation, where this build lacks one of the task's dtypes (bfloat16
+ * without AVX512-BF16, master's copy included), or below 16 elements.  The
+ * entry hands the rest (the tail) to the chunked driver.  Whether a bfloat16 array is only read
  * (a shift) or also stored, the body needs AVX512-BF16: the avx512 build
  * leaves every bfloat16 layout to the driver.  The flags that change which
  * operations run are constants of an always-inlined loop (one loop per
@@ -71,13 +71,17 @@ MM_INLINE size_t mm_v16_begin(mm_v16_task *v, const momentum_task *t, size_t sta
                               uint32_t codes, int narrays, double maximize)
 {
     int i;
+    uint32_t half = 0;   /* a bit per 16-bit array: the stores that can round stochastically */
     v->master = t->rounding == MOMENTUM_ROUND_MASTER;
-    if (t->stochastic != 0 || t->rounding == MOMENTUM_ROUND_KAHAN
-            || (v->master && !mm_v16_built(t->extra_dtype)))
+    if (t->rounding == MOMENTUM_ROUND_KAHAN || (v->master && !mm_v16_built(t->extra_dtype)))
         return 0;
-    for (i = 0; i < narrays; i++)
+    for (i = 0; i < narrays; i++) {
         if (!mm_v16_built(MM_CODE(codes, i)))
             return 0;
+        half |= (uint32_t)(MM_CODE(codes, i) != MOMENTUM_FLOAT32) << i;
+    }
+    if (t->stochastic & (half | (uint32_t)v->master << narrays))
+        return 0;
     v->narrays = narrays;
     v->extra_code = t->extra_dtype;
     for (i = 0; i < narrays + v->master; i++) {
@@ -189,7 +193,7 @@ MM_INLINE void mm_v16_store_param(const mm_v16_task *v, uint32_t code, int a, si
 #define MM_SPLAT(x) _mm512_set1_ps((float)(x))
 
 /* CALL with each flag a constant 0 or 1: one loop per combination.  The
- * first flag of every body is `master` (v->master). */
+ * first flag of every body with a param is `master` (v->master). */
 #define MM_BY_FLAGS(CALL, f1, f2) \
     ((f1) ? ((f2) ? CALL(1, 1) : CALL(1, 0)) : ((f2) ? CALL(0, 1) : CALL(0, 0)))
 #define MM_BY_FLAGS3(CALL, f1, f2, f3) \

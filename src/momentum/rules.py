@@ -119,8 +119,8 @@ class Rule:
     update, in the reference's order of operations (docstrings quote it).
     ``vector16``: ``_vector16.h`` has the rule's hand-vectorised body for
     the common 16-bit layouts (:func:`vector16_combos`), which the AVX-512
-    builds run; without one they run the float loop through the chunked
-    driver, as every other mix does.
+    builds run (bfloat16 ones only with AVX512-BF16); without one they run
+    the float loop through the chunked driver, as every other mix does.
     """
 
     name: str
