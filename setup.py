@@ -52,7 +52,9 @@ OPENMP = os.environ.get("MOMENTUM_NO_OPENMP") != "1" and compiler_accepts("-fope
 
 # -fno-math-errno lets sqrt vectorise (it changes no result, only errno).
 compile_args = ["-ffp-contract=off", "-fno-math-errno"]
-compile_args += ["-O0", "-g"] if DEBUG else ["-O3"]
+# -g0: Python's own CFLAGS carry -g, and the debug information of the
+# kernels' always-inlined loops was most of an install's size.
+compile_args += ["-O0", "-g"] if DEBUG else ["-O3", "-g0"]
 if NATIVE:
     compile_args.append("-march=native")
 if os.environ.get("MOMENTUM_VEC_REPORT") == "1":
