@@ -89,6 +89,7 @@ def entries_pxi(rules) -> str:
     fill = ["cdef void fill_kernels(momentum_kernel* slots) noexcept:",
             "    \"\"\"Put every entry point built here in its slot of the table.\"\"\""]
     built = {(r.name, combo) for r in rules.RULES.values() for combo in rules.kernel_combos(r)}
+    bodies = {(r.name, combo) for r in vector16 for combo in rules.vector16_combos(r)}
     code = {d: i for i, d in enumerate(rules.DTYPES)}
     for rule in rules.RULES.values():
         args = []
@@ -119,7 +120,7 @@ def entries_pxi(rules) -> str:
             out += ["", "",
                     f"cdef void {name}(const momentum_task* t, size_t start,",
                     "        size_t n) noexcept nogil:"]
-            if dtypes in rules.vector16_combos(rule):
+            if (rule.name, dtypes) in bodies:
                 # a common 16-bit layout: its body takes the whole vectors
                 out += [f"    cdef size_t done = {rule.name}__vector16(t, start, n, {codes:#x})",
                         "    start += done",

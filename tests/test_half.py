@@ -159,6 +159,15 @@ VECTOR16 = [("half", "half", "half", "nearest"), ("half", "half", "half", "stoch
             ("other", "half", "float32", "master")]    # master's copy the other 16-bit dtype
 
 
+def layout_dtypes(spec: Any, layout: tuple[str, ...], dtype: str) -> tuple[str, ...]:
+    """The dtype of each of ``spec``'s arrays in a VECTOR16 layout, ``dtype``
+    its 16-bit dtype ("other": the other one)."""
+    param, grad, state, _ = layout
+    names = {"half": dtype, "other": next(d for d in HALF if d != dtype), "float32": "float32"}
+    by_name = {"param": param, "grad": grad}
+    return tuple(names[by_name.get(a.name, state)] for a in spec.arrays)
+
+
 def vector16_cases() -> list[Any]:
     """Each rule's flag cases in each of its VECTOR16 layouts (a rule without
     a param: one per state dtype, no param rounding)."""
@@ -181,19 +190,17 @@ def test_vector16_layouts_match_reference_on_every_build(isa, dtype, case, layou
     bfloat16 AVX512-BF16), _vector16.h's body runs the whole 16-element
     vectors with the hardware conversions (master's 16-bit copy in the same
     pass), a vector holding a NaN or a subnormal on the portable ones, and
-    the chunked driver the rest and the stochastic and Kahan roundings.  Fewer specials (more vectors on the
-    hardware path; float16's magnitudes alone make some subnormals and
-    infinities) and more; a bfloat16 NaN (made from one with a payload) is
+    the chunked driver the rest and the stochastic and Kahan roundings.
+    Fewer specials (more vectors on the hardware path; float16's magnitudes
+    alone make some subnormals and infinities) and more; a bfloat16 NaN (made from one with a payload) is
     stored as ml_dtypes stores it, 0x7fc0 with its sign, not with the
     payload vcvtneps2bf16 keeps."""
     rule, hyper, absent = case
-    param, grad, state, rounding = layout
+    rounding = layout[-1]
     spec = RULES[rule]
-    names = {"half": dtype, "other": next(d for d in HALF if d != dtype), "float32": "float32"}
-    if "other" in layout and names["other"] not in HAVE:
+    combo = layout_dtypes(spec, layout, dtype)
+    if not all(d in HAVE for d in combo):
         pytest.skip("bfloat16 through NumPy needs ml_dtypes")
-    by_name = {"param": param, "grad": grad}
-    combo = tuple(names[by_name.get(a.name, state)] for a in spec.arrays)
     storage: dict[str, Any] = {"seed": 7, "tensor": 3}
     if rounding in ("stochastic", "state stochastic"):
         storage["state_rounding"] = "stochastic"
@@ -225,13 +232,12 @@ def test_vector16_combos_list_the_slot_each_layout_picks():
     dtype) is one whose entry runs the body: e.g. Adam without amsgrad, its
     max_exp_avg_sq absent, on 16-bit param and grad with float32 moments."""
     for param in vector16_cases():
-        (rule, hyper, _), (p, g, state, rounding) = param.values
+        (rule, hyper, _), layout = param.values
         spec = RULES[rule]
+        if layout[-1] == "master":   # master's float32 copy takes the param's place in the slot
+            layout = ("float32", *layout[1:])
         for dtype in HALF:
-            names = {"half": dtype, "float32": "float32"}
-            # master's float32 copy takes the param's place in the slot
-            by_name = {"param": "float32" if rounding == "master" else p, "grad": g}
-            combo = [names[by_name.get(a.name, state)] for a in spec.arrays]
+            combo = layout_dtypes(spec, layout, dtype)
             used = [a.when is None or bool(hyper[a.when]) for a in spec.arrays]
             first = combo[used.index(True)]
             slot = tuple(d if u else first for d, u in zip(combo, used))

@@ -72,6 +72,15 @@ static inline float mm_f16_widen(uint32_t h)
     return mm_float(sign | big | odd | sub);
 }
 
+#if defined(__F16C__) && defined(__AVX512F__)
+/* Whether 16 float16 values hold a NaN (vcvtph2ps would quiet a signalling one). */
+static inline int mm_f16_any_nan(__m256i h)
+{
+    __m256i a = _mm256_and_si256(h, _mm256_set1_epi16(0x7fff));
+    return _mm256_movemask_epi8(_mm256_cmpgt_epi16(a, _mm256_set1_epi16(0x7c00))) != 0;
+}
+#endif
+
 static void mm_load_f16(float *restrict dst, const uint16_t *restrict src, size_t n)
 {
     size_t i = 0;
@@ -81,8 +90,7 @@ static void mm_load_f16(float *restrict dst, const uint16_t *restrict src, size_
 #if defined(__F16C__) && defined(__AVX512F__)
     for (; i + 16 <= n; i += 16) {
         __m256i h = _mm256_loadu_si256((const __m256i *)(src + i));
-        __m256i a = _mm256_and_si256(h, _mm256_set1_epi16(0x7fff));
-        if (_mm256_movemask_epi8(_mm256_cmpgt_epi16(a, _mm256_set1_epi16(0x7c00)))) {
+        if (mm_f16_any_nan(h)) {
             size_t j;
             for (j = i; j < i + 16; j++)
                 dst[j] = mm_f16_widen(src[j]);
@@ -132,22 +140,29 @@ static inline uint32_t mm_f16_nearest(uint32_t u)
            | (((a - 0x38000000u + 0xfffu + ((a >> 13) & 1u)) >> 13) & normal) | (whole & sub);
 }
 
+#if defined(__AVX512BF16__)
+/* The lanes vcvtneps2bf16 rounds otherwise than mm_bf16_nearest: NaN (it
+ * keeps the payload) and subnormal (it flushes them), by integer compares,
+ * not vfpclassps: under DAZ (as torch.set_flush_denormal(True) sets) that
+ * reports a subnormal as zero. */
+static inline __mmask16 mm_bf16_odd(__m512 x)
+{
+    __m512i a = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7fffffff));
+    return _mm512_cmpgt_epu32_mask(a, _mm512_set1_epi32(0x7f800000))
+         | _mm512_cmplt_epu32_mask(_mm512_sub_epi32(a, _mm512_set1_epi32(1)),
+                                   _mm512_set1_epi32(0x007fffff));
+}
+#endif
+
 static void mm_store_bf16(uint16_t *restrict dst, const float *restrict src, size_t n)
 {
     size_t i = 0;
 #if defined(__AVX512BF16__)
-    /* vcvtneps2bf16 rounds as above but flushes subnormals and keeps NaN
-     * payloads: a vector holding either takes the portable path (zeros
-     * convert exactly). */
+    /* a vector holding a lane vcvtneps2bf16 rounds otherwise takes the
+     * portable path (zeros convert exactly) */
     for (; i + 16 <= n; i += 16) {
         __m512 x = _mm512_loadu_ps(src + i);
-        /* integer compares, not vfpclassps: under DAZ (as
-         * torch.set_flush_denormal(True) sets) that reports a subnormal as zero */
-        __m512i a = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7fffffff));
-        __mmask16 odd = _mm512_cmpgt_epu32_mask(a, _mm512_set1_epi32(0x7f800000))
-                      | _mm512_cmplt_epu32_mask(_mm512_sub_epi32(a, _mm512_set1_epi32(1)),
-                                                _mm512_set1_epi32(0x007fffff));
-        if (odd) {
+        if (mm_bf16_odd(x)) {
             size_t j;
             for (j = i; j < i + 16; j++)
                 dst[j] = (uint16_t)mm_bf16_nearest(mm_bits(src[j]));

@@ -113,8 +113,7 @@ MM_INLINE __m512 mm_v16_load(const mm_v16_task *v, uint32_t code, int a, size_t 
     h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)v->at[a] + i));
     if (code == MOMENTUM_BFLOAT16)
         return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    if (_mm256_movemask_epi8(_mm256_cmpgt_epi16(_mm256_and_si256(h, _mm256_set1_epi16(0x7fff)),
-                                                _mm256_set1_epi16(0x7c00))))
+    if (mm_f16_any_nan(h))
         return mm_v16_load_f16_nan((const uint16_t *)v->at[a] + i);
     return _mm512_cvtph_ps(h);
 }
@@ -141,14 +140,8 @@ MM_INLINE void mm_v16_nearest(uint32_t code, int daz, uint16_t *dst, __m512 x)
     __mmask16 odd;
     if (code == MOMENTUM_BFLOAT16) {
 #if defined(__AVX512BF16__)
-        if (daz) {
-            __m512i a = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7fffffff));
-            odd = _mm512_cmpgt_epu32_mask(a, _mm512_set1_epi32(0x7f800000))
-                | _mm512_cmplt_epu32_mask(_mm512_sub_epi32(a, _mm512_set1_epi32(1)),
-                                          _mm512_set1_epi32(0x007fffff));
-        } else {
-            odd = _mm512_fpclass_ps_mask(x, 0x01 | 0x20 | 0x80);   /* NaN, subnormal */
-        }
+        /* vfpclassps is the cheaper test, but calls a subnormal zero under DAZ */
+        odd = daz ? mm_bf16_odd(x) : _mm512_fpclass_ps_mask(x, 0x01 | 0x20 | 0x80);
         if (__builtin_expect(!odd, 1)) {
             _mm256_storeu_si256((__m256i *)dst, (__m256i)_mm512_cvtneps_pbh(x));
             return;
